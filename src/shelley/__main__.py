@@ -1,0 +1,3 @@
+from shelley.cli import main
+
+main()

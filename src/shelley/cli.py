@@ -1,0 +1,445 @@
+"""The ``shelley`` command line: a thin layer that maps commands to library functions.
+
+Heavy libraries (torch, transformers, datasets, matplotlib) are imported inside the commands that need
+them, so ``shelley --help`` answers instantly.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import sys
+from collections.abc import Callable
+from pathlib import Path
+from typing import Annotated, Any, TypeVar
+
+import typer
+from rich.console import Console
+
+from shelley.errors import ShelleyError
+
+console = Console()
+err_console = Console(stderr=True)
+
+app = typer.Typer(
+    help="shelley: fine-tune a language model to write in one author's voice.",
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+    add_completion=False,
+)
+data_app = typer.Typer(help="Corpus: fetch, inspect, clean and build datasets, check tokenizers.", no_args_is_help=True)
+config_app = typer.Typer(help="Show the configuration and what every key means.", no_args_is_help=True)
+models_app = typer.Typer(help="Base model presets and offline import.", no_args_is_help=True)
+fetch_app = typer.Typer(help="Download corpora (needs internet).", no_args_is_help=True)
+app.add_typer(data_app, name="data")
+app.add_typer(config_app, name="config")
+app.add_typer(models_app, name="models")
+data_app.add_typer(fetch_app, name="fetch")
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+ConfigOpt = Annotated[
+    Path | None, typer.Option("--config", "-c", help="YAML config file (see configs/).", show_default=False)
+]
+SetOpt = Annotated[
+    list[str] | None,
+    typer.Option("--set", "-s", help="Override a config key: --set data.seed=7 (repeatable).", show_default=False),
+]
+OverwriteOpt = Annotated[bool, typer.Option("--overwrite", help="Replace the output if it exists.")]
+
+
+def user_errors(fn: F) -> F:
+    """Turn ShelleyError into one red line on stderr and exit code 2, with no traceback."""
+
+    @functools.wraps(fn)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return fn(*args, **kwargs)
+        except ShelleyError as exc:
+            err_console.print(f"[bold red]error:[/bold red] {exc}", markup=True, highlight=False, soft_wrap=True)
+            raise typer.Exit(exc.exit_code) from None
+        except KeyboardInterrupt:
+            err_console.print("interrupted; nothing was written")
+            raise typer.Exit(130) from None
+
+    return wrapper  # type: ignore[return-value]
+
+
+def _load(config: Path | None, sets: list[str] | None, **flags: Any):
+    """Load the config, then apply the command's own flags (they win over --config and --set)."""
+    from pydantic import ValidationError
+
+    from shelley.config import load_config
+
+    cfg = load_config(config, sets or [])
+    for dotted, (flag, value) in flags.items():
+        if value is None:
+            continue
+        section, key = dotted.split(".")
+        try:
+            setattr(getattr(cfg, section), key, value)
+        except ValidationError as exc:
+            raise ShelleyError(f"invalid {flag} {value!r}: {exc.errors()[0]['msg']}") from None
+    return cfg
+
+
+def _corpus_source(corpus: Path | None, cfg) -> Path:
+    source = corpus or (Path(cfg.data.source) if cfg.data.source else None)
+    if source is None:
+        raise ShelleyError("no corpus given; pass a CORPUS path or set data.source in the config")
+    return source
+
+
+# ------------------------------------------------------------------------------------------------ data
+
+CorpusArg = Annotated[
+    Path | None,
+    typer.Argument(help="Corpus file (.csv with a `text` column, .txt / Gutenberg book, .jsonl).", show_default=False),
+]
+FormatOpt = Annotated[str | None, typer.Option("--format", help="auto, csv, txt, gutenberg or jsonl.")]
+TextColOpt = Annotated[str | None, typer.Option("--text-column", help="CSV column / JSONL field with the text.")]
+EncodingOpt = Annotated[str | None, typer.Option("--encoding", help="Text encoding of the corpus file.")]
+TokenizerOpt = Annotated[
+    str | None,
+    typer.Option("--tokenizer", help="Tokenizer preset, path or Hub id; `none` to skip token counts."),
+]
+
+
+def _data_flags(fmt: str | None, text_column: str | None, encoding: str | None) -> dict[str, tuple[str, Any]]:
+    return {
+        "data.format": ("--format", fmt),
+        "data.text_column": ("--text-column", text_column),
+        "data.encoding": ("--encoding", encoding),
+    }
+
+
+@data_app.command("inspect")
+@user_errors
+def data_inspect(
+    corpus: CorpusArg = None,
+    out: Annotated[
+        Path | None, typer.Option("--out", "-o", help="Report directory (default: reports/<corpus>).")
+    ] = None,
+    tokenizer: TokenizerOpt = None,
+    fmt: FormatOpt = None,
+    text_column: TextColOpt = None,
+    encoding: EncodingOpt = None,
+    overwrite: OverwriteOpt = False,
+    config: ConfigOpt = None,
+    sets: SetOpt = None,
+) -> None:
+    """EDA of a corpus: counts, lengths, noise, duplicates; writes report.md, stats.json and PNG histograms."""
+    from shelley.io import atomic_dir, check_output_dir
+
+    cfg = _load(config, sets, **_data_flags(fmt, text_column, encoding))
+    source = _corpus_source(corpus, cfg)
+    out = out or Path("reports") / source.stem
+    check_output_dir(out, overwrite=overwrite)  # before any work: fail fast, write nothing
+    from shelley.data.build import clean_kwargs, load_corpus
+    from shelley.data.inspect import inspect_corpus, write_inspect_report
+
+    with err_console.status("reading corpus"):
+        snippets, fmt_used = load_corpus(source, cfg.data)
+    tok = None
+    tok_name = tokenizer or cfg.model.tokenizer or cfg.model.name
+    if tok_name.lower() != "none":
+        from shelley.models.registry import load_tokenizer
+
+        with err_console.status(f"loading tokenizer {tok_name}"):
+            tok = load_tokenizer(tok_name, trust_remote_code=cfg.model.trust_remote_code)
+    with err_console.status("measuring"):
+        stats, lengths = inspect_corpus(snippets, tokenizer=tok, clean_kwargs=clean_kwargs(cfg.data))
+    stats["format"] = fmt_used
+    with atomic_dir(out, overwrite=overwrite) as tmp:
+        write_inspect_report(stats, lengths, str(source), tmp)
+    _print_inspect_summary(stats)
+    console.print(f"report written to [bold]{out}[/bold] (report.md, stats.json, PNG histograms)")
+
+
+def _print_inspect_summary(stats: dict[str, Any]) -> None:
+    from rich.table import Table
+
+    t = Table(title="corpus", show_header=False)
+    t.add_row("format", stats["format"])
+    t.add_row("rows", f"{stats['rows']:,} ({stats['rows_after_cleaning']:,} after cleaning)")
+    t.add_row("characters / words", f"{stats['characters']['total']:,} / {stats['words']['total']:,}")
+    if "tokens" in stats:
+        t.add_row(
+            "tokens",
+            f"{stats['tokens']['total']:,} (mean {stats['tokens']['mean']}, max {stats['tokens']['max']})",
+        )
+    t.add_row("noise rows", str(stats["noise_rows"]["count"]))
+    t.add_row("exact duplicates", str(stats["exact_duplicates"]))
+    t.add_row("non-ASCII chars", " ".join(c["char"] for c in stats["non_ascii"][:20]) or "none")
+    t.add_row("chapters/letters", str(stats["sections"]["count"]))
+    console.print(t)
+
+
+@data_app.command("build")
+@user_errors
+def data_build(
+    corpus: CorpusArg = None,
+    out: Annotated[Path | None, typer.Option("--out", "-o", help="Dataset directory (default: data.out).")] = None,
+    fmt: FormatOpt = None,
+    text_column: TextColOpt = None,
+    encoding: EncodingOpt = None,
+    seed: Annotated[int | None, typer.Option("--seed", help="Split seed (default: data.seed).")] = None,
+    split: Annotated[str | None, typer.Option("--split", help="section, block or random.")] = None,
+    push_to_hub: Annotated[
+        str | None, typer.Option("--push-to-hub", help="Also upload to this Hub dataset repo (private).")
+    ] = None,
+    public: Annotated[bool, typer.Option("--public", help="Create the Hub repo public.")] = False,
+    dry_run: Annotated[bool, typer.Option("--dry-run", help="With --push-to-hub: list files, upload nothing.")] = False,
+    overwrite: OverwriteOpt = False,
+    config: ConfigOpt = None,
+    sets: SetOpt = None,
+) -> None:
+    """Clean the corpus and save a train/validation DatasetDict (split by chapters, leakage reported)."""
+    from shelley.io import check_output_dir
+
+    flags = _data_flags(fmt, text_column, encoding)
+    flags |= {"data.seed": ("--seed", seed), "data.split": ("--split", split)}
+    cfg = _load(config, sets, **flags)
+    source = _corpus_source(corpus, cfg)
+    out = out or Path(cfg.data.out)
+    check_output_dir(out, overwrite=overwrite)
+    from shelley.data.build import prepare_splits, push_dataset, save_dataset
+
+    with err_console.status("reading, cleaning and splitting"):
+        splits, report = prepare_splits(source, cfg.data)
+    with err_console.status("saving dataset"):
+        save_dataset(splits, report, out, overwrite=overwrite)
+    _print_build_summary(report)
+    console.print(f"dataset saved to [bold]{out}[/bold] (datasets.load_from_disk); report in build.md")
+    if push_to_hub:
+        files = push_dataset(out, push_to_hub, private=not public, dry_run=dry_run)
+        verb = "would upload" if dry_run else "uploaded"
+        console.print(f"{verb} {len(files)} files to {push_to_hub} ({'public' if public else 'private'}):")
+        for name, size in files:
+            console.print(f"  {name}  {size:,} bytes", highlight=False)
+
+
+def _print_build_summary(report: dict[str, Any]) -> None:
+    from rich.table import Table
+
+    t = Table(title="cleaning")
+    for col in ("step", "changed", "removed", "remaining"):
+        t.add_column(col, justify="left" if col == "step" else "right")
+    for c in report["cleaning"]:
+        t.add_row(c["step"], str(c["changed"]), str(c["removed"]), str(c["remaining"]))
+    console.print(t)
+    sp = report["split"]
+    rows = ", ".join(f"{k} {v}" for k, v in sp["rows"].items())
+    console.print(f"split by [bold]{sp['method']}[/bold] (seed {sp['seed']}): {rows}")
+    if sp["note"]:
+        console.print(f"[yellow]note:[/yellow] {sp['note']}")
+    for name, groups in sp["held_out_groups"].items():
+        console.print(f"{name} holds out: {', '.join(groups[:12])}{' …' if len(groups) > 12 else ''}")
+    for name, ov in report["overlap"].items():
+        console.print(
+            f"leakage check: {ov['shared_ngram_occurrences']} of {ov['held_out_ngrams']} {name} word {ov['n']}-grams "
+            f"({100 * ov['shared_fraction']:.2f}%) also occur in train; worst row shares {ov['max_shared_in_one_row']}"
+        )
+
+
+@data_app.command("tokens")
+@user_errors
+def data_tokens(
+    corpus: Annotated[
+        Path | None, typer.Argument(help="Corpus file or a dataset directory from `shelley data build`.")
+    ] = None,
+    tokenizer: TokenizerOpt = None,
+    max_length: Annotated[
+        int | None, typer.Option("--max-length", help="Sequence length (default: model.max_length).")
+    ] = None,
+    batch_size: Annotated[int, typer.Option("--batch-size", min=1, help="Batch size for the padding comparison.")] = 8,
+    as_json: Annotated[bool, typer.Option("--json", help="Print the results as JSON.")] = False,
+    fmt: FormatOpt = None,
+    text_column: TextColOpt = None,
+    encoding: EncodingOpt = None,
+    config: ConfigOpt = None,
+    sets: SetOpt = None,
+) -> None:
+    """Tokenizer sanity check: round trip, tokens per snippet, truncation, padding sides, packing efficiency."""
+    flags = _data_flags(fmt, text_column, encoding) | {"model.max_length": ("--max-length", max_length)}
+    cfg = _load(config, sets, **flags)
+    source = _corpus_source(corpus, cfg)
+    texts = _texts_for_token_check(source, cfg)
+    from shelley.data.tokens import token_check
+    from shelley.models.registry import load_tokenizer
+
+    tok_name = tokenizer or cfg.model.tokenizer or cfg.model.name
+    with err_console.status(f"loading tokenizer {tok_name}"):
+        tok = load_tokenizer(tok_name, trust_remote_code=cfg.model.trust_remote_code)
+    result = token_check(texts, tok, max_length=cfg.model.max_length, batch_size=batch_size)
+    if as_json:
+        typer.echo(json.dumps(result, indent=2, ensure_ascii=False))
+        return
+    _print_token_check(result)
+
+
+def _texts_for_token_check(source: Path, cfg) -> list[str]:
+    if source.is_dir() and (source / "dataset_dict.json").exists():
+        from datasets import load_from_disk
+
+        ds = load_from_disk(str(source))
+        return list(ds["train"]["text"])
+    from shelley.data.build import clean_kwargs, load_corpus
+    from shelley.data.clean import clean_snippets
+
+    snippets, _ = load_corpus(source, cfg.data)
+    kept, _ = clean_snippets(snippets, **clean_kwargs(cfg.data))
+    if not kept:
+        raise ShelleyError(f"all rows of {source} are empty or noise after cleaning; check --text-column")
+    return [s.text for s in kept]
+
+
+def _print_token_check(r: dict[str, Any]) -> None:
+    from rich.table import Table
+
+    t = Table(title=f"tokenizer {r['tokenizer']}", show_header=False)
+    t.add_row("vocab size", f"{r['vocab_size']:,}")
+    sp = r["special_tokens"]
+    t.add_row("special tokens", f"bos={sp['bos']!r} eos={sp['eos']!r} pad={sp['pad']!r}")
+    rt = r["roundtrip"]
+    ok = "[green]ok[/green]" if rt["failed"] == 0 else f"[red]{rt['failed']} failed[/red]"
+    t.add_row("encode/decode round trip", f"{rt['checked']} rows checked: {ok}")
+    tp = r["tokens_per_row"]
+    t.add_row("tokens per snippet", f"mean {tp['mean']}, max {tp['max']}, total {tp['total']:,}")
+    t.add_row(f"truncated at max_length={r['max_length']}", f"{100 * r['truncated_share']:.2f}% of rows")
+    ps = r["pad_share"]
+    t.add_row(
+        f"pad share (batch {r['batch_size']})",
+        f"pad to max_length {100 * ps['pad_to_max_length']:.1f}%"
+        f" · pad to longest {100 * ps['pad_to_longest_in_batch']:.1f}%"
+        f" · packing {100 * ps['packing']:.2f}%",
+    )
+    console.print(t)
+    for f in rt["failures"][:3]:
+        console.print(
+            f"[red]round trip changed row {f['row']}:[/red] {f['text']!r} -> {f['decoded']!r}",
+            highlight=False,
+        )
+    console.print("left-padded generation batch (attention masks):", r["left_padding_demo"], highlight=False)
+    console.print(r["padding_note"])
+
+
+@fetch_app.command("gutenberg")
+@user_errors
+def data_fetch_gutenberg(
+    ebook_id: Annotated[int, typer.Argument(help="Project Gutenberg ebook number (84: Frankenstein).")],
+    out: Annotated[Path | None, typer.Option("--out", "-o", help="File to write (default: data/pg<ID>.txt).")] = None,
+    overwrite: OverwriteOpt = False,
+    config: ConfigOpt = None,
+    sets: SetOpt = None,
+) -> None:
+    """Download a Project Gutenberg ebook as UTF-8 text (headers are stripped later, at ingest)."""
+    from shelley.data.fetch import fetch_gutenberg
+
+    _load(config, sets)
+    out = out or Path("data") / f"pg{ebook_id}.txt"
+    with err_console.status(f"downloading ebook {ebook_id}"):
+        fetch_gutenberg(ebook_id, out, overwrite=overwrite)
+    console.print(f"saved ebook {ebook_id} to [bold]{out}[/bold]; next: shelley data inspect {out}")
+
+
+# ---------------------------------------------------------------------------------------------- config
+
+
+@config_app.command("show")
+@user_errors
+def config_show(config: ConfigOpt = None, sets: SetOpt = None) -> None:
+    """Print the effective configuration (defaults + file + --set) as YAML."""
+    import yaml
+
+    cfg = _load(config, sets)
+    typer.echo(yaml.safe_dump(cfg.model_dump(mode="json"), sort_keys=False))
+
+
+@config_app.command("keys")
+@user_errors
+def config_keys() -> None:
+    """List every config key with its default and what it does."""
+    from rich.table import Column, Table
+
+    from shelley.config import describe_fields
+
+    t = Table(Column("key", no_wrap=True), "default", "description")
+    for key, default, desc in describe_fields():
+        t.add_row(key, default, desc)
+    console.print(t)
+
+
+# ---------------------------------------------------------------------------------------------- models
+
+
+@models_app.command("list")
+@user_errors
+def models_list() -> None:
+    """List model presets and whether each is ready offline."""
+    from rich.table import Table
+
+    from shelley.models.registry import PRESETS, _find_gguf, cache_dir
+
+    t = Table("preset", "hub id", "default method", "offline", "description")
+    for p in PRESETS.values():
+        if (cache_dir(p.name) / "config.json").exists():
+            offline = "cached"
+        elif _find_gguf(p):
+            offline = "GGUF (run `models prepare`)"
+        else:
+            offline = "no (Hub only)"
+        t.add_row(p.name, p.hub_id, p.default_method, offline, p.description)
+    console.print(t)
+
+
+@models_app.command("prepare")
+@user_errors
+def models_prepare(name: Annotated[str, typer.Argument(help="Preset name, e.g. smollm2-135m.")]) -> None:
+    """Make a preset ready offline (SmolLM2: dequantize the shipped GGUF once into SHELLEY_HOME)."""
+    from shelley.models.registry import resolve
+
+    path = resolve(name)
+    console.print(f"{name} ready at [bold]{path}[/bold]")
+
+
+@models_app.command("import-gguf")
+@user_errors
+def models_import_gguf(
+    file: Annotated[Path, typer.Argument(help="GGUF file to import.")],
+    name: Annotated[str, typer.Argument(help="Name to cache it under (then usable as model.name).")],
+) -> None:
+    """Dequantize any GGUF file into a trainable safetensors checkpoint under SHELLEY_HOME/models/NAME."""
+    from shelley.models.registry import import_gguf
+
+    out = import_gguf(file, name)
+    console.print(f"imported {file} as [bold]{name}[/bold] at {out}")
+
+
+def _print_version(value: bool) -> None:
+    if value:
+        from shelley import __version__
+
+        typer.echo(f"shelley {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _root(
+    version: Annotated[
+        bool, typer.Option("--version", is_eager=True, callback=_print_version, help="Print the version and exit.")
+    ] = False,
+) -> None:
+    """shelley: fine-tune a language model to write in one author's voice."""
+
+
+def main() -> None:
+    try:
+        app()
+    except ShelleyError as exc:  # anything that escaped a command
+        err_console.print(f"error: {exc}", markup=False, highlight=False)
+        sys.exit(exc.exit_code)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,231 @@
+"""Configuration: one pydantic model per section, loaded from YAML with ``--set key.sub=value`` overrides.
+
+Every field has a description and a default, so ``shelley`` runs with no config at all. Unknown keys and
+wrong types are errors that name the key and the file they came from.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from shelley.errors import ShelleyError
+
+
+class _Section(BaseModel):
+    # extra="forbid": a typo such as `lerning_rate` must fail loudly, not be ignored silently.
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+class DataConfig(_Section):
+    source: str | None = Field(
+        None, description="Corpus to read: a .csv (column `text`), .txt / Gutenberg book, or .jsonl file."
+    )
+    format: Literal["auto", "csv", "txt", "gutenberg", "jsonl"] = Field(
+        "auto", description="Corpus format; `auto` picks it from the file extension and content."
+    )
+    text_column: str = Field("text", description="Column (CSV) or field (JSONL) that holds the text.")
+    encoding: str = Field("utf-8", description="Text encoding of the corpus file.")
+    max_words: int = Field(
+        80,
+        gt=0,
+        description="Word budget per snippet when cutting a book; long paragraphs split at sentence ends.",
+    )
+    normalize_quotes: bool = Field(True, description="Turn curly quotes into straight ASCII quotes.")
+    normalize_dashes: bool = Field(
+        True, description="Turn en/em dashes and the typewriter `--` into one consistent em dash."
+    )
+    drop_noise: bool = Field(
+        True, description="Drop noise rows: bare headings (`Chapter 4`, `Letter 2`) and bare numbers."
+    )
+    dedup_near: bool = Field(True, description="Drop near duplicates as well as exact duplicates.")
+    near_dup_threshold: float = Field(
+        0.8,
+        gt=0,
+        le=1,
+        description="Jaccard similarity of word 3-gram shingles above which rows are near duplicates.",
+    )
+    min_words: int = Field(1, ge=1, description="Rows with fewer words than this after cleaning are dropped.")
+    split: Literal["section", "block", "random"] = Field(
+        "section",
+        description="How to pick validation rows: whole chapters/letters (`section`), contiguous runs of"
+        " `block_size` snippets (`block`), or random rows (`random`, leaks neighbouring text; for comparison).",
+    )
+    block_size: int = Field(40, gt=0, description="Snippets per contiguous block for `split: block`.")
+    validation_fraction: float = Field(0.1, gt=0, lt=1, description="Share of snippets held out for validation.")
+    test_fraction: float = Field(0.0, ge=0, lt=1, description="Share of snippets held out as a test split (0: none).")
+    seed: int = Field(42, description="Seed for the split; the same seed gives the same dataset.")
+    ngram: int = Field(8, gt=0, description="Word n-gram size used to measure train/validation overlap.")
+    out: str = Field("data/dataset", description="Where `shelley data build` saves the DatasetDict.")
+
+
+class ModelConfig(_Section):
+    name: str = Field(
+        "smollm2-135m",
+        description="Base model: a preset (`shelley models list`), a local directory, or a Hub id.",
+    )
+    tokenizer: str | None = Field(None, description="Tokenizer name or path; defaults to the model's own.")
+    revision: str | None = Field(None, description="Hub revision (branch, tag or commit) for Hub models.")
+    trust_remote_code: bool = Field(
+        False, description="Run code shipped with a Hub model. Off unless you trust that repository."
+    )
+    max_length: int = Field(256, gt=0, description="Tokens per training block / maximum sequence length.")
+
+
+class TrainConfig(_Section):
+    method: Literal["full", "lora", "qlora", "scratch"] = Field("lora", description="Fine-tuning method.")
+    steps: int = Field(200, gt=0, description="Optimizer steps to run.")
+    micro_batch_size: int = Field(8, gt=0, description="Blocks per forward/backward pass.")
+    grad_accum: int = Field(1, gt=0, description="Micro-batches accumulated per optimizer step.")
+    learning_rate: float = Field(2e-4, gt=0, description="Peak learning rate after warmup.")
+    weight_decay: float = Field(0.0, ge=0, description="AdamW weight decay.")
+    warmup_steps: int = Field(10, ge=0, description="Linear warmup steps before the cosine decay.")
+    max_grad_norm: float = Field(1.0, gt=0, description="Gradient clipping norm.")
+    precision: Literal["auto", "fp32", "bf16", "fp16"] = Field(
+        "auto", description="Autocast precision; `auto` uses bf16 on GPUs that support it, else fp32."
+    )
+    seed: int = Field(42, description="Seed for weights init, data order and dropout.")
+    eval_every: int = Field(50, gt=0, description="Evaluate validation loss every N steps.")
+    sample_every: int = Field(100, gt=0, description="Write sample generations every N steps.")
+    checkpoint_every: int = Field(100, gt=0, description="Checkpoint every N steps.")
+    keep_checkpoints: int = Field(2, gt=0, description="How many recent checkpoints to keep.")
+    lora_r: int = Field(16, gt=0, description="LoRA rank.")
+    lora_alpha: int = Field(32, gt=0, description="LoRA scaling alpha.")
+    lora_dropout: float = Field(0.05, ge=0, lt=1, description="Dropout on the LoRA path.")
+    lora_target_modules: list[str] | None = Field(
+        None, description="Module names to adapt; default: all attention and MLP projections of the model."
+    )
+    gradient_checkpointing: bool = Field(False, description="Trade compute for memory (recompute activations).")
+    merge: bool = Field(False, description="Also save the adapter merged into the base model.")
+    run_dir: str = Field("runs/latest", description="Where the run writes checkpoints, metrics and outputs.")
+    time_budget_s: float | None = Field(
+        None, gt=0, description="Stop training after this many seconds of wall time (None: run all steps)."
+    )
+
+
+class EvalConfig(_Section):
+    prompts: list[str] = Field(
+        default_factory=lambda: [
+            "It was on a dreary night of November",
+            "I beheld the wretch",
+            "My dear Elizabeth,",
+        ],
+        description="Prompts for side-by-side generations.",
+    )
+    stride: int = Field(128, gt=0, description="Sliding-window stride (tokens) for perplexity of long texts.")
+    max_eval_tokens: int | None = Field(
+        None, gt=0, description="Cap on validation tokens used for perplexity (None: all of them)."
+    )
+
+
+class GenerationConfig(_Section):
+    max_new_tokens: int = Field(120, gt=0, description="Tokens to generate per sample.")
+    do_sample: bool = Field(True, description="Sample (True) or decode greedily (False).")
+    temperature: float = Field(0.8, gt=0, description="Sampling temperature.")
+    top_k: int = Field(50, ge=0, description="Keep only the k most likely tokens (0: off).")
+    top_p: float = Field(0.95, gt=0, le=1, description="Nucleus sampling mass.")
+    repetition_penalty: float = Field(1.1, gt=0, description="Penalty on tokens already generated (1: off).")
+    no_repeat_ngram_size: int = Field(0, ge=0, description="Forbid repeating n-grams of this size (0: off).")
+    num_samples: int = Field(1, gt=0, description="Samples per prompt.")
+    seed: int = Field(1234, description="Sampling seed.")
+
+
+class ShelleyConfig(_Section):
+    data: DataConfig = Field(default_factory=DataConfig, description="Corpus ingest, cleaning and split.")
+    model: ModelConfig = Field(default_factory=ModelConfig, description="Base model and tokenizer.")
+    train: TrainConfig = Field(default_factory=TrainConfig, description="Training loop.")
+    eval: EvalConfig = Field(default_factory=EvalConfig, description="Evaluation.")
+    generation: GenerationConfig = Field(default_factory=GenerationConfig, description="Text generation.")
+
+
+def _read_yaml(path: Path) -> dict[str, Any]:
+    if not path.exists():
+        raise ShelleyError(f"config file not found: {path}; check the --config path")
+    if path.is_dir():
+        raise ShelleyError(f"config {path} is a directory; pass a YAML file to --config")
+    try:
+        text = path.read_text(encoding="utf-8")
+    except UnicodeDecodeError:
+        raise ShelleyError(f"config {path} is not UTF-8 text; save it as UTF-8") from None
+    try:
+        data = yaml.safe_load(text)
+    except yaml.MarkedYAMLError as exc:
+        mark = exc.problem_mark
+        where = f"line {mark.line + 1}, column {mark.column + 1}" if mark else "unknown position"
+        raise ShelleyError(f"YAML syntax error in {path} at {where}: {exc.problem}; fix the file") from None
+    except (yaml.YAMLError, RecursionError) as exc:
+        raise ShelleyError(f"cannot parse {path} as YAML ({type(exc).__name__}); fix the file") from None
+    if data is None:
+        return {}
+    if not isinstance(data, dict):
+        raise ShelleyError(f"config {path} must be a mapping of sections (data:, model:, train:, ...)")
+    return data
+
+
+def _parse_override(item: str) -> tuple[list[str], Any]:
+    key, sep, raw = item.partition("=")
+    if not sep or not key.strip() or any(not part for part in key.strip().split(".")):
+        raise ShelleyError(f"bad --set {item!r}; write it as --set section.key=value, e.g. --set train.steps=100")
+    try:
+        value = yaml.safe_load(raw) if raw.strip() else None
+    except yaml.YAMLError:
+        value = raw  # not YAML: keep the string as written
+    return key.strip().split("."), value
+
+
+def apply_overrides(data: dict[str, Any], overrides: list[str]) -> dict[str, Any]:
+    """Return a copy of ``data`` with ``key.sub=value`` overrides applied (values parsed as YAML scalars)."""
+    import copy
+
+    out = copy.deepcopy(data)
+    for item in overrides:
+        keys, value = _parse_override(item)
+        node = out
+        for k in keys[:-1]:
+            child = node.get(k)
+            if child is None:
+                child = node[k] = {}
+            if not isinstance(child, dict):
+                raise ShelleyError(f"bad --set {item!r}: {k} is not a section")
+            node = child
+        node[keys[-1]] = value
+    return out
+
+
+def _format_validation_error(exc: ValidationError, origin: str) -> str:
+    err = exc.errors()[0]
+    key = ".".join(str(p) for p in err["loc"])
+    if err["type"] == "extra_forbidden":
+        return f"unknown config key {key!r} in {origin}; check the spelling (`shelley config show` lists every key)"
+    return f"invalid value for {key!r} in {origin}: {err['msg']} (got {err.get('input')!r})"
+
+
+def load_config(path: str | Path | None = None, overrides: list[str] | None = None) -> ShelleyConfig:
+    """Load a config: defaults, then the YAML file (if any), then ``--set`` overrides."""
+    overrides = overrides or []
+    data = _read_yaml(Path(path)) if path else {}
+    origin = str(path) if path else "the defaults"
+    if overrides:
+        data = apply_overrides(data, overrides)
+        origin = f"{origin} with --set {' '.join(overrides)}"
+    try:
+        return ShelleyConfig.model_validate(data)
+    except ValidationError as exc:
+        raise ShelleyError(_format_validation_error(exc, origin)) from None
+
+
+def describe_fields(model: type[BaseModel] = ShelleyConfig, prefix: str = "") -> list[tuple[str, str, str]]:
+    """(key, default, description) for every field, for `shelley config show` and docs."""
+    rows: list[tuple[str, str, str]] = []
+    for name, field in model.model_fields.items():
+        key = f"{prefix}{name}"
+        ann = field.annotation
+        if isinstance(ann, type) and issubclass(ann, BaseModel):
+            rows.extend(describe_fields(ann, prefix=f"{key}."))
+        else:
+            default = field.get_default(call_default_factory=True)
+            rows.append((key, repr(default), field.description or ""))
+    return rows

@@ -1,0 +1,149 @@
+"""``shelley data build``: corpus -> cleaned snippets -> leakage-safe split -> ``DatasetDict`` on disk."""
+
+from __future__ import annotations
+
+import time
+from dataclasses import asdict
+from pathlib import Path
+from typing import Any
+
+from shelley.config import DataConfig
+from shelley.data.clean import clean_snippets
+from shelley.data.ingest import Snippet, read_corpus
+from shelley.data.split import ngram_overlap, split_snippets
+from shelley.errors import ShelleyError
+
+
+def clean_kwargs(cfg: DataConfig) -> dict[str, Any]:
+    return {
+        "quotes": cfg.normalize_quotes,
+        "dashes": cfg.normalize_dashes,
+        "drop_noise": cfg.drop_noise,
+        "min_words": cfg.min_words,
+        "dedup_near": cfg.dedup_near,
+        "near_threshold": cfg.near_dup_threshold,
+    }
+
+
+def load_corpus(source: str | Path, cfg: DataConfig) -> tuple[list[Snippet], str]:
+    return read_corpus(
+        source, fmt=cfg.format, text_column=cfg.text_column, encoding=cfg.encoding, max_words=cfg.max_words
+    )
+
+
+def prepare_splits(source: str | Path, cfg: DataConfig) -> tuple[dict[str, list[Snippet]], dict[str, Any]]:
+    """Everything ``data build`` computes, without writing: the rows of each split and the build report."""
+    t0 = time.perf_counter()
+    snippets, fmt = load_corpus(source, cfg)
+    kept, steps = clean_snippets(snippets, **clean_kwargs(cfg))
+    if not kept:
+        raise ShelleyError(
+            f"all {len(snippets)} rows of {source} are empty or noise after cleaning; check --text-column and the file"
+        )
+    result = split_snippets(
+        kept,
+        method=cfg.split,
+        validation_fraction=cfg.validation_fraction,
+        test_fraction=cfg.test_fraction,
+        block_size=cfg.block_size,
+        seed=cfg.seed,
+    )
+    splits: dict[str, list[Snippet]] = {}
+    for s, label in zip(kept, result.labels, strict=True):
+        splits.setdefault(label, []).append(s)
+    train_texts = [s.text for s in splits["train"]]
+    overlap = {
+        name: ngram_overlap(train_texts, [s.text for s in rows], n=cfg.ngram)
+        for name, rows in splits.items()
+        if name != "train"
+    }
+    report = {
+        "source": str(source),
+        "format": fmt,
+        "rows_read": len(snippets),
+        "cleaning": [r.as_dict() for r in steps],
+        "split": {
+            "method": result.method,
+            "note": result.note,
+            "seed": cfg.seed,
+            "rows": {k: len(v) for k, v in splits.items()},
+            "held_out_groups": result.groups,
+        },
+        "overlap": overlap,
+        "config": cfg.model_dump(),
+        "seconds": round(time.perf_counter() - t0, 3),
+    }
+    return splits, report
+
+
+def to_dataset_dict(splits: dict[str, list[Snippet]]):
+    from datasets import Dataset, DatasetDict, Features, Value
+
+    features = Features({"text": Value("string"), "row": Value("int64"), "section": Value("string")})
+    order = [k for k in ("train", "validation", "test") if k in splits]
+    return DatasetDict({k: Dataset.from_list([asdict(s) for s in splits[k]], features=features) for k in order})
+
+
+def render_build_report(report: dict[str, Any]) -> str:
+    lines = [f"# Dataset built from `{report['source']}` ({report['format']})", "", "## Cleaning", ""]
+    lines += ["| step | changed | removed | remaining |", "|---|---|---|---|"]
+    lines += [f"| {c['step']} | {c['changed']} | {c['removed']} | {c['remaining']} |" for c in report["cleaning"]]
+    sp = report["split"]
+    lines += ["", f"## Split: by {sp['method']} (seed {sp['seed']})", ""]
+    if sp["note"]:
+        lines += [f"Note: {sp['note']}.", ""]
+    lines += [f"- {k}: {v} rows" for k, v in sp["rows"].items()]
+    for name, groups in sp["held_out_groups"].items():
+        lines += [f"- {name} holds out: {', '.join(groups[:20])}{' …' if len(groups) > 20 else ''}"]
+    for name, ov in report["overlap"].items():
+        lines += [
+            "",
+            f"## Leakage: word {ov['n']}-grams of {name} also in train",
+            "",
+            f"- {ov['shared_ngram_occurrences']} of {ov['held_out_ngrams']} {name} {ov['n']}-grams "
+            f"({100 * ov['shared_fraction']:.2f}%) also occur in train; {ov['shared_distinct_ngrams']} distinct",
+            f"- the {name} row with the most: {ov['max_shared_in_one_row']} shared {ov['n']}-grams",
+        ]
+        lines += [f"  - `{e}`" for e in ov["examples"]]
+    return "\n".join(lines) + "\n"
+
+
+def save_dataset(splits: dict[str, list[Snippet]], report: dict[str, Any], out: Path, *, overwrite: bool) -> Path:
+    """Save the DatasetDict plus build.json / build.md into ``out`` atomically (temp dir, then rename)."""
+    from datasets.utils.logging import disable_progress_bar, enable_progress_bar
+
+    from shelley.io import atomic_dir, atomic_write_text, write_json
+
+    ds = to_dataset_dict(splits)
+    with atomic_dir(out, overwrite=overwrite) as tmp:
+        disable_progress_bar()  # one bar per split per shard is noise for a sub-second save
+        try:
+            ds.save_to_disk(str(tmp))
+        finally:
+            enable_progress_bar()
+        write_json(tmp / "build.json", report)
+        atomic_write_text(tmp / "build.md", render_build_report(report))
+    return out
+
+
+def push_dataset(out: Path, repo: str, *, private: bool = True, dry_run: bool = False) -> list[tuple[str, int]]:
+    """Upload a built dataset folder to the Hub (private by default). Returns (path, bytes) of every file."""
+    import os
+
+    files = sorted((str(p.relative_to(out)), p.stat().st_size) for p in out.rglob("*") if p.is_file())
+    if dry_run:
+        return files
+    from huggingface_hub import HfApi, get_token
+
+    token = os.environ.get("HF_TOKEN") or get_token()
+    if not token:
+        raise ShelleyError("no Hugging Face token: set HF_TOKEN or run `hf auth login`, or use --dry-run")
+    api = HfApi(token=token)
+    try:
+        api.create_repo(repo, repo_type="dataset", private=private, exist_ok=True)
+        api.upload_folder(folder_path=str(out), repo_id=repo, repo_type="dataset")
+    except Exception as exc:  # network/auth errors come in many types; the message must never echo the token
+        raise ShelleyError(
+            f"push to {repo} failed ({type(exc).__name__}); check the repo name and your login"
+        ) from None
+    return files

@@ -1,0 +1,1 @@
+"""Base models: the preset registry, offline GGUF import, and loading of models and tokenizers."""

