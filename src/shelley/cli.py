@@ -343,6 +343,118 @@ def data_fetch_gutenberg(
     console.print(f"saved ebook {ebook_id} to [bold]{out}[/bold]; next: shelley data inspect {out}")
 
 
+# ------------------------------------------------------------------------------------- train / eval / run
+
+RunDirOpt = Annotated[Path | None, typer.Option("--run-dir", help="Run directory (default: train.run_dir).")]
+
+
+def _train_texts(source: Path, cfg) -> tuple[list[str], list[str]]:
+    """Train/validation texts from a built dataset directory, or built on the fly from a corpus file."""
+    if source.is_dir() and (source / "dataset_dict.json").exists():
+        from datasets import load_from_disk
+
+        ds = load_from_disk(str(source))
+        if "validation" not in ds:
+            raise ShelleyError(f"{source} has no validation split; rebuild it with `shelley data build`")
+        return list(ds["train"]["text"]), list(ds["validation"]["text"])
+    from shelley.data.build import prepare_splits
+
+    splits, _ = prepare_splits(source, cfg.data)
+    return [s.text for s in splits["train"]], [s.text for s in splits["validation"]]
+
+
+@app.command("train")
+@user_errors
+def train_cmd(
+    dataset: Annotated[
+        Path | None,
+        typer.Argument(help="Dataset dir from `shelley data build`, or a corpus file (default: data.source)."),
+    ] = None,
+    run_dir: RunDirOpt = None,
+    method: Annotated[str | None, typer.Option("--method", help="full, lora or qlora.")] = None,
+    model: Annotated[str | None, typer.Option("--model", help="Model preset, path or Hub id.")] = None,
+    resume: Annotated[bool, typer.Option("--resume", help="Continue from the run dir's last checkpoint.")] = False,
+    merge: Annotated[bool | None, typer.Option("--merge", help="LoRA: also save the merged model.")] = None,
+    overwrite: OverwriteOpt = False,
+    config: ConfigOpt = None,
+    sets: SetOpt = None,
+) -> None:
+    """Fine-tune (full / LoRA / QLoRA) on one accelerate loop; `accelerate launch` scales it out."""
+    flags = {
+        "train.method": ("--method", method),
+        "model.name": ("--model", model),
+        "train.merge": ("--merge", merge),
+        "train.run_dir": ("--run-dir", str(run_dir) if run_dir else None),
+    }
+    cfg = _load(config, sets, **flags)
+    source = dataset or (Path(cfg.data.out) if Path(cfg.data.out).exists() else _corpus_source(None, cfg))
+    train_texts, val_texts = _train_texts(source, cfg)
+    from shelley.finetune.loop import train
+
+    result = train(cfg, train_texts, val_texts, Path(cfg.train.run_dir), resume=resume, overwrite=overwrite)
+    last = result.evals[-1] if result.evals else {}
+    console.print(
+        f"trained {result.steps} steps in {result.train_seconds:.0f} s ({result.tokens_per_second:.0f} tokens/s); "
+        f"validation perplexity {last.get('val_perplexity', float('nan')):.2f}; "
+        f"outputs in [bold]{result.output_dir}[/bold]"
+    )
+
+
+@app.command("eval")
+@user_errors
+def eval_cmd(
+    run_dir: Annotated[Path, typer.Argument(help="Run directory of `shelley train`.")],
+) -> None:
+    """Base vs fine-tuned perplexity on the same validation tokens, side-by-side generations -> eval.md/json."""
+    from shelley.eval.report import evaluate_run, write_eval
+
+    with err_console.status("evaluating base and fine-tuned models"):
+        results = evaluate_run(run_dir)
+    write_eval(run_dir, results)
+    p = results["perplexity"]
+    console.print(
+        f"validation perplexity: base {p['base']['perplexity']:.2f} -> fine-tuned {p['finetuned']['perplexity']:.2f} "
+        f"(x{p['ratio']:.3f}); report in [bold]{run_dir / 'eval.md'}[/bold]"
+    )
+
+
+@app.command("run")
+@user_errors
+def run_cmd(
+    corpus: CorpusArg = None,
+    run_dir: Annotated[Path, typer.Option("--run-dir", help="Where data, training and reports go.")] = Path("runs/run"),
+    time_budget: Annotated[
+        float, typer.Option("--time-budget", min=1, help="Wall-clock seconds for the whole job (default 10 min).")
+    ] = 600,
+    method: Annotated[
+        str | None, typer.Option("--method", help="full or lora (default: full, measured faster here).")
+    ] = None,
+    model: Annotated[str | None, typer.Option("--model", help="Model preset, path or Hub id.")] = None,
+    overwrite: OverwriteOpt = False,
+    config: ConfigOpt = None,
+    sets: SetOpt = None,
+) -> None:
+    """The main job: corpus -> clean -> split -> fine-tune -> eval -> report, within --time-budget."""
+    from shelley.pipeline import run_pipeline
+
+    if config is None:
+        config = _default_run_config()
+    cfg = _load(config, sets, **{"train.method": ("--method", method), "model.name": ("--model", model)})
+    source = _corpus_source(corpus, cfg)
+    results = run_pipeline(cfg, source, run_dir, time_budget_s=time_budget, overwrite=overwrite)
+    p = results["perplexity"]
+    console.print(
+        f"validation perplexity: base {p['base']['perplexity']:.2f} -> fine-tuned {p['finetuned']['perplexity']:.2f} "
+        f"(x{p['ratio']:.3f}) in {results['wall_seconds']:.0f} s; report in [bold]{run_dir / 'eval.md'}[/bold]"
+    )
+
+
+def _default_run_config() -> Path | None:
+    """The CPU preset `shelley run` uses when no --config is given (it ships inside the repo's configs/)."""
+    here = Path(__file__).resolve().parents[2] / "configs" / "smollm2-135m_full_cpu.yaml"
+    return here if here.exists() else None
+
+
 # ---------------------------------------------------------------------------------------------- config
 
 

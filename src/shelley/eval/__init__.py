@@ -1,0 +1,1 @@
+"""Evaluation: perplexity on fixed validation tokens, side-by-side generations, reports."""

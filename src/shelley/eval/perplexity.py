@@ -1,0 +1,77 @@
+"""Perplexity on a fixed token stream, token-weighted, with a sliding window for long texts.
+
+Every model is scored on exactly the same validation tokens (the same stream, windows and targets), so a
+base-vs-fine-tuned comparison differs only in the weights.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+
+
+def windows(length: int, max_length: int, stride: int) -> list[tuple[int, int, int]]:
+    """(begin, end, first_target) windows: each token is predicted exactly once, with up to
+    ``max_length - stride`` tokens of context carried over from the previous window."""
+    stride = min(stride, max_length)
+    out = []
+    prev_end = 0
+    for begin in range(0, max(1, length - 1), stride):
+        end = min(begin + max_length, length)
+        first_target = max(prev_end, begin + 1)  # position 0 of the stream has no context to be predicted from
+        if end > first_target:
+            out.append((begin, end, first_target))
+        prev_end = end
+        if end == length:
+            break
+    return out
+
+
+def perplexity(
+    model,
+    stream: np.ndarray,
+    *,
+    max_length: int,
+    stride: int,
+    batch_size: int = 8,
+    max_tokens: int | None = None,
+    progress: bool = False,
+) -> dict[str, float]:
+    """Token-weighted mean NLL and perplexity of ``model`` over ``stream`` (a 1-D array of token ids)."""
+    import torch
+    import torch.nn.functional as F
+
+    if max_tokens is not None:
+        stream = stream[: max_tokens + 1]
+    wins = windows(len(stream), max_length, stride)
+    device = next(model.parameters()).device
+    total_nll = 0.0
+    total_tokens = 0
+    was_training = model.training
+    model.eval()
+    # Windows of equal length batch together; only the last one is shorter.
+    groups: dict[int, list[tuple[int, int, int]]] = {}
+    for w in wins:
+        groups.setdefault(w[1] - w[0], []).append(w)
+    batches = [g[i : i + batch_size] for g in groups.values() for i in range(0, len(g), batch_size)]
+    iterator = batches
+    if progress:
+        from tqdm.auto import tqdm
+
+        iterator = tqdm(batches, desc="perplexity", leave=False)
+    with torch.inference_mode():
+        for batch in iterator:
+            ids = torch.from_numpy(np.stack([np.asarray(stream[b:e], dtype=np.int64) for b, e, _ in batch]))
+            ids = ids.to(device)
+            logits = model(input_ids=ids).logits.float()  # (B, T, V)
+            # Position t predicts token t+1.
+            logp = F.log_softmax(logits[:, :-1], dim=-1)
+            nll = -logp.gather(-1, ids[:, 1:, None]).squeeze(-1)  # (B, T-1)
+            for row, (b, _, first) in enumerate(batch):
+                part = nll[row, first - b - 1 :]
+                total_nll += float(part.sum())
+                total_tokens += part.numel()
+    model.train(was_training)
+    mean = total_nll / max(1, total_tokens)
+    return {"nll": mean, "perplexity": math.exp(mean), "tokens": total_tokens}

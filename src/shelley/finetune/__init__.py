@@ -1,0 +1,1 @@
+"""Training: packed token blocks, model set-up per method (full / LoRA / QLoRA), one accelerate loop."""

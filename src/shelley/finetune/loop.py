@@ -1,0 +1,398 @@
+"""The one training loop, on accelerate: full, LoRA and QLoRA all run through ``train``.
+
+``accelerate launch -m shelley.cli train ...`` scales it to several GPUs or machines unchanged: every
+process draws its own micro-batches from the same deterministic order (see ``packing.micro_batch_indices``).
+
+Run directory layout::
+
+    run_dir/config.yaml         the full config of the run (checked on --resume)
+    run_dir/metrics.jsonl       one JSON line per step / eval
+    run_dir/samples.jsonl       sample generations every train.sample_every steps
+    run_dir/loss.png            train and validation loss curves
+    run_dir/checkpoints/step-N  accelerate state (model, optimizer, scheduler, RNG) + trainer_state.json
+    run_dir/model/              the fine-tuned model (full) or merged model (lora --merge), with tokenizer
+    run_dir/adapter/            the PEFT adapter (lora, qlora), with tokenizer
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import shutil
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from shelley.config import ShelleyConfig
+from shelley.errors import ShelleyError
+from shelley.finetune.packing import PackedBlocks, encode_stream, micro_batch_indices
+
+CALIBRATION_STEPS = 3  # steps timed before the cosine horizon is fitted to a time budget
+
+# Keys that may change between a run and its --resume without changing what the run computes so far.
+RESUMABLE_CHANGES = {
+    "train.steps",
+    "train.time_budget_s",
+    "train.eval_every",
+    "train.sample_every",
+    "train.checkpoint_every",
+    "train.keep_checkpoints",
+    "train.merge",
+}
+
+
+@dataclass
+class TrainResult:
+    run_dir: Path
+    steps: int
+    stopped_early: bool
+    train_seconds: float
+    tokens_seen: int
+    tokens_per_second: float
+    last_loss: float
+    evals: list[dict[str, Any]] = field(default_factory=list)
+    output_dir: Path | None = None
+
+
+def _flatten(d: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for k, v in d.items():
+        if isinstance(v, dict):
+            out |= _flatten(v, f"{prefix}{k}.")
+        else:
+            out[f"{prefix}{k}"] = v
+    return out
+
+
+def latest_checkpoint(run_dir: Path) -> Path | None:
+    ckpts = sorted((run_dir / "checkpoints").glob("step-*"), key=lambda p: int(p.name.split("-")[1]))
+    ckpts = [c for c in ckpts if (c / "trainer_state.json").exists()]
+    return ckpts[-1] if ckpts else None
+
+
+def check_resume(run_dir: Path, cfg: ShelleyConfig) -> Path:
+    ckpt = latest_checkpoint(run_dir)
+    if ckpt is None:
+        raise ShelleyError(f"--resume: {run_dir} has no checkpoint to resume from; drop --resume to start fresh")
+    saved = yaml.safe_load((run_dir / "config.yaml").read_text())
+    old, new = _flatten(saved), _flatten(cfg.model_dump(mode="json"))
+    changed = sorted(k for k in old.keys() | new.keys() if old.get(k) != new.get(k) and k not in RESUMABLE_CHANGES)
+    if changed:
+        raise ShelleyError(
+            f"--resume: the config differs from the checkpoint's in {', '.join(changed)}; "
+            f"resume with the saved {run_dir / 'config.yaml'} or start a new run dir"
+        )
+    return ckpt
+
+
+def _mixed_precision(precision: str) -> str:
+    import torch
+
+    if precision == "auto":
+        return "bf16" if torch.cuda.is_available() and torch.cuda.is_bf16_supported() else "no"
+    return {"fp32": "no"}.get(precision, precision)
+
+
+def _save_checkpoint(accelerator, run_dir: Path, step: int, keep: int, state: dict[str, Any]) -> Path:
+    """accelerate state into a temp dir, then one rename: a crash never leaves a half checkpoint."""
+    ckpt_root = run_dir / "checkpoints"
+    ckpt_root.mkdir(parents=True, exist_ok=True)
+    final = ckpt_root / f"step-{step:06d}"
+    tmp = ckpt_root / f".tmp-step-{step:06d}"
+    if accelerator.is_main_process:
+        shutil.rmtree(tmp, ignore_errors=True)
+    accelerator.wait_for_everyone()
+    accelerator.save_state(str(tmp))
+    if accelerator.is_main_process:
+        (tmp / "trainer_state.json").write_text(json.dumps(state, indent=2))
+        if final.exists():
+            shutil.rmtree(final)
+        tmp.rename(final)
+        for old in sorted(ckpt_root.glob("step-*"))[:-keep]:
+            shutil.rmtree(old, ignore_errors=True)
+    accelerator.wait_for_everyone()
+    return final
+
+
+def plot_loss(metrics_path: Path, out: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    rows = [json.loads(line) for line in metrics_path.read_text().splitlines() if line.strip()]
+    train = [(r["step"], r["loss"]) for r in rows if r.get("kind") == "train"]
+    val = [(r["step"], r["val_loss"]) for r in rows if r.get("kind") == "eval"]
+    fig, ax = plt.subplots(figsize=(7, 4), dpi=110)
+    if train:
+        ax.plot(*zip(*train, strict=True), label="train loss", color="#4a6fa5", alpha=0.8)
+    if val:
+        ax.plot(*zip(*val, strict=True), "o-", label="validation loss", color="#c0392b")
+    ax.set_xlabel("step")
+    ax.set_ylabel("cross-entropy (nats/token)")
+    ax.set_title("shelley training")
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(out)
+    plt.close(fig)
+
+
+def train(
+    cfg: ShelleyConfig,
+    train_texts: list[str],
+    val_texts: list[str],
+    run_dir: Path,
+    *,
+    resume: bool = False,
+    overwrite: bool = False,
+    model=None,
+    tokenizer=None,
+    show_progress: bool = True,
+    stop_after: int | None = None,
+) -> TrainResult:
+    """Train per ``cfg`` and save outputs in ``run_dir``.
+
+    ``model``/``tokenizer`` may be passed in (tests build tiny random models); otherwise they are loaded from
+    ``cfg.model``. ``stop_after`` ends the process's work after that many steps as if it were interrupted
+    (checkpoint written, no final outputs), which is how tests exercise resume.
+    """
+    import torch
+    from accelerate import Accelerator
+    from accelerate.utils import set_seed
+
+    from shelley.finetune.methods import load_base_model, load_tokenizer_for_training, prepare_for_method
+
+    run_dir = Path(run_dir)
+    tc = cfg.train
+    ckpt = None
+    if resume:
+        ckpt = check_resume(run_dir, cfg)
+    elif run_dir.exists() and any(run_dir.iterdir()):
+        if not overwrite:
+            raise ShelleyError(f"run dir {run_dir} already exists; pass --overwrite, --resume, or another run dir")
+        shutil.rmtree(run_dir)
+
+    accelerator = Accelerator(
+        gradient_accumulation_steps=tc.grad_accum,
+        mixed_precision=_mixed_precision(tc.precision),
+        cpu=not torch.cuda.is_available(),
+    )
+    set_seed(tc.seed)
+    if accelerator.is_main_process:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        if not resume:
+            (run_dir / "config.yaml").write_text(yaml.safe_dump(cfg.model_dump(mode="json"), sort_keys=False))
+
+    tokenizer = tokenizer or load_tokenizer_for_training(cfg)
+    if tokenizer.pad_token is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    model = model if model is not None else load_base_model(cfg)
+    model = prepare_for_method(model, cfg)
+
+    block = cfg.model.max_length
+    cache = run_dir / "cache"
+    train_blocks = PackedBlocks(encode_stream(train_texts, tokenizer, cache, "train"), block)
+    val_stream = encode_stream(val_texts, tokenizer, cache, "validation")
+    if len(train_blocks) == 0:
+        raise ShelleyError(
+            f"the training text has fewer tokens than one block of model.max_length={block}; lower model.max_length"
+        )
+
+    params = [p for p in model.parameters() if p.requires_grad]
+    if tc.method == "qlora":
+        import bitsandbytes as bnb
+
+        optimizer = bnb.optim.PagedAdamW8bit(params, lr=tc.learning_rate, weight_decay=tc.weight_decay)
+    else:
+        optimizer = torch.optim.AdamW(params, lr=tc.learning_rate, weight_decay=tc.weight_decay)
+    # The cosine horizon is normally train.steps. With a time budget it is re-estimated from the measured
+    # step time after a few steps, so the learning rate still decays to zero when the budget runs out
+    # instead of being cut off at its peak. LambdaLR reads the horizon each step.
+    horizon = {"steps": tc.steps}
+
+    def lr_lambda(s: int) -> float:
+        if s < tc.warmup_steps:
+            return (s + 1) / (tc.warmup_steps + 1)
+        progress_ = min(1.0, (s - tc.warmup_steps) / max(1, horizon["steps"] - tc.warmup_steps))
+        return 0.5 * (1.0 + math.cos(math.pi * progress_))
+
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_lambda)
+    model, optimizer, scheduler = accelerator.prepare(model, optimizer, scheduler)
+
+    start_step = 0
+    tokens_before = 0
+    if ckpt is not None:
+        accelerator.load_state(str(ckpt))
+        state = json.loads((ckpt / "trainer_state.json").read_text())
+        start_step, tokens_before = state["step"], state["tokens_seen"]
+        horizon["steps"] = state.get("horizon", tc.steps)
+
+    metrics_path = run_dir / "metrics.jsonl"
+    world, rank = accelerator.num_processes, accelerator.process_index
+    evals: list[dict[str, Any]] = []
+    t0 = time.perf_counter()
+    train_time = 0.0
+    tokens_seen = tokens_before
+    step = start_step
+    last_loss = float("nan")
+    stopped_early = False
+
+    def evaluate(at_step: int) -> dict[str, Any]:
+        from shelley.eval.perplexity import perplexity
+
+        res = perplexity(
+            accelerator.unwrap_model(model),
+            val_stream,
+            max_length=block,
+            stride=cfg.eval.stride,
+            batch_size=tc.micro_batch_size,
+            max_tokens=cfg.eval.max_eval_tokens,
+        )
+        row = {
+            "kind": "eval",
+            "step": at_step,
+            "val_loss": res["nll"],
+            "val_perplexity": res["perplexity"],
+            "val_tokens": res["tokens"],
+        }
+        evals.append(row)
+        _log(metrics_path, row, accelerator)
+        return row
+
+    def write_samples(at_step: int) -> None:
+        from shelley.generate import generate_texts
+
+        gen = cfg.generation.model_copy(
+            update={"max_new_tokens": min(60, cfg.generation.max_new_tokens), "num_samples": 1}
+        )
+        texts = generate_texts(accelerator.unwrap_model(model), tokenizer, cfg.eval.prompts, gen)
+        with (run_dir / "samples.jsonl").open("a") as fh:
+            for p, t in zip(cfg.eval.prompts, texts, strict=True):
+                fh.write(json.dumps({"step": at_step, "prompt": p, "text": t}) + "\n")
+
+    progress = _progress(show_progress and accelerator.is_main_process)
+    task = progress.add_task("training", total=tc.steps, completed=start_step, loss=float("nan"), lr=0.0, tps=0.0)
+    model.train()
+    with progress:
+        while step < tc.steps:
+            step_start = time.perf_counter()
+            losses = []
+            for k in range(tc.grad_accum):
+                micro = (step * tc.grad_accum + k) * world + rank
+                ids = train_blocks.batch(micro_batch_indices(len(train_blocks), tc.micro_batch_size, tc.seed, micro))
+                ids = ids.to(accelerator.device)
+                with accelerator.accumulate(model):
+                    loss = model(input_ids=ids, labels=ids).loss
+                    if not torch.isfinite(loss):
+                        last = latest_checkpoint(run_dir)
+                        raise ShelleyError(
+                            f"loss became {float(loss)} at step {step + 1}; training stopped. "
+                            f"Last good checkpoint: {last or 'none'}. Lower train.learning_rate or use precision fp32"
+                        )
+                    accelerator.backward(loss)
+                    if accelerator.sync_gradients:
+                        accelerator.clip_grad_norm_(params, tc.max_grad_norm)
+                    optimizer.step()
+                    scheduler.step()
+                    optimizer.zero_grad(set_to_none=True)
+                losses.append(float(loss.detach()))
+                tokens_seen += ids.numel() * world
+            step += 1
+            last_loss = sum(losses) / len(losses)
+            elapsed = time.perf_counter() - t0
+            # Throughput counts optimizer-step time only: evals, samples and checkpoints are not training.
+            train_time += time.perf_counter() - step_start
+            if tc.time_budget_s is not None and step - start_step == CALIBRATION_STEPS and ckpt is None:
+                per_step = elapsed / CALIBRATION_STEPS
+                horizon["steps"] = max(step + 1, min(tc.steps, int(tc.time_budget_s / per_step)))
+                progress.update(task, total=horizon["steps"])
+            tps = (tokens_seen - tokens_before) / max(train_time, 1e-9)
+            lr = scheduler.get_last_lr()[0]
+            _log(
+                metrics_path,
+                {
+                    "kind": "train",
+                    "step": step,
+                    "loss": last_loss,
+                    "lr": lr,
+                    "tokens_seen": tokens_seen,
+                    "tokens_per_s": tps,
+                    "elapsed_s": elapsed,
+                },
+                accelerator,
+            )
+            progress.update(task, completed=step, loss=last_loss, lr=lr, tps=tps)
+            out_of_time = tc.time_budget_s is not None and (elapsed >= tc.time_budget_s or step >= horizon["steps"])
+            interrupted = stop_after is not None and step - start_step >= stop_after
+            if step % tc.eval_every == 0 or step == tc.steps or out_of_time:
+                evaluate(step)
+            if accelerator.is_main_process and (step % tc.sample_every == 0):
+                write_samples(step)
+            if step % tc.checkpoint_every == 0 or out_of_time or interrupted or step == tc.steps:
+                _save_checkpoint(
+                    accelerator,
+                    run_dir,
+                    step,
+                    tc.keep_checkpoints,
+                    {"step": step, "tokens_seen": tokens_seen, "loss": last_loss, "horizon": horizon["steps"]},
+                )
+            if interrupted:
+                return TrainResult(run_dir, step, True, elapsed, tokens_seen, tps, last_loss, evals)
+            if out_of_time:
+                stopped_early = True
+                break
+
+    elapsed = time.perf_counter() - t0
+    output_dir = _save_outputs(accelerator, model, tokenizer, run_dir, merge=tc.merge)
+    if accelerator.is_main_process:
+        plot_loss(metrics_path, run_dir / "loss.png")
+    tps = (tokens_seen - tokens_before) / max(train_time, 1e-9)
+    result = TrainResult(run_dir, step, stopped_early, elapsed, tokens_seen, tps, last_loss, evals, output_dir)
+    if accelerator.is_main_process:
+        summary = {k: (str(v) if isinstance(v, Path) else v) for k, v in result.__dict__.items()}
+        (run_dir / "train_summary.json").write_text(json.dumps(summary, indent=2))
+    return result
+
+
+def _save_outputs(accelerator, model, tokenizer, run_dir: Path, *, merge: bool) -> Path:
+    accelerator.wait_for_everyone()
+    unwrapped = accelerator.unwrap_model(model)
+    is_peft = hasattr(unwrapped, "peft_config")
+    out = run_dir / ("adapter" if is_peft else "model")
+    if accelerator.is_main_process:
+        from shelley.io import atomic_dir
+
+        with atomic_dir(out, overwrite=True) as tmp:
+            unwrapped.save_pretrained(tmp, safe_serialization=True)
+            tokenizer.save_pretrained(tmp)
+        if is_peft and merge:
+            merged = unwrapped.merge_and_unload() if not getattr(unwrapped, "is_loaded_in_4bit", False) else None
+            if merged is not None:
+                with atomic_dir(run_dir / "model", overwrite=True) as tmp:
+                    merged.save_pretrained(tmp, safe_serialization=True)
+                    tokenizer.save_pretrained(tmp)
+    accelerator.wait_for_everyone()
+    return out
+
+
+def _log(path: Path, row: dict[str, Any], accelerator) -> None:
+    if accelerator.is_main_process:
+        row = {k: (round(v, 6) if isinstance(v, float) and math.isfinite(v) else v) for k, v in row.items()}
+        with path.open("a") as fh:
+            fh.write(json.dumps(row) + "\n")
+
+
+def _progress(enabled: bool):
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
+    return Progress(
+        TextColumn("[bold]{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TextColumn("loss {task.fields[loss]:.3f} · lr {task.fields[lr]:.2e} · {task.fields[tps]:.0f} tok/s"),
+        TimeRemainingColumn(),
+        disable=not enabled,
+    )

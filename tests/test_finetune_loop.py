@@ -1,0 +1,211 @@
+"""The training loop on tiny random models built here (GPT-2, Llama and Mistral configs)."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+from conftest import BOOK_BODY
+from shelley.config import load_config
+from shelley.data.ingest import snippets_from_book
+from shelley.errors import ShelleyError
+from shelley.finetune.loop import train
+
+TEXTS = [s.text for s in snippets_from_book(BOOK_BODY * 4)]
+
+
+def _tokenizer(path):
+    from transformers import AutoTokenizer
+
+    return AutoTokenizer.from_pretrained(path)
+
+
+def _tiny_model(kind: str, vocab: int, seed: int = 0):
+    ids = {"bos_token_id": 0, "eos_token_id": 0, "pad_token_id": 0}  # the tiny tokenizer's <|endoftext|>
+    from transformers import AutoModelForCausalLM, GPT2Config, LlamaConfig, MistralConfig
+
+    torch.manual_seed(seed)
+    if kind == "gpt2":
+        config = GPT2Config(n_layer=2, n_head=2, n_embd=32, n_positions=64, vocab_size=vocab, **ids)
+    elif kind == "llama":
+        config = LlamaConfig(
+            num_hidden_layers=2,
+            num_attention_heads=2,
+            num_key_value_heads=1,
+            hidden_size=32,
+            intermediate_size=64,
+            max_position_embeddings=64,
+            vocab_size=vocab,
+            **ids,
+        )
+    else:
+        config = MistralConfig(
+            num_hidden_layers=2,
+            num_attention_heads=2,
+            num_key_value_heads=1,
+            hidden_size=32,
+            intermediate_size=64,
+            max_position_embeddings=64,
+            vocab_size=vocab,
+            sliding_window=None,
+            **ids,
+        )
+    return AutoModelForCausalLM.from_config(config)
+
+
+def _cfg(method: str, **extra):
+    sets = [
+        f"train.method={method}",
+        "model.name=tiny",
+        "model.max_length=32",
+        "train.steps=8",
+        "train.micro_batch_size=4",
+        "train.learning_rate=3e-3",
+        "train.warmup_steps=1",
+        "train.eval_every=4",
+        "train.sample_every=1000",
+        "train.checkpoint_every=4",
+        "eval.stride=16",
+        "train.lora_dropout=0.1",
+    ]
+    sets += [f"{k}={v}" for k, v in extra.items()]
+    return load_config(overrides=sets)
+
+
+@pytest.mark.parametrize("kind", ["gpt2", "llama", "mistral"])
+def test_full_finetune_changes_every_param_and_loss_falls(tmp_path, tiny_tokenizer_dir, kind):
+    tok = _tokenizer(tiny_tokenizer_dir)
+    model = _tiny_model(kind, len(tok))
+    before = {n: p.detach().clone() for n, p in model.named_parameters()}
+    cfg = _cfg("full", **{"train.steps": 20, "train.learning_rate": 1e-2})
+    result = train(cfg, TEXTS, TEXTS[:6], tmp_path / "run", model=model, tokenizer=tok, show_progress=False)
+    after = dict(model.named_parameters())
+    unchanged = [n for n in before if torch.equal(before[n], after[n].detach())]
+    assert unchanged == []
+    rows = [json.loads(x) for x in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+    losses = [r["loss"] for r in rows if r["kind"] == "train"]
+    assert losses[-1] < losses[0] - 0.5
+    assert result.evals[-1]["val_loss"] < result.evals[0]["val_loss"] + 1e-6
+    assert (tmp_path / "run" / "model" / "model.safetensors").exists()
+    assert (tmp_path / "run" / "loss.png").read_bytes()[:4] == b"\x89PNG"
+
+
+@pytest.mark.parametrize("kind", ["gpt2", "llama"])
+def test_lora_changes_only_adapter_params(tmp_path, tiny_tokenizer_dir, kind):
+    tok = _tokenizer(tiny_tokenizer_dir)
+    model = _tiny_model(kind, len(tok))
+    base_before = {n: p.detach().clone() for n, p in model.named_parameters()}
+    train(_cfg("lora"), TEXTS, TEXTS[:6], tmp_path / "run", model=model, tokenizer=tok, show_progress=False)
+    # `model` is the same base module, now wrapped by PEFT: its base weights must be bit-identical.
+    for name, p in model.named_parameters():
+        if "lora_" in name:
+            continue
+        clean = name.replace("base_model.model.", "").replace(".base_layer", "")
+        assert torch.equal(p.detach(), base_before[clean]), name
+    lora = {n: p for n, p in model.named_parameters() if "lora_B" in n}
+    assert lora and all(p.abs().sum() > 0 for p in lora.values())  # B starts at zero, so it moved
+    assert (tmp_path / "run" / "adapter" / "adapter_model.safetensors").exists()
+
+
+def test_lora_merge_writes_a_full_model(tmp_path, tiny_tokenizer_dir):
+    tok = _tokenizer(tiny_tokenizer_dir)
+    train(
+        _cfg("lora", **{"train.merge": "true"}),
+        TEXTS,
+        TEXTS[:6],
+        tmp_path / "run",
+        model=_tiny_model("llama", len(tok)),
+        tokenizer=tok,
+        show_progress=False,
+    )
+    assert (tmp_path / "run" / "model" / "model.safetensors").exists()
+    assert (tmp_path / "run" / "adapter" / "adapter_config.json").exists()
+
+
+@pytest.mark.parametrize("method", ["full", "lora"])
+def test_resume_gives_the_same_weights_as_an_uninterrupted_run(tmp_path, tiny_tokenizer_dir, method):
+    tok = _tokenizer(tiny_tokenizer_dir)
+    cfg = _cfg(method)
+    straight = _tiny_model("llama", len(tok), seed=1)
+    train(cfg, TEXTS, TEXTS[:6], tmp_path / "a", model=straight, tokenizer=tok, show_progress=False)
+
+    first = _tiny_model("llama", len(tok), seed=1)
+    part = train(cfg, TEXTS, TEXTS[:6], tmp_path / "b", model=first, tokenizer=tok, show_progress=False, stop_after=3)
+    assert part.steps == 3 and (tmp_path / "b" / "checkpoints" / "step-000003").exists()
+    resumed = _tiny_model("llama", len(tok), seed=99)  # different init: everything must come from the checkpoint
+    result = train(
+        cfg, TEXTS, TEXTS[:6], tmp_path / "b", model=resumed, tokenizer=tok, show_progress=False, resume=True
+    )
+    assert result.steps == 8
+    a = dict(straight.named_parameters())
+    for name, p in resumed.named_parameters():
+        torch.testing.assert_close(p, a[name], rtol=0, atol=0)
+
+    def losses(d):
+        rows = [json.loads(x) for x in (tmp_path / d / "metrics.jsonl").read_text().splitlines()]
+        return [r["loss"] for r in rows if r["kind"] == "train"]
+
+    assert losses("a") == losses("b")
+
+
+def test_resume_without_checkpoint(tmp_path, tiny_tokenizer_dir):
+    (tmp_path / "run").mkdir()
+    with pytest.raises(ShelleyError, match="no checkpoint to resume from"):
+        train(_cfg("full"), TEXTS, TEXTS, tmp_path / "run", resume=True, tokenizer=_tokenizer(tiny_tokenizer_dir))
+
+
+def test_resume_with_a_different_config(tmp_path, tiny_tokenizer_dir):
+    tok = _tokenizer(tiny_tokenizer_dir)
+    train(
+        _cfg("full"),
+        TEXTS,
+        TEXTS[:6],
+        tmp_path / "run",
+        model=_tiny_model("gpt2", len(tok)),
+        tokenizer=tok,
+        show_progress=False,
+        stop_after=4,
+    )
+    with pytest.raises(ShelleyError, match=r"differs from the checkpoint's in train\.learning_rate"):
+        train(
+            _cfg("full", **{"train.learning_rate": 1e-2}),
+            TEXTS,
+            TEXTS[:6],
+            tmp_path / "run",
+            model=_tiny_model("gpt2", len(tok)),
+            tokenizer=tok,
+            show_progress=False,
+            resume=True,
+        )
+
+
+def test_lora_targets_absent_from_the_model(tmp_path, tiny_tokenizer_dir):
+    tok = _tokenizer(tiny_tokenizer_dir)
+    cfg = _cfg("lora", **{"train.lora_target_modules": "[q_proj]"})
+    with pytest.raises(ShelleyError, match=r"not in this model; its linear layers are: c_attn, c_fc, c_proj"):
+        train(
+            cfg, TEXTS, TEXTS, tmp_path / "run", model=_tiny_model("gpt2", len(tok)), tokenizer=tok, show_progress=False
+        )
+
+
+def test_qlora_without_cuda_fails_cleanly(tmp_path, tiny_tokenizer_dir):
+    tok = _tokenizer(tiny_tokenizer_dir)
+    with pytest.raises(ShelleyError, match=r"qlora needs a CUDA GPU.*train\.method=lora"):
+        train(_cfg("qlora"), TEXTS, TEXTS, tmp_path / "run", tokenizer=tok, show_progress=False)
+
+
+def test_nan_loss_stops_and_names_the_step(tmp_path, tiny_tokenizer_dir):
+    tok = _tokenizer(tiny_tokenizer_dir)
+    model = _tiny_model("gpt2", len(tok))
+    with pytest.raises(ShelleyError, match=r"loss became (nan|inf) at step \d+; training stopped"):
+        train(
+            _cfg("full", **{"train.learning_rate": 1e9, "train.max_grad_norm": 1e12}),
+            TEXTS,
+            TEXTS[:6],
+            tmp_path / "run",
+            model=model,
+            tokenizer=tok,
+            show_progress=False,
+        )
