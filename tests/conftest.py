@@ -124,3 +124,26 @@ def write(path: Path, text: str | bytes) -> Path:
     else:
         path.write_text(text, encoding="utf-8")
     return path
+
+
+def tiny_causal_lm(kind: str, vocab: int, *, seed: int = 0, max_positions: int = 64):
+    """A 2-layer random GPT-2, Llama or Mistral built from its config; token 0 is the tiny tokenizer's EOS."""
+    import torch
+    from transformers import AutoModelForCausalLM, GPT2Config, LlamaConfig, MistralConfig
+
+    torch.manual_seed(seed)
+    ids = {"bos_token_id": 0, "eos_token_id": 0, "pad_token_id": 0, "vocab_size": vocab}
+    if kind == "gpt2":
+        config = GPT2Config(n_layer=2, n_head=2, n_embd=32, n_positions=max_positions, **ids)
+    else:
+        shape = {
+            "num_hidden_layers": 2,
+            "num_attention_heads": 2,
+            "num_key_value_heads": 1,
+            "hidden_size": 32,
+            "intermediate_size": 64,
+            "max_position_embeddings": max_positions,
+            **ids,
+        }
+        config = LlamaConfig(**shape) if kind == "llama" else MistralConfig(sliding_window=None, **shape)
+    return AutoModelForCausalLM.from_config(config)

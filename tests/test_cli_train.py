@@ -6,31 +6,17 @@ import json
 
 import pytest
 
-from conftest import BOOK_BODY, write
+from conftest import BOOK_BODY, tiny_causal_lm, write
 
 
 @pytest.fixture
 def tiny_model_dir(tmp_path, tiny_tokenizer_dir):
     """A tiny random Llama saved with save_pretrained next to its tokenizer: a 'local path' model."""
-    import torch
-    from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
+    from transformers import AutoTokenizer
 
     tok = AutoTokenizer.from_pretrained(tiny_tokenizer_dir)
-    torch.manual_seed(0)
-    config = LlamaConfig(
-        num_hidden_layers=2,
-        num_attention_heads=2,
-        num_key_value_heads=1,
-        hidden_size=32,
-        intermediate_size=64,
-        max_position_embeddings=128,
-        vocab_size=len(tok),
-        bos_token_id=0,
-        eos_token_id=0,
-        pad_token_id=0,
-    )
     out = tmp_path / "tiny-llama"
-    LlamaForCausalLM(config).save_pretrained(out)
+    tiny_causal_lm("llama", len(tok), max_positions=128).save_pretrained(out)
     tok.save_pretrained(out)
     return out
 

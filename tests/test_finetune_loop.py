@@ -7,7 +7,7 @@ import json
 import pytest
 import torch
 
-from conftest import BOOK_BODY
+from conftest import BOOK_BODY, tiny_causal_lm
 from shelley.config import load_config
 from shelley.data.ingest import snippets_from_book
 from shelley.errors import ShelleyError
@@ -23,36 +23,7 @@ def _tokenizer(path):
 
 
 def _tiny_model(kind: str, vocab: int, seed: int = 0):
-    ids = {"bos_token_id": 0, "eos_token_id": 0, "pad_token_id": 0}  # the tiny tokenizer's <|endoftext|>
-    from transformers import AutoModelForCausalLM, GPT2Config, LlamaConfig, MistralConfig
-
-    torch.manual_seed(seed)
-    if kind == "gpt2":
-        config = GPT2Config(n_layer=2, n_head=2, n_embd=32, n_positions=64, vocab_size=vocab, **ids)
-    elif kind == "llama":
-        config = LlamaConfig(
-            num_hidden_layers=2,
-            num_attention_heads=2,
-            num_key_value_heads=1,
-            hidden_size=32,
-            intermediate_size=64,
-            max_position_embeddings=64,
-            vocab_size=vocab,
-            **ids,
-        )
-    else:
-        config = MistralConfig(
-            num_hidden_layers=2,
-            num_attention_heads=2,
-            num_key_value_heads=1,
-            hidden_size=32,
-            intermediate_size=64,
-            max_position_embeddings=64,
-            vocab_size=vocab,
-            sliding_window=None,
-            **ids,
-        )
-    return AutoModelForCausalLM.from_config(config)
+    return tiny_causal_lm(kind, vocab, seed=seed)
 
 
 def _cfg(method: str, **extra):
