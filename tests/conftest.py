@@ -147,3 +147,40 @@ def tiny_causal_lm(kind: str, vocab: int, *, seed: int = 0, max_positions: int =
         }
         config = LlamaConfig(**shape) if kind == "llama" else MistralConfig(sliding_window=None, **shape)
     return AutoModelForCausalLM.from_config(config)
+
+
+@pytest.fixture(scope="session")
+def tiny_model_dir(tmp_path_factory, tiny_tokenizer_dir):
+    """A tiny random Llama saved with save_pretrained next to its tokenizer: a 'local path' model."""
+    from transformers import AutoTokenizer
+
+    tok = AutoTokenizer.from_pretrained(tiny_tokenizer_dir)
+    out = tmp_path_factory.mktemp("models") / "tiny-llama"
+    tiny_causal_lm("llama", len(tok), max_positions=128).save_pretrained(out)
+    tok.save_pretrained(out)
+    return out
+
+
+@pytest.fixture(scope="session")
+def tiny_run(tmp_path_factory, tiny_model_dir, shelley_home):
+    """A finished `shelley train` run dir of the tiny Llama on the fixture book (full fine-tune, a few steps)."""
+    from shelley.config import load_config
+    from shelley.finetune.loop import train
+
+    cfg = load_config(
+        None,
+        [
+            f"model.name={tiny_model_dir}",
+            "model.max_length=32",
+            "train.method=full",
+            "train.steps=4",
+            "train.micro_batch_size=4",
+            "train.learning_rate=3e-3",
+            "train.warmup_steps=1",
+            "eval.stride=16",
+        ],
+    )
+    lines = [line for line in BOOK_BODY.splitlines() if len(line) > 40]
+    run = tmp_path_factory.mktemp("runs") / "tiny"
+    train(cfg, lines * 4, lines[:3], run, show_progress=False)
+    return run

@@ -6,19 +6,7 @@ import json
 
 import pytest
 
-from conftest import BOOK_BODY, tiny_causal_lm, write
-
-
-@pytest.fixture
-def tiny_model_dir(tmp_path, tiny_tokenizer_dir):
-    """A tiny random Llama saved with save_pretrained next to its tokenizer: a 'local path' model."""
-    from transformers import AutoTokenizer
-
-    tok = AutoTokenizer.from_pretrained(tiny_tokenizer_dir)
-    out = tmp_path / "tiny-llama"
-    tiny_causal_lm("llama", len(tok), max_positions=128).save_pretrained(out)
-    tok.save_pretrained(out)
-    return out
+from conftest import BOOK_BODY, write
 
 
 @pytest.fixture

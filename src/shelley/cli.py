@@ -349,18 +349,9 @@ RunDirOpt = Annotated[Path | None, typer.Option("--run-dir", help="Run directory
 
 
 def _train_texts(source: Path, cfg) -> tuple[list[str], list[str]]:
-    """Train/validation texts from a built dataset directory, or built on the fly from a corpus file."""
-    if source.is_dir() and (source / "dataset_dict.json").exists():
-        from datasets import load_from_disk
+    from shelley.data.build import train_val_texts
 
-        ds = load_from_disk(str(source))
-        if "validation" not in ds:
-            raise ShelleyError(f"{source} has no validation split; rebuild it with `shelley data build`")
-        return list(ds["train"]["text"]), list(ds["validation"]["text"])
-    from shelley.data.build import prepare_splits
-
-    splits, _ = prepare_splits(source, cfg.data)
-    return [s.text for s in splits["train"]], [s.text for s in splits["validation"]]
+    return train_val_texts(source, cfg.data)
 
 
 @app.command("train")
@@ -447,6 +438,182 @@ def run_cmd(
         f"validation perplexity: base {p['base']['perplexity']:.2f} -> fine-tuned {p['finetuned']['perplexity']:.2f} "
         f"(x{p['ratio']:.3f}) in {results['wall_seconds']:.0f} s; report in [bold]{run_dir / 'eval.md'}[/bold]"
     )
+
+
+# ----------------------------------------------------------------------------------------------- write
+
+
+def _index_for(loaded, corpus: Path | None, index_path: Path | None, cfg):
+    """The originality index: an explicit --index file (checked against the corpus by hash), else the run's own,
+    else one built from --corpus and cached under SHELLEY_HOME/indexes."""
+    from shelley.eval.originality import CorpusIndex, corpus_hash, index_for_rows
+
+    if corpus is None and loaded.run_dir is None:
+        raise ShelleyError("the originality check needs the training corpus: pass a run dir as MODEL or --corpus FILE")
+    from shelley.data.build import corpus_rows
+
+    rows = corpus_rows(corpus or loaded.run_dir, cfg.data)
+    if index_path is not None:
+        if not index_path.exists():
+            raise ShelleyError(f"originality index not found: {index_path}; drop --index to build one")
+        return CorpusIndex.load(index_path, expect_sha256=corpus_hash(rows))
+    if corpus is None:
+        return index_for_rows(rows, loaded.run_dir / "originality-index.npz")
+    from shelley.models.registry import shelley_home
+
+    return index_for_rows(rows, shelley_home() / "indexes" / f"{corpus_hash(rows)[:16]}.npz")
+
+
+@app.command("write")
+@user_errors
+def write_cmd(
+    model: Annotated[str, typer.Argument(help="Run dir, model or adapter dir, preset or Hub id.")],
+    prompts: Annotated[
+        list[str] | None, typer.Argument(help="Prompts to continue (several are batched; none: unconditional).")
+    ] = None,
+    max_new_tokens: Annotated[int | None, typer.Option("--max-new-tokens", "-n", help="Tokens per sample.")] = None,
+    num_samples: Annotated[int | None, typer.Option("--samples", help="Samples per prompt.")] = None,
+    temperature: Annotated[float | None, typer.Option("--temperature", "-t", help="0 decodes greedily.")] = None,
+    greedy: Annotated[bool, typer.Option("--greedy", help="Greedy decoding (no sampling).")] = False,
+    top_k: Annotated[int | None, typer.Option("--top-k", help="Top-k sampling (0: off).")] = None,
+    top_p: Annotated[float | None, typer.Option("--top-p", help="Nucleus sampling mass in (0, 1].")] = None,
+    repetition_penalty: Annotated[float | None, typer.Option("--repetition-penalty", help="1: off.")] = None,
+    no_repeat_ngram: Annotated[int | None, typer.Option("--no-repeat-ngram", help="Forbid repeated n-grams.")] = None,
+    seed: Annotated[int | None, typer.Option("--seed", help="Sampling seed.")] = None,
+    stop: Annotated[list[str] | None, typer.Option("--stop", help="Stop a sample at this string (repeatable).")] = None,
+    original: Annotated[
+        bool, typer.Option("--original", help="Re-sample any output that copies too long a span of the corpus.")
+    ] = False,
+    max_span: Annotated[
+        int | None, typer.Option("--max-span", help="Longest copied span (words) --original accepts [default 12].")
+    ] = None,
+    tries: Annotated[int, typer.Option("--tries", min=1, help="Samples drawn at most per output with --original.")] = 5,
+    corpus: Annotated[
+        Path | None, typer.Option("--corpus", help="Corpus for the originality check (default: the run's).")
+    ] = None,
+    index: Annotated[Path | None, typer.Option("--index", help="A saved originality index (.npz).")] = None,
+    base: Annotated[str | None, typer.Option("--base", help="Base model of an adapter, if not its own.")] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Print one JSON document instead of text.")] = False,
+    config: ConfigOpt = None,
+    sets: SetOpt = None,
+) -> None:
+    """Continue prompts in the author's voice; reports (and with --original avoids) copying from the corpus."""
+    flags = {
+        "generation.max_new_tokens": ("--max-new-tokens", max_new_tokens),
+        "generation.num_samples": ("--samples", num_samples),
+        "generation.temperature": ("--temperature", temperature),
+        "generation.top_k": ("--top-k", top_k),
+        "generation.top_p": ("--top-p", top_p),
+        "generation.repetition_penalty": ("--repetition-penalty", repetition_penalty),
+        "generation.no_repeat_ngram_size": ("--no-repeat-ngram", no_repeat_ngram),
+        "generation.seed": ("--seed", seed),
+        "generation.stop": ("--stop", stop),
+        "generation.do_sample": ("--greedy", False if greedy else None),
+        "eval.max_copied_span": ("--max-span", max_span),
+    }
+    cfg = _load(config, sets, **flags)
+    prompts = list(prompts or [""])
+    from shelley.generate import check_generation
+
+    check_generation(cfg.generation)  # before loading any model
+    from shelley.generate.load import load_for_generation
+    from shelley.generate.write import write
+
+    with err_console.status(f"loading {model}"):
+        loaded = load_for_generation(model, base=base, trust_remote_code=cfg.model.trust_remote_code)
+    want_index = original or corpus is not None or index is not None or loaded.run_dir is not None
+    idx = _index_for(loaded, corpus, index, cfg) if want_index else None
+
+    def note(msg: str) -> None:
+        err_console.print(f"[yellow]note:[/yellow] {msg}", highlight=False)
+
+    single = len(prompts) * cfg.generation.num_samples == 1
+    streamer = None
+    if single and not as_json and not original:
+        from transformers import TextStreamer
+
+        console.print(prompts[0], end="", highlight=False)
+        streamer = TextStreamer(loaded.tokenizer, skip_prompt=True, skip_special_tokens=True)
+    results = write(
+        loaded.model,
+        loaded.tokenizer,
+        prompts,
+        cfg.generation,
+        index=idx,
+        original=original,
+        max_span=cfg.eval.max_copied_span,
+        tries=tries,
+        on_note=note,
+        streamer=streamer,
+    )
+    if as_json:
+        doc = {"model": loaded.source, "generation": cfg.generation.model_dump(mode="json"), "samples": results}
+        sys.stdout.write(json.dumps(doc, ensure_ascii=False, indent=2) + "\n")
+        return
+    for r in results:
+        if not streamer:
+            console.rule(f"{r['prompt'][:50]!r} · sample {r['sample']}", style="dim")
+            console.print(r["prompt"] + r["text"], highlight=False, markup=False)
+        if "originality" in r:
+            o = r["originality"]
+            where = o["location"]
+            src = f" (from {where['split']} row {where['row']})" if where and o["longest_span"] >= 8 else ""
+            console.print(
+                f"[dim]longest span copied from the corpus: {o['longest_span']} words{src}; "
+                f"{100 * o['ngram_share']:.0f}% of 8-grams in the corpus"
+                + (f"; {r['tries']} tries" if r["tries"] > 1 else "")
+                + "[/dim]",
+                highlight=False,
+            )
+
+
+@app.command("style")
+@user_errors
+def style_cmd(
+    text: Annotated[str, typer.Argument(help="A text file, or the text itself in quotes.")],
+    corpus: Annotated[Path, typer.Option("--corpus", help="Run dir, dataset dir or corpus file to compare with.")],
+    features: Annotated[int, typer.Option("--features", min=2, help="Function words used by Delta.")] = 50,
+    as_json: Annotated[bool, typer.Option("--json", help="Print JSON instead of a table.")] = False,
+    config: ConfigOpt = None,
+    sets: SetOpt = None,
+) -> None:
+    """Stylometry of a text against a corpus: Burrows' Delta, sentence length, punctuation, MATTR, unseen words."""
+    from shelley.data.build import corpus_rows
+    from shelley.data.ingest import read_text
+    from shelley.eval.style import StyleModel, compare
+
+    cfg = _load(config, sets)
+    path = Path(text)
+    body = read_text(path) if len(text) < 4096 and "\n" not in text and path.exists() else text
+    if not body.strip():
+        raise ShelleyError("the text to analyse is empty; pass a file with text or the text itself")
+    rows = corpus_rows(corpus, cfg.data, split=False)
+    fit_on = [r["text"] for r in rows if r["split"] == "train"] or [r["text"] for r in rows]
+    style = StyleModel.fit(fit_on, n_features=features)
+    held = [r["text"] for r in rows if r["split"] == "validation"] or fit_on
+    table = compare(style, {"text": [body], "corpus_held_out": held}, reference="corpus_held_out")
+    if as_json:
+        sys.stdout.write(json.dumps({"features": style.features, "groups": table}, indent=2) + "\n")
+        return
+    from rich.table import Table
+
+    t = Table(title=f"style vs {corpus}")
+    for col in ("", "words", "Delta", "sent. len", "; /1k", "— /1k", ", /1k", "MATTR", "unseen"):
+        t.add_column(col, justify="right" if col else "left")
+    for name, g in table.items():
+        pk = g["per_1000_words"]
+        t.add_row(
+            name,
+            str(g["words"]),
+            f"{g['delta']:.3f}",
+            f"{g['sentence_length_mean']:.1f}",
+            f"{pk['semicolon']:.1f}",
+            f"{pk['dash']:.1f}",
+            f"{pk['comma']:.1f}",
+            f"{g['mattr']:.3f}",
+            f"{100 * g['unseen_word_share']:.1f}%",
+        )
+    console.print(t)
 
 
 def _default_run_config() -> Path | None:

@@ -112,9 +112,16 @@ class EvalConfig(_Section):
             "It was on a dreary night of November",
             "I beheld the wretch",
             "My dear Elizabeth,",
+            "The moon rose over the glacier, and",
+            "When I awoke, the creature",
         ],
         description="Prompts for side-by-side generations.",
     )
+    samples_per_prompt: int = Field(4, gt=0, description="Samples per prompt in the side-by-side report.")
+    max_copied_span: int = Field(
+        12, gt=0, description="Originality threshold: longest span (words) a sample may copy from the corpus."
+    )
+    style_features: int = Field(50, gt=1, description="Most frequent function words used by Burrows' Delta.")
     stride: int = Field(128, gt=0, description="Sliding-window stride (tokens) for perplexity of long texts.")
     max_eval_tokens: int | None = Field(
         None, gt=0, description="Cap on validation tokens used for perplexity (None: all of them)."
@@ -124,13 +131,14 @@ class EvalConfig(_Section):
 class GenerationConfig(_Section):
     max_new_tokens: int = Field(120, gt=0, description="Tokens to generate per sample.")
     do_sample: bool = Field(True, description="Sample (True) or decode greedily (False).")
-    temperature: float = Field(0.8, gt=0, description="Sampling temperature.")
+    temperature: float = Field(0.8, ge=0, description="Sampling temperature (0: greedy).")
     top_k: int = Field(50, ge=0, description="Keep only the k most likely tokens (0: off).")
     top_p: float = Field(0.95, gt=0, le=1, description="Nucleus sampling mass.")
     repetition_penalty: float = Field(1.1, gt=0, description="Penalty on tokens already generated (1: off).")
     no_repeat_ngram_size: int = Field(0, ge=0, description="Forbid repeating n-grams of this size (0: off).")
     num_samples: int = Field(1, gt=0, description="Samples per prompt.")
     seed: int = Field(1234, description="Sampling seed.")
+    stop: list[str] = Field(default_factory=list, description="Stop a sample at the first of these strings.")
 
 
 class ShelleyConfig(_Section):

@@ -147,3 +147,36 @@ def push_dataset(out: Path, repo: str, *, private: bool = True, dry_run: bool = 
             f"push to {repo} failed ({type(exc).__name__}); check the repo name and your login"
         ) from None
     return files
+
+
+def train_val_texts(source: Path, data_cfg: DataConfig) -> tuple[list[str], list[str]]:
+    """Train/validation texts from a built dataset directory, or built on the fly from a corpus file."""
+    source = Path(source)
+    if source.is_dir() and (source / "dataset_dict.json").exists():
+        from datasets import load_from_disk
+
+        ds = load_from_disk(str(source))
+        if "validation" not in ds:
+            raise ShelleyError(f"{source} has no validation split; rebuild it with `shelley data build`")
+        return list(ds["train"]["text"]), list(ds["validation"]["text"])
+    splits, _ = prepare_splits(source, data_cfg)
+    return [s.text for s in splits["train"]], [s.text for s in splits["validation"]]
+
+
+def corpus_rows(source: Path, data_cfg: DataConfig, *, split: bool = True) -> list[dict]:
+    """Rows ({text, split, row}) of a training run dir (the corpus it saw), a dataset dir or a corpus file.
+    A corpus file is split as ``data build`` would, or with ``split=False`` cleaned and kept whole (split
+    "train")."""
+    from shelley.eval.originality import corpus_rows_from_texts, run_corpus_rows
+    from shelley.generate.load import find_train_run
+
+    source = Path(source)
+    run = find_train_run(source) if source.is_dir() else None
+    if run is not None:
+        return run_corpus_rows(run)
+    if not split and not (source.is_dir() and (source / "dataset_dict.json").exists()):
+        snippets, _ = load_corpus(source, data_cfg)
+        kept, _ = clean_snippets(snippets, **clean_kwargs(data_cfg))
+        return corpus_rows_from_texts({"train": [s.text for s in kept]})
+    train, val = train_val_texts(source, data_cfg)
+    return corpus_rows_from_texts({"train": train, "validation": val})

@@ -15,18 +15,23 @@ from shelley.config import ShelleyConfig
 from shelley.errors import ShelleyError
 
 
-def load_run(run_dir: Path) -> tuple[ShelleyConfig, Path]:
+def load_run(run_dir: Path) -> tuple[ShelleyConfig, Path, Path]:
+    """(config, model-or-adapter dir, training run dir) of a ``shelley train`` or ``shelley run`` directory."""
+    from shelley.generate.load import find_train_run
+
     run_dir = Path(run_dir)
-    cfg_path = run_dir / "config.yaml"
-    if not cfg_path.exists():
+    train_dir = find_train_run(run_dir)
+    if train_dir is None:
+        if not (run_dir / "config.yaml").exists() and not (run_dir / "train" / "config.yaml").exists():
+            raise ShelleyError(
+                f"{run_dir} is not a shelley run dir (no config.yaml); pass the --run-dir of `shelley train` or `run`"
+            )
         raise ShelleyError(
-            f"{run_dir} is not a shelley run dir (no config.yaml); pass the --run-dir of `shelley train`"
+            f"{run_dir} has no trained model yet (no model/ or adapter/); finish or --resume the training"
         )
-    cfg = ShelleyConfig.model_validate(yaml.safe_load(cfg_path.read_text()))
-    for name in ("model", "adapter"):
-        if (run_dir / name / "config.json").exists() or (run_dir / name / "adapter_config.json").exists():
-            return cfg, run_dir / name
-    raise ShelleyError(f"{run_dir} has no trained model yet (no model/ or adapter/); finish or --resume the training")
+    cfg = ShelleyConfig.model_validate(yaml.safe_load((train_dir / "config.yaml").read_text()))
+    out = train_dir / "model" if (train_dir / "model" / "config.json").exists() else train_dir / "adapter"
+    return cfg, out, train_dir
 
 
 def load_finetuned(path: Path, cfg: ShelleyConfig):
@@ -34,13 +39,10 @@ def load_finetuned(path: Path, cfg: ShelleyConfig):
     import torch
     from transformers import AutoModelForCausalLM
 
+    from shelley.generate.load import load_adapter
+
     if (path / "adapter_config.json").exists():
-        from peft import PeftModel
-
-        from shelley.finetune.methods import load_base_model
-
-        base = load_base_model(cfg, for_training=False)
-        return PeftModel.from_pretrained(base, str(path)).merge_and_unload()
+        return load_adapter(path, trust_remote_code=cfg.model.trust_remote_code)
     return AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32)
 
 
@@ -67,14 +69,15 @@ def score_model(model, tokenizer, stream: np.ndarray, cfg: ShelleyConfig) -> dic
     )
     ppl["seconds"] = round(time.perf_counter() - t0, 2)
     t0 = time.perf_counter()
-    texts = generate_texts(model, tokenizer, cfg.eval.prompts, cfg.generation)  # same seed for every model
+    gen = cfg.generation.model_copy(update={"num_samples": cfg.eval.samples_per_prompt})
+    texts = generate_texts(model, tokenizer, cfg.eval.prompts, gen)  # same seed and settings for every model
     return {"perplexity": ppl, "generations": texts, "generation_seconds": round(time.perf_counter() - t0, 2)}
 
 
 def combine(
     cfg: ShelleyConfig, base: dict[str, Any], tuned: dict[str, Any], training: dict[str, Any]
 ) -> dict[str, Any]:
-    n = cfg.generation.num_samples
+    n = cfg.eval.samples_per_prompt
     ppl = {"base": base["perplexity"], "finetuned": tuned["perplexity"]}
     ppl["ratio"] = ppl["finetuned"]["perplexity"] / ppl["base"]["perplexity"]
     return {
@@ -95,19 +98,88 @@ def combine(
     }
 
 
+def judge(results: dict[str, Any], train_dir: Path, cfg: ShelleyConfig) -> dict[str, Any]:
+    """Add originality (copied spans against the run's corpus) and stylometry (base vs fine-tuned vs real
+    Shelley, Delta to the held-out text) to ``results`` built by ``combine``."""
+    from shelley.eval.originality import run_corpus_rows, run_index
+    from shelley.eval.style import StyleModel, compare, words
+
+    rows = run_corpus_rows(train_dir)
+    index = run_index(train_dir)
+    train_texts = [r["text"] for r in rows if r["split"] == "train"]
+    held_out = [r["text"] for r in rows if r["split"] == "validation"]
+    limit = cfg.eval.max_copied_span
+    for g in results["generations"]:
+        for who in ("base", "finetuned"):
+            g[f"{who}_originality"] = [index.check(t) for t in g[who]]
+    summary = {}
+    for who in ("base", "finetuned"):
+        checks = [c for g in results["generations"] for c in g[f"{who}_originality"]]
+        summary[who] = {
+            "samples": len(checks),
+            "longest_span_max": max((c["longest_span"] for c in checks), default=0),
+            "longest_span_mean": sum(c["longest_span"] for c in checks) / max(1, len(checks)),
+            "ngram_share_mean": sum(c["ngram_share"] for c in checks) / max(1, len(checks)),
+            "over_threshold": sum(c["longest_span"] > limit for c in checks),
+        }
+    results["originality"] = {"threshold_words": limit, "ngram_n": 8, "corpus_sha256": index.sha256} | summary
+
+    style = StyleModel.fit(train_texts, n_features=cfg.eval.style_features)
+    groups = {who: [t for g in results["generations"] for t in g[who]] for who in ("base", "finetuned")}
+    # Real Shelley text as long as the generations: how close a perfect imitator of the book would get.
+    target = len(words(" ".join(groups["finetuned"])))
+    sample: list[str] = []
+    n = 0
+    for t in train_texts:
+        if n >= target:
+            break
+        sample.append(t)
+        n += len(words(t))
+    groups["shelley_train_sample"] = sample
+    groups["held_out"] = held_out
+    table = compare(style, groups, reference="held_out")
+    base_d, ft_d = table["base"]["delta"], table["finetuned"]["delta"]
+    results["style"] = {
+        "reference": "held-out validation text of the corpus",
+        "features": style.features,
+        "groups": table,
+        "delta_reduction": (base_d - ft_d) / base_d if base_d else 0.0,
+    }
+    return results
+
+
 def evaluate_run(run_dir: Path) -> dict[str, Any]:
-    """Evaluate a finished ``shelley train`` run dir: base and fine-tuned on the run's validation tokens."""
+    """Evaluate a finished ``shelley train`` (or ``shelley run``) dir: base and fine-tuned models on the run's
+    validation tokens, then originality and style of their generations."""
     from shelley.finetune.methods import load_base_model, load_tokenizer_for_training
 
-    run_dir = Path(run_dir)
-    cfg, out = load_run(run_dir)
-    stream = validation_stream(run_dir)
+    cfg, out, train_dir = load_run(Path(run_dir))
+    stream = validation_stream(train_dir)
     tokenizer = load_tokenizer_for_training(cfg)
     base = score_model(load_base_model(cfg, for_training=False), tokenizer, stream, cfg)
     tuned = score_model(load_finetuned(out, cfg), tokenizer, stream, cfg)
-    summary = run_dir / "train_summary.json"
+    summary = train_dir / "train_summary.json"
     training = json.loads(summary.read_text()) if summary.exists() else {}
-    return combine(cfg, base, tuned, training) | {"run_dir": str(run_dir)}
+    results = combine(cfg, base, tuned, training) | {"run_dir": str(run_dir)}
+    return judge(results, train_dir, cfg)
+
+
+STYLE_LABELS = {
+    "base": "base model",
+    "finetuned": "fine-tuned model",
+    "shelley_train_sample": "Shelley (train, same length)",
+    "held_out": "Shelley (held out, reference)",
+}
+
+
+def _cell(t: str) -> str:
+    return " ".join(t.split()).replace("|", "\\|")
+
+
+def describe_copy(c: dict[str, Any] | None) -> str:
+    if not c:
+        return ""
+    return f"longest copy {c['longest_span']} words, {100 * c['ngram_share']:.0f}% of 8-grams in corpus"
 
 
 def render_eval_md(r: dict[str, Any]) -> str:
@@ -133,15 +205,70 @@ def render_eval_md(r: dict[str, Any]) -> str:
             "",
         ]
     gs = r["generation_seconds"]
-    lines += [f"Generation wall time: base {gs['base']} s, fine-tuned {gs['finetuned']} s.", "", "## Generations", ""]
+    lines += [f"Generation wall time: base {gs['base']} s, fine-tuned {gs['finetuned']} s.", ""]
+    if "originality" in r:
+        o = r["originality"]
+        lines += [
+            "## Originality",
+            "",
+            f"Longest run of words copied from the corpus, and the share of word {o['ngram_n']}-grams found in it "
+            f"(threshold {o['threshold_words']} words).",
+            "",
+            "| model | samples | longest copy (max) | longest copy (mean) | 8-grams in corpus | over threshold |",
+            "|---|---|---|---|---|---|",
+        ]
+        for who, label in (("base", "base"), ("finetuned", "fine-tuned")):
+            s = o[who]
+            lines.append(
+                f"| {label} | {s['samples']} | {s['longest_span_max']} | {s['longest_span_mean']:.1f} "
+                f"| {100 * s['ngram_share_mean']:.1f}% | {s['over_threshold']} |"
+            )
+        lines.append("")
+    if "style" in r:
+        st = r["style"]
+        lines += [
+            "## Style",
+            "",
+            f"Burrows' Delta to the held-out text over the corpus's {len(st['features'])} most frequent function "
+            f"words (lower is closer). Fine-tuning lowered Delta by **{100 * st['delta_reduction']:.0f}%**.",
+            "",
+            "| text | words | Delta | Delta per sample | sentence length | ; per 1k | — per 1k | , per 1k "
+            "| MATTR | unseen words |",
+            "|---|---|---|---|---|---|---|---|---|---|",
+        ]
+        for key, label in STYLE_LABELS.items():
+            g = st["groups"][key]
+            pk = g["per_1000_words"]
+            lines.append(
+                f"| {label} | {g['words']} | {g['delta']:.3f} | {g['delta_per_text']:.3f} "
+                f"| {g['sentence_length_mean']:.1f} | {pk['semicolon']:.1f} | {pk['dash']:.1f} | {pk['comma']:.1f} "
+                f"| {g['mattr']:.3f} | {100 * g['unseen_word_share']:.1f}% |"
+            )
+        lines.append("")
+    lines += ["## Generations", ""]
     for g in r["generations"]:
         lines += [f"### {g['prompt']}", "", "| base | fine-tuned |", "|---|---|"]
-        for b, f in zip(g["base"], g["finetuned"], strict=True):
-            cell = lambda t: " ".join(t.split()).replace("|", "\\|")  # noqa: E731
-            lines.append(f"| {cell(b)} | {cell(f)} |")
+        bo = g.get("base_originality") or [None] * len(g["base"])
+        fo = g.get("finetuned_originality") or [None] * len(g["finetuned"])
+        for b, f, ob, of in zip(g["base"], g["finetuned"], bo, fo, strict=True):
+            lines.append(f"| {_cell(b)} | {_cell(f)} |")
+            if ob or of:
+                lines.append(f"| *{describe_copy(ob)}* | *{describe_copy(of)}* |")
         lines.append("")
     lines += ["## Hyperparameters", "", "```yaml", yaml.safe_dump(r["hyperparameters"], sort_keys=False).strip(), "```"]
     return "\n".join(lines) + "\n"
+
+
+def render_eval_html(r: dict[str, Any]) -> str:
+    """The same report as HTML (a jinja2 template in the package), to read the generations side by side."""
+    from importlib.resources import files
+
+    import jinja2
+
+    env = jinja2.Environment(autoescape=True, undefined=jinja2.StrictUndefined)
+    template = env.from_string(files("shelley.eval").joinpath("templates/eval.html.j2").read_text("utf-8"))
+    hyper = yaml.safe_dump(r["hyperparameters"], sort_keys=False)
+    return template.render(r=r, describe_copy=describe_copy, style_labels=STYLE_LABELS, hyper=hyper)
 
 
 def write_eval(run_dir: Path, results: dict[str, Any]) -> None:
@@ -149,3 +276,4 @@ def write_eval(run_dir: Path, results: dict[str, Any]) -> None:
 
     write_json(Path(run_dir) / "eval.json", results)
     atomic_write_text(Path(run_dir) / "eval.md", render_eval_md(results))
+    atomic_write_text(Path(run_dir) / "eval.html", render_eval_html(results))

@@ -30,7 +30,8 @@ from shelley.config import ShelleyConfig
 from shelley.errors import ShelleyError
 from shelley.finetune.packing import PackedBlocks, encode_stream, micro_batch_indices
 
-CALIBRATION_STEPS = 3  # steps timed before the cosine horizon is fitted to a time budget
+CALIBRATION_STEPS = 3  # steps timed before the cosine horizon is first fitted to a time budget
+PACE_WINDOW = 10  # recent optimizer steps whose mean duration predicts the next ones
 
 # Keys that may change between a run and its --resume without changing what the run computes so far.
 RESUMABLE_CHANGES = {
@@ -152,19 +153,27 @@ def train(
     tokenizer=None,
     show_progress: bool = True,
     stop_after: int | None = None,
+    final_eval: bool = True,
 ) -> TrainResult:
     """Train per ``cfg`` and save outputs in ``run_dir``.
 
     ``model``/``tokenizer`` may be passed in (tests build tiny random models); otherwise they are loaded from
     ``cfg.model``. ``stop_after`` ends the process's work after that many steps as if it were interrupted
-    (checkpoint written, no final outputs), which is how tests exercise resume.
+    (checkpoint written, no final outputs), which is how tests exercise resume. ``final_eval=False`` skips the
+    validation pass at the end (``shelley run`` scores the model itself right after).
+
+    With ``train.time_budget_s`` the loop never starts a step it cannot finish in the budget, and the cosine
+    horizon is re-fitted every step from the recent step time and the time left (evals and checkpoints eat
+    into it too), so the learning rate reaches zero when the budget runs out, not before and not after.
     """
     import torch
     from accelerate import Accelerator
     from accelerate.utils import set_seed
 
     from shelley.finetune.methods import load_base_model, load_tokenizer_for_training, prepare_for_method
+    from shelley.runtime import tune_allocator
 
+    tune_allocator()
     run_dir = Path(run_dir)
     tc = cfg.train
     ckpt = None
@@ -185,6 +194,7 @@ def train(
         run_dir.mkdir(parents=True, exist_ok=True)
         if not resume:
             (run_dir / "config.yaml").write_text(yaml.safe_dump(cfg.model_dump(mode="json"), sort_keys=False))
+            _write_corpus(run_dir, train_texts, val_texts)
 
     tokenizer = tokenizer or load_tokenizer_for_training(cfg)
     if tokenizer.pad_token is None:
@@ -239,6 +249,7 @@ def train(
     step = start_step
     last_loss = float("nan")
     stopped_early = False
+    step_times: list[float] = []
 
     def evaluate(at_step: int) -> dict[str, Any]:
         from shelley.eval.perplexity import perplexity
@@ -289,7 +300,7 @@ def train(
                     if not torch.isfinite(loss):
                         last = latest_checkpoint(run_dir)
                         raise ShelleyError(
-                            f"loss became {float(loss)} at step {step + 1}; training stopped. "
+                            f"loss became {float(loss.detach())} at step {step + 1}; training stopped. "
                             f"Last good checkpoint: {last or 'none'}. Lower train.learning_rate or use precision fp32"
                         )
                     accelerator.backward(loss)
@@ -305,9 +316,11 @@ def train(
             elapsed = time.perf_counter() - t0
             # Throughput counts optimizer-step time only: evals, samples and checkpoints are not training.
             train_time += time.perf_counter() - step_start
-            if tc.time_budget_s is not None and step - start_step == CALIBRATION_STEPS and ckpt is None:
-                per_step = elapsed / CALIBRATION_STEPS
-                horizon["steps"] = max(step + 1, min(tc.steps, int(tc.time_budget_s / per_step)))
+            step_times.append(time.perf_counter() - step_start)
+            pace = sum(step_times[-PACE_WINDOW:]) / len(step_times[-PACE_WINDOW:])
+            if tc.time_budget_s is not None and ckpt is None and step - start_step >= CALIBRATION_STEPS:
+                left = tc.time_budget_s - elapsed
+                horizon["steps"] = max(step + 1, min(tc.steps, step + int(left / pace)))
                 progress.update(task, total=horizon["steps"])
             tps = (tokens_seen - tokens_before) / max(train_time, 1e-9)
             lr = scheduler.get_last_lr()[0]
@@ -325,9 +338,12 @@ def train(
                 accelerator,
             )
             progress.update(task, completed=step, loss=last_loss, lr=lr, tps=tps)
-            out_of_time = tc.time_budget_s is not None and (elapsed >= tc.time_budget_s or step >= horizon["steps"])
+            out_of_time = tc.time_budget_s is not None and (
+                elapsed + pace > tc.time_budget_s or step >= horizon["steps"]
+            )
             interrupted = stop_after is not None and step - start_step >= stop_after
-            if step % tc.eval_every == 0 or step == tc.steps or out_of_time:
+            last_step = step == tc.steps or out_of_time
+            if step % tc.eval_every == 0 or (last_step and final_eval):
                 evaluate(step)
             if accelerator.is_main_process and (step % tc.sample_every == 0):
                 write_samples(step)
@@ -376,6 +392,15 @@ def _save_outputs(accelerator, model, tokenizer, run_dir: Path, *, merge: bool) 
                     tokenizer.save_pretrained(tmp)
     accelerator.wait_for_everyone()
     return out
+
+
+def _write_corpus(run_dir: Path, train_texts: list[str], val_texts: list[str]) -> None:
+    """Keep the texts the run saw: the originality guard indexes them, and a hash ties the index to them."""
+    from shelley.eval.originality import corpus_rows_from_texts
+    from shelley.io import atomic_write_text
+
+    rows = corpus_rows_from_texts({"train": train_texts, "validation": val_texts})
+    atomic_write_text(run_dir / "corpus.jsonl", "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows))
 
 
 def _log(path: Path, row: dict[str, Any], accelerator) -> None:

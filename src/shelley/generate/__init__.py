@@ -1,39 +1,117 @@
-"""Text generation shared by training samples, evaluation and the CLI."""
+"""Text generation shared by training samples, evaluation, ``shelley write`` and the chat REPL.
+
+Every prompt x sample goes through one left-padded batch, so 5 prompts x 4 samples is one ``generate`` call
+with a KV cache instead of twenty. Left padding matters: a decoder continues from the last position, so the
+prompts must all end at the same column.
+"""
 
 from __future__ import annotations
 
+import warnings
+from collections.abc import Callable
+
 from shelley.config import GenerationConfig
+from shelley.errors import ShelleyError
+
+
+def check_generation(gen: GenerationConfig) -> None:
+    """Reject settings HF generate would misread; the config types catch the rest."""
+    if gen.max_new_tokens <= 0:
+        raise ShelleyError(f"max new tokens must be at least 1 (got {gen.max_new_tokens}); raise --max-new-tokens")
+    if gen.temperature < 0:
+        raise ShelleyError(f"temperature must be >= 0 (got {gen.temperature}); use 0 for greedy, ~0.8 for sampling")
+    if not 0 < gen.top_p <= 1:
+        raise ShelleyError(f"top-p must be in (0, 1] (got {gen.top_p}); 0.95 is a good default")
+
+
+def context_window(model) -> int:
+    cfg = model.config
+    for key in ("max_position_embeddings", "n_positions", "n_ctx", "seq_len"):
+        value = getattr(cfg, key, None)
+        if isinstance(value, int) and value > 0:
+            return value
+    return 2048
+
+
+def fit_prompts(tokenizer, prompts: list[str], max_prompt_tokens: int) -> tuple[list[list[int]], list[str]]:
+    """Token ids per prompt and warnings. Too-long prompts keep their last tokens (the ones the model needs
+    to continue); an empty prompt starts from the BOS (or EOS) token, i.e. unconditional generation."""
+    notes = []
+    out = []
+    start = tokenizer.bos_token_id if tokenizer.bos_token_id is not None else tokenizer.eos_token_id
+    for i, p in enumerate(prompts):
+        ids = tokenizer(p, add_special_tokens=False)["input_ids"] if p else []
+        if not ids:
+            notes.append(f"prompt {i + 1} is empty: generating unconditionally from the start token")
+            ids = [start]
+        if len(ids) > max_prompt_tokens:
+            notes.append(
+                f"prompt {i + 1} has {len(ids)} tokens, more than the {max_prompt_tokens} that fit the context "
+                f"with max new tokens; kept its last {max_prompt_tokens}"
+            )
+            ids = ids[-max_prompt_tokens:]
+        out.append(ids)
+    return out, notes
+
+
+def cut_at_stop(text: str, stops: list[str]) -> str:
+    cut = min((i for s in stops if s and (i := text.find(s)) >= 0), default=len(text))
+    return text[:cut]
 
 
 def generate_texts(
-    model, tokenizer, prompts: list[str], gen: GenerationConfig, *, seed: int | None = None
+    model,
+    tokenizer,
+    prompts: list[str],
+    gen: GenerationConfig,
+    *,
+    seed: int | None = None,
+    on_note: Callable[[str], None] | None = None,
+    streamer=None,
 ) -> list[str]:
-    """Continue every prompt ``gen.num_samples`` times in one left-padded batch; returns the continuations only."""
+    """Continue every prompt ``gen.num_samples`` times in one left-padded batch; returns the continuations
+    only, in order prompt 1 sample 1..n, prompt 2 sample 1..n, ...  ``temperature 0`` or ``do_sample False``
+    decodes greedily."""
     import torch
 
-    torch.manual_seed(gen.seed if seed is None else seed)
-    side = tokenizer.padding_side
-    tokenizer.padding_side = "left"  # prompts must end where generation starts
-    batch_prompts = [p for p in prompts for _ in range(gen.num_samples)]
-    enc = tokenizer(batch_prompts, return_tensors="pt", padding=True, add_special_tokens=False)
-    tokenizer.padding_side = side
+    check_generation(gen)
+    window = context_window(model)
+    max_new = min(gen.max_new_tokens, window - 1)
+    if max_new < gen.max_new_tokens and on_note:
+        on_note(f"max new tokens clamped to {max_new}, the model's context is {window} tokens")
+    ids, notes = fit_prompts(tokenizer, prompts, window - max_new)
+    for n in notes:
+        (on_note or (lambda m: warnings.warn(m, stacklevel=2)))(n)
+    rows = [x for x in ids for _ in range(gen.num_samples)]
+    pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+    width = max(len(r) for r in rows)
+    input_ids = torch.tensor([[pad_id] * (width - len(r)) + r for r in rows])
+    attention = torch.tensor([[0] * (width - len(r)) + [1] * len(r) for r in rows])
     device = next(model.parameters()).device
-    enc = {k: v.to(device) for k, v in enc.items()}
+    torch.manual_seed(gen.seed if seed is None else seed)
+    sample = gen.do_sample and gen.temperature > 0
     kwargs = {
-        "max_new_tokens": gen.max_new_tokens,
-        "do_sample": gen.do_sample,
+        "max_new_tokens": max_new,
+        "do_sample": sample,
         "repetition_penalty": gen.repetition_penalty,
-        "pad_token_id": tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id,
+        "pad_token_id": pad_id,
         "eos_token_id": tokenizer.eos_token_id,
     }
-    if gen.do_sample:
+    if sample:
         kwargs |= {"temperature": gen.temperature, "top_k": gen.top_k or None, "top_p": gen.top_p}
+    else:
+        kwargs |= {"temperature": None, "top_k": None, "top_p": None}
     if gen.no_repeat_ngram_size:
         kwargs["no_repeat_ngram_size"] = gen.no_repeat_ngram_size
+    if gen.stop:
+        kwargs |= {"stop_strings": list(gen.stop), "tokenizer": tokenizer}
+    if streamer is not None:
+        kwargs["streamer"] = streamer
     was_training = model.training
     model.eval()
     with torch.inference_mode():
-        out = model.generate(**enc, **kwargs)
+        out = model.generate(input_ids=input_ids.to(device), attention_mask=attention.to(device), **kwargs)
     model.train(was_training)
-    new = out[:, enc["input_ids"].shape[1] :]
-    return tokenizer.batch_decode(new, skip_special_tokens=True)
+    texts = tokenizer.batch_decode(out[:, width:], skip_special_tokens=True)
+    # A batch runs until every row stops, so rows that met a stop string early have text after it.
+    return [cut_at_stop(t, gen.stop) for t in texts]

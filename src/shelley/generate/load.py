@@ -1,0 +1,89 @@
+"""Load any model shelley can write with: a run dir, a saved model, a PEFT adapter, a preset or a Hub id."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from shelley.errors import ShelleyError
+
+
+@dataclass
+class Loaded:
+    model: Any
+    tokenizer: Any
+    source: str  # what was loaded, for messages and reports
+    run_dir: Path | None  # the training run it came from, if any (for its corpus and config)
+
+
+def find_train_run(path: Path) -> Path | None:
+    """The training run dir behind ``path``: the dir itself (``shelley train``) or its ``train/`` (``shelley run``)."""
+    path = Path(path)
+    for cand in (path, path / "train"):
+        if (cand / "config.yaml").exists() and ((cand / "model").is_dir() or (cand / "adapter").is_dir()):
+            return cand
+    return None
+
+
+def load_adapter(adapter_dir: Path, *, base: str | None = None, trust_remote_code: bool = False):
+    """A PEFT adapter on its base model (read from adapter_config.json unless ``base`` is given), merged for
+    fast inference."""
+    import torch
+    from peft import PeftModel
+    from transformers import AutoModelForCausalLM
+
+    from shelley.models.registry import resolve
+
+    meta = json.loads((adapter_dir / "adapter_config.json").read_text())
+    base_ref = base or meta.get("base_model_name_or_path")
+    if not base_ref:
+        raise ShelleyError(f"adapter {adapter_dir} does not name its base model; pass --base MODEL")
+    base_path = Path(base_ref)
+    if base_path.is_absolute() and not base_path.exists():
+        raise ShelleyError(
+            f"the base model of adapter {adapter_dir} is missing ({base_ref}); "
+            "run `shelley models prepare NAME` to rebuild it or pass --base MODEL"
+        )
+    try:
+        target = resolve(base_ref)
+        model = AutoModelForCausalLM.from_pretrained(target, dtype=torch.float32, trust_remote_code=trust_remote_code)
+    except OSError as exc:
+        raise ShelleyError(
+            f"cannot load the base model {base_ref!r} of adapter {adapter_dir} ({str(exc).splitlines()[0][:120]}); "
+            "pass --base MODEL"
+        ) from None
+    return PeftModel.from_pretrained(model, str(adapter_dir)).merge_and_unload()
+
+
+def load_for_generation(ref: str | Path, *, base: str | None = None, trust_remote_code: bool = False) -> Loaded:
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    from shelley.models.registry import load_tokenizer, resolve
+    from shelley.runtime import tune_allocator
+
+    tune_allocator()
+    path = Path(ref)
+    run = find_train_run(path) if path.is_dir() else None
+    if run is not None:
+        model_dir = run / "model" if (run / "model" / "config.json").exists() else run / "adapter"
+    else:
+        model_dir = path if path.is_dir() else None
+    if model_dir is not None and (model_dir / "adapter_config.json").exists():
+        model = load_adapter(model_dir, base=base, trust_remote_code=trust_remote_code)
+        tokenizer = load_tokenizer(str(model_dir))
+        return Loaded(model, tokenizer, str(model_dir), run)
+    target = resolve(str(model_dir) if model_dir is not None else str(ref))
+    try:
+        model = AutoModelForCausalLM.from_pretrained(target, dtype=torch.float32, trust_remote_code=trust_remote_code)
+    except OSError as exc:
+        raise ShelleyError(
+            f"cannot load model {str(ref)!r} ({str(exc).splitlines()[0][:160]}); "
+            "pass a run dir, a model dir saved with save_pretrained, a preset, or a Hub id while online"
+        ) from None
+    tokenizer = load_tokenizer(target)
+    if tokenizer.pad_token is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    return Loaded(model, tokenizer, target, run)

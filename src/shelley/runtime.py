@@ -1,0 +1,30 @@
+"""Process-level settings that make CPU training faster, applied once by the commands that train or write.
+
+glibc's malloc hands every block over 128 KiB back to the kernel as soon as it is freed, so each training
+step mmaps and page-faults its activations, logits and gradients afresh (hundreds of MB). Raising the mmap
+and trim thresholds keeps that memory in the process between steps. Measured on SmolLM2-135M full
+fine-tuning on 2 cores: minor page faults 3.7M -> 1.4M, system time 22 s -> 11 s, ~100 -> ~118 tokens/s.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import sys
+
+_M_TRIM_THRESHOLD = -1
+_M_MMAP_THRESHOLD = -3
+_applied = False
+
+
+def tune_allocator() -> bool:
+    """Keep freed memory in the process instead of returning it to the kernel (glibc only; no-op elsewhere)."""
+    global _applied
+    if _applied or not sys.platform.startswith("linux"):
+        return _applied
+    try:
+        libc = ctypes.CDLL("libc.so.6")
+        ok = libc.mallopt(_M_MMAP_THRESHOLD, 1 << 30) == 1 and libc.mallopt(_M_TRIM_THRESHOLD, (1 << 31) - 1) == 1
+    except (OSError, AttributeError):  # musl or another libc: nothing to tune
+        ok = False
+    _applied = ok
+    return ok

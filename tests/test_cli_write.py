@@ -1,0 +1,138 @@
+"""`shelley write` and `shelley style` through the real CLI, on a tiny trained run."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from conftest import BOOK_BODY, write
+
+
+def _json(result):
+    assert result.exit_code == 0, result.stderr
+    return json.loads(result.stdout)
+
+
+def test_write_json_batches_prompts_and_reports_copying(cli, tiny_run):
+    doc = _json(cli("write", tiny_run, "The storm", "I was", "--samples", 2, "-n", 6, "--json"))
+    samples = doc["samples"]
+    assert [(s["prompt"], s["sample"]) for s in samples] == [
+        ("The storm", 1),
+        ("The storm", 2),
+        ("I was", 1),
+        ("I was", 2),
+    ]
+    for s in samples:
+        o = s["originality"]
+        assert 0 <= o["longest_span"] <= o["words"] and 0.0 <= o["ngram_share"] <= 1.0
+    assert (tiny_run / "originality-index.npz").exists()  # built once, cached in the run
+
+
+def test_write_streams_a_single_sample(cli, tiny_run):
+    result = cli("write", tiny_run, "The storm", "-n", 5, "--greedy")
+    assert result.exit_code == 0, result.stderr
+    assert result.stdout.startswith("The storm") and "longest span copied" in result.stdout
+
+
+def test_write_original_keeps_every_sample_under_the_span_or_says_so(cli, tiny_run):
+    result = cli(
+        "write",
+        tiny_run,
+        "The storm",
+        "I was",
+        "--samples",
+        3,
+        "-n",
+        8,
+        "--original",
+        "--max-span",
+        1,
+        "--tries",
+        3,
+        "--json",
+    )
+    samples = _json(result)["samples"]
+    for s in samples:
+        assert s["originality"]["longest_span"] <= 1 or s["gave_up"]
+        assert 1 <= s["tries"] <= 3
+    gave_up = [s for s in samples if s["gave_up"]]
+    assert ("gave up" in result.stderr) == bool(gave_up)
+    if any(s["tries"] > 1 for s in samples):
+        assert "re-sampling" in result.stderr
+
+
+def test_empty_prompt_is_unconditional(cli, tiny_run):
+    result = cli("write", tiny_run, "", "-n", 4, "--json")
+    assert _json(result)["samples"][0]["prompt"] == ""
+    assert "unconditionally" in result.stderr
+
+
+def test_prompt_longer_than_the_context_is_truncated(cli, tiny_run):
+    result = cli("write", tiny_run, "the storm broke " * 200, "-n", 4, "--json")
+    assert result.exit_code == 0, result.stderr
+    assert "kept its last" in result.stderr
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["--max-new-tokens", "0"], "--max-new-tokens"),
+        (["--temperature", "-1"], "--temperature"),
+        (["--top-p", "0"], "--top-p"),
+        (["--top-p", "1.5"], "--top-p"),
+    ],
+)
+def test_bad_sampling_flags(cli, tiny_run, args, message):
+    result = cli("write", tiny_run, "The storm", *args)
+    assert result.exit_code == 2 and message in result.stderr and "Traceback" not in result.stderr
+
+
+def test_adapter_whose_base_model_is_missing(cli, tmp_path, tiny_model_dir):
+    from peft import LoraConfig, get_peft_model
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    model = get_peft_model(
+        AutoModelForCausalLM.from_pretrained(tiny_model_dir),
+        LoraConfig(r=2, target_modules=["q_proj", "v_proj"], task_type="CAUSAL_LM"),
+    )
+    adapter = tmp_path / "adapter"
+    model.save_pretrained(adapter)
+    AutoTokenizer.from_pretrained(tiny_model_dir).save_pretrained(adapter)
+    cfg = json.loads((adapter / "adapter_config.json").read_text())
+    cfg["base_model_name_or_path"] = str(tmp_path / "deleted-base")
+    (adapter / "adapter_config.json").write_text(json.dumps(cfg))
+    result = cli("write", adapter, "The storm")
+    assert result.exit_code == 2 and "base model of adapter" in result.stderr and "missing" in result.stderr
+
+
+def test_index_from_another_corpus_is_refused(cli, tmp_path, tiny_run):
+    from shelley.eval.originality import CorpusIndex
+
+    other = tmp_path / "other.npz"
+    CorpusIndex.build([{"text": "a different book entirely", "split": "train", "row": 0}]).save(other)
+    result = cli("write", tiny_run, "The storm", "--index", other)
+    assert result.exit_code == 2 and "different corpus" in result.stderr
+
+
+def test_original_without_a_corpus(cli, tiny_model_dir):
+    result = cli("write", tiny_model_dir, "The storm", "--original")
+    assert result.exit_code == 2 and "--corpus" in result.stderr
+
+
+def test_style_of_a_text_against_a_corpus(cli, tmp_path):
+    corpus = write(tmp_path / "book.txt", BOOK_BODY * 4)
+    same = _json(
+        cli("style", "The storm broke at midnight; I ran out to see the old oak.", "--corpus", corpus, "--json")
+    )
+    assert same["groups"]["corpus_held_out"]["delta"] == 0.0
+    assert same["groups"]["text"]["delta"] > 0 and same["features"]
+    text_file = write(tmp_path / "mine.txt", "Okay so you've got your laptop, right? It's easy, you can do it.")
+    table = cli("style", text_file, "--corpus", corpus)
+    assert table.exit_code == 0 and "Delta" in table.stdout
+
+
+def test_style_of_an_empty_text(cli, tmp_path):
+    corpus = write(tmp_path / "book.txt", BOOK_BODY)
+    result = cli("style", "   ", "--corpus", corpus)
+    assert result.exit_code == 2 and "empty" in result.stderr

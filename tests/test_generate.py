@@ -1,0 +1,109 @@
+"""Batched generation with left padding, stop strings, prompt fitting and the --original re-sampling loop."""
+
+from __future__ import annotations
+
+import pytest
+
+from conftest import tiny_causal_lm
+from shelley.config import GenerationConfig
+from shelley.errors import ShelleyError
+from shelley.generate import check_generation, cut_at_stop, fit_prompts, generate_texts
+from shelley.generate.write import write
+
+PROMPTS = ["The storm", "I was born in a quiet town by the lake, where", "My"]
+
+
+@pytest.fixture(scope="module")
+def tokenizer(tiny_tokenizer_dir):
+    from transformers import AutoTokenizer
+
+    tok = AutoTokenizer.from_pretrained(tiny_tokenizer_dir)
+    tok.pad_token = tok.eos_token
+    return tok
+
+
+@pytest.mark.parametrize("kind", ["gpt2", "llama"])
+def test_batched_equals_one_at_a_time_under_greedy(tokenizer, kind):
+    model = tiny_causal_lm(kind, len(tokenizer), seed=3)
+    gen = GenerationConfig(do_sample=False, max_new_tokens=12, repetition_penalty=1.0)
+    batched = generate_texts(model, tokenizer, PROMPTS, gen)
+    single = [generate_texts(model, tokenizer, [p], gen)[0] for p in PROMPTS]
+    assert batched == single
+    assert all(t for t in batched)  # something was generated for each prompt
+
+
+def test_sampling_is_seeded_and_samples_differ(tokenizer):
+    model = tiny_causal_lm("llama", len(tokenizer), seed=1)
+    gen = GenerationConfig(max_new_tokens=10, num_samples=3, temperature=1.5, top_k=0, top_p=1.0)
+    a = generate_texts(model, tokenizer, ["The storm"], gen)
+    assert a == generate_texts(model, tokenizer, ["The storm"], gen)
+    assert len(a) == 3 and len(set(a)) > 1
+
+
+def test_temperature_zero_is_greedy(tokenizer):
+    model = tiny_causal_lm("llama", len(tokenizer), seed=2)
+    greedy = generate_texts(model, tokenizer, ["I was"], GenerationConfig(do_sample=False, max_new_tokens=8))
+    zero = generate_texts(model, tokenizer, ["I was"], GenerationConfig(temperature=0, max_new_tokens=8, seed=9))
+    assert greedy == zero
+
+
+def test_stop_string_cuts_every_sample():
+    assert cut_at_stop("a dark night. And then", [". "]) == "a dark night"
+    assert cut_at_stop("no stop here", ["###"]) == "no stop here"
+
+
+def test_empty_and_too_long_prompts(tokenizer):
+    ids, notes = fit_prompts(tokenizer, ["", "the storm broke at midnight " * 20], max_prompt_tokens=16)
+    assert ids[0] == [tokenizer.eos_token_id] and "unconditionally" in notes[0]
+    assert len(ids[1]) == 16 and "kept its last 16" in notes[1]
+    full = tokenizer("the storm broke at midnight " * 20, add_special_tokens=False)["input_ids"]
+    assert ids[1] == full[-16:]  # truncated from the left: the end of the prompt is what gets continued
+
+
+@pytest.mark.parametrize(
+    ("field", "value", "message"),
+    [("max_new_tokens", 0, "max new tokens"), ("temperature", -0.5, "temperature"), ("top_p", 1.5, "top-p")],
+)
+def test_bad_generation_settings(field, value, message):
+    gen = GenerationConfig().model_copy(update={field: value})  # bypasses validation, like a caller could
+    with pytest.raises(ShelleyError, match=message):
+        check_generation(gen)
+
+
+class _CountingIndex:
+    """Stands in for CorpusIndex: the first ``copies`` checks report a 20-word copy, later ones none."""
+
+    def __init__(self, copies: int):
+        self.left = copies
+
+    def check(self, text):
+        span = 20 if self.left > 0 else 3
+        self.left -= 1
+        return {"longest_span": span, "ngram_share": 0.0, "location": None, "words": 10, "ngram_n": 8}
+
+
+def test_original_resamples_copies_until_clean(tokenizer):
+    model = tiny_causal_lm("llama", len(tokenizer), seed=4)
+    gen = GenerationConfig(max_new_tokens=6, num_samples=2)
+    notes = []
+    out = write(model, tokenizer, ["The storm"], gen, index=_CountingIndex(3), original=True, on_note=notes.append)
+    assert [r["originality"]["longest_span"] for r in out] == [3, 3]
+    assert [r["tries"] for r in out] == [3, 2] and not any(r["gave_up"] for r in out)
+    assert any("re-sampling 2" in n for n in notes)
+
+
+def test_original_says_when_it_gives_up(tokenizer):
+    model = tiny_causal_lm("llama", len(tokenizer), seed=4)
+    notes = []
+    out = write(
+        model,
+        tokenizer,
+        ["The storm"],
+        GenerationConfig(max_new_tokens=6),
+        index=_CountingIndex(100),
+        original=True,
+        tries=3,
+        on_note=notes.append,
+    )
+    assert out[0]["gave_up"] and out[0]["tries"] == 3
+    assert any("gave up" in n and "after 3 tries" in n for n in notes)
