@@ -180,3 +180,25 @@ def test_nan_loss_stops_and_names_the_step(tmp_path, tiny_tokenizer_dir):
             tokenizer=tok,
             show_progress=False,
         )
+
+
+def test_out_of_memory_is_advice_and_keeps_the_last_checkpoint(tmp_path, tiny_tokenizer_dir, monkeypatch):
+    tok = _tokenizer(tiny_tokenizer_dir)
+    model = _tiny_model("llama", len(tok))
+    forward = type(model).forward
+    calls = {"n": 0}
+
+    def forward_that_runs_out(self, *args, **kwargs):
+        calls["n"] += 1
+        if calls["n"] > 4 and self.training:  # after the step-4 checkpoint, like a longer batch would
+            raise RuntimeError("DefaultCPUAllocator: can't allocate memory: you tried to allocate 99999999999 bytes")
+        return forward(self, *args, **kwargs)
+
+    monkeypatch.setattr(type(model), "forward", forward_that_runs_out)
+    run = tmp_path / "run"
+    with pytest.raises(ShelleyError) as err:
+        train(_cfg("full"), TEXTS, TEXTS[:6], run, model=model, tokenizer=tok, show_progress=False)
+    msg = str(err.value)
+    assert "out of memory at step 5" in msg and "train.micro_batch_size=2" in msg and "grad_accum=2" in msg
+    assert "step-000004" in msg
+    assert (run / "checkpoints" / "step-000004" / "trainer_state.json").exists()

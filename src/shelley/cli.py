@@ -391,6 +391,9 @@ def train_cmd(
     )
 
 
+PIPELINE_KEYS = ("time_budget_s", "wall_seconds", "train_budget_s", "seconds", "data")
+
+
 @app.command("eval")
 @user_errors
 def eval_cmd(
@@ -401,6 +404,13 @@ def eval_cmd(
 
     with err_console.status("evaluating base and fine-tuned models"):
         results = evaluate_run(run_dir)
+    previous = run_dir / "eval.json"
+    if previous.exists():  # keep what `shelley run` measured about the whole job (budget, wall time, data)
+        try:
+            old = json.loads(previous.read_text())
+        except (OSError, json.JSONDecodeError):
+            old = {}
+        results = {k: old[k] for k in PIPELINE_KEYS if k in old} | results
     write_eval(run_dir, results)
     p = results["perplexity"]
     console.print(
@@ -472,6 +482,9 @@ def write_cmd(
         list[str] | None, typer.Argument(help="Prompts to continue (several are batched; none: unconditional).")
     ] = None,
     max_new_tokens: Annotated[int | None, typer.Option("--max-new-tokens", "-n", help="Tokens per sample.")] = None,
+    min_new_tokens: Annotated[
+        int | None, typer.Option("--min-new-tokens", help="Suppress end-of-text before this many tokens.")
+    ] = None,
     num_samples: Annotated[int | None, typer.Option("--samples", help="Samples per prompt.")] = None,
     temperature: Annotated[float | None, typer.Option("--temperature", "-t", help="0 decodes greedily.")] = None,
     greedy: Annotated[bool, typer.Option("--greedy", help="Greedy decoding (no sampling).")] = False,
@@ -500,6 +513,7 @@ def write_cmd(
     """Continue prompts in the author's voice; reports (and with --original avoids) copying from the corpus."""
     flags = {
         "generation.max_new_tokens": ("--max-new-tokens", max_new_tokens),
+        "generation.min_new_tokens": ("--min-new-tokens", min_new_tokens),
         "generation.num_samples": ("--samples", num_samples),
         "generation.temperature": ("--temperature", temperature),
         "generation.top_k": ("--top-k", top_k),

@@ -118,6 +118,11 @@ class EvalConfig(_Section):
         description="Prompts for side-by-side generations.",
     )
     samples_per_prompt: int = Field(4, gt=0, description="Samples per prompt in the side-by-side report.")
+    full_length: bool = Field(
+        True,
+        description="Generate exactly generation.max_new_tokens per sample in eval, so base and fine-tuned texts "
+        "are compared at equal length (Delta and the other style measures depend on length).",
+    )
     max_copied_span: int = Field(
         12, gt=0, description="Originality threshold: longest span (words) a sample may copy from the corpus."
     )
@@ -130,6 +135,7 @@ class EvalConfig(_Section):
 
 class GenerationConfig(_Section):
     max_new_tokens: int = Field(120, gt=0, description="Tokens to generate per sample.")
+    min_new_tokens: int = Field(0, ge=0, description="Do not stop (EOS suppressed) before this many tokens.")
     do_sample: bool = Field(True, description="Sample (True) or decode greedily (False).")
     temperature: float = Field(0.8, ge=0, description="Sampling temperature (0: greedy).")
     top_k: int = Field(50, ge=0, description="Keep only the k most likely tokens (0: off).")

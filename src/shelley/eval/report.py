@@ -70,6 +70,8 @@ def score_model(model, tokenizer, stream: np.ndarray, cfg: ShelleyConfig) -> dic
     ppl["seconds"] = round(time.perf_counter() - t0, 2)
     t0 = time.perf_counter()
     gen = cfg.generation.model_copy(update={"num_samples": cfg.eval.samples_per_prompt})
+    if cfg.eval.full_length:
+        gen.min_new_tokens = gen.max_new_tokens
     texts = generate_texts(model, tokenizer, cfg.eval.prompts, gen)  # same seed and settings for every model
     return {"perplexity": ppl, "generations": texts, "generation_seconds": round(time.perf_counter() - t0, 2)}
 

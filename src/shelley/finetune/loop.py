@@ -20,6 +20,7 @@ import json
 import math
 import shutil
 import time
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -295,7 +296,7 @@ def train(
                 micro = (step * tc.grad_accum + k) * world + rank
                 ids = train_blocks.batch(micro_batch_indices(len(train_blocks), tc.micro_batch_size, tc.seed, micro))
                 ids = ids.to(accelerator.device)
-                with accelerator.accumulate(model):
+                with accelerator.accumulate(model), _oom_guard(cfg, step + 1, run_dir):
                     loss = model(input_ids=ids, labels=ids).loss
                     if not torch.isfinite(loss):
                         last = latest_checkpoint(run_dir)
@@ -392,6 +393,33 @@ def _save_outputs(accelerator, model, tokenizer, run_dir: Path, *, merge: bool) 
                     tokenizer.save_pretrained(tmp)
     accelerator.wait_for_everyone()
     return out
+
+
+def is_oom(exc: BaseException) -> bool:
+    """CUDA's OutOfMemoryError, or the RuntimeError the CPU allocator raises when RAM runs out."""
+    text = str(exc)
+    return type(exc).__name__ == "OutOfMemoryError" or (
+        isinstance(exc, RuntimeError) and ("out of memory" in text.lower() or "can't allocate memory" in text)
+    )
+
+
+@contextmanager
+def _oom_guard(cfg: ShelleyConfig, step: int, run_dir: Path):
+    """Turn an out-of-memory error into advice; the checkpoints already written stay untouched."""
+    try:
+        yield
+    except (RuntimeError, MemoryError) as exc:
+        if not (isinstance(exc, MemoryError) or is_oom(exc)):
+            raise
+        tc = cfg.train
+        smaller = max(1, tc.micro_batch_size // 2)
+        last = latest_checkpoint(run_dir)
+        raise ShelleyError(
+            f"out of memory at step {step} with train.micro_batch_size={tc.micro_batch_size} and "
+            f"model.max_length={cfg.model.max_length}; try --set train.micro_batch_size={smaller} "
+            f"--set train.grad_accum={tc.grad_accum * tc.micro_batch_size // smaller} (same effective batch), a "
+            f"smaller model.max_length, or train.gradient_checkpointing=true. Last checkpoint: {last or 'none'}"
+        ) from None
 
 
 def _write_corpus(run_dir: Path, train_texts: list[str], val_texts: list[str]) -> None:

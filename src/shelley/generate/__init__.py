@@ -92,6 +92,7 @@ def generate_texts(
     sample = gen.do_sample and gen.temperature > 0
     kwargs = {
         "max_new_tokens": max_new,
+        "min_new_tokens": min(gen.min_new_tokens, max_new) or None,
         "do_sample": sample,
         "repetition_penalty": gen.repetition_penalty,
         "pad_token_id": pad_id,

@@ -108,6 +108,9 @@ def resolve(name: str, *, need_weights: bool = True) -> str:
         return str(path)
     preset = PRESETS.get(name)
     if preset is None:
+        imported = cache_dir(name) if _is_plain_name(name) else None
+        if imported is not None and _is_checkpoint_dir(imported):
+            return str(imported)  # a model brought in with `shelley models import-gguf FILE NAME`
         if "/" in name:
             return name  # a Hub id, e.g. "EleutherAI/pythia-70m"
         raise ShelleyError(
@@ -125,8 +128,14 @@ def resolve(name: str, *, need_weights: bool = True) -> str:
     return preset.hub_id
 
 
+def _is_plain_name(name: str) -> bool:
+    return bool(name) and name not in (".", "..") and all(c.isalnum() or c in "-_." for c in name)
+
+
 def import_gguf(gguf: Path, name: str, *, tokenizer_only: bool = False) -> Path:
     """Dequantize a GGUF file once into ``SHELLEY_HOME/models/NAME`` (safetensors + tokenizer)."""
+    if not _is_plain_name(name):
+        raise ShelleyError(f"model name {name!r} must be letters, digits, '-', '_' or '.'; e.g. my-model")
     from rich.console import Console
 
     from shelley.io import atomic_dir

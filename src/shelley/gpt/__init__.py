@@ -1,0 +1,1 @@
+"""A GPT trained from scratch: its own tokenizer, a plain-PyTorch model, exported to GPT-2 format."""
