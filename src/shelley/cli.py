@@ -348,12 +348,6 @@ def data_fetch_gutenberg(
 RunDirOpt = Annotated[Path | None, typer.Option("--run-dir", help="Run directory (default: train.run_dir).")]
 
 
-def _train_texts(source: Path, cfg) -> tuple[list[str], list[str]]:
-    from shelley.data.build import train_val_texts
-
-    return train_val_texts(source, cfg.data)
-
-
 @app.command("train")
 @user_errors
 def train_cmd(
@@ -379,8 +373,10 @@ def train_cmd(
     }
     cfg = _load(config, sets, **flags)
     source = dataset or (Path(cfg.data.out) if Path(cfg.data.out).exists() else _corpus_source(None, cfg))
-    train_texts, val_texts = _train_texts(source, cfg)
+    from shelley.data.build import train_val_texts
     from shelley.finetune.loop import train
+
+    train_texts, val_texts = train_val_texts(source, cfg.data)
 
     result = train(cfg, train_texts, val_texts, Path(cfg.train.run_dir), resume=resume, overwrite=overwrite)
     last = result.evals[-1] if result.evals else {}

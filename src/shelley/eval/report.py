@@ -17,7 +17,7 @@ from shelley.errors import ShelleyError
 
 def load_run(run_dir: Path) -> tuple[ShelleyConfig, Path, Path]:
     """(config, model-or-adapter dir, training run dir) of a ``shelley train`` or ``shelley run`` directory."""
-    from shelley.generate.load import find_train_run
+    from shelley.generate.load import find_train_run, run_output
 
     run_dir = Path(run_dir)
     train_dir = find_train_run(run_dir)
@@ -30,20 +30,7 @@ def load_run(run_dir: Path) -> tuple[ShelleyConfig, Path, Path]:
             f"{run_dir} has no trained model yet (no model/ or adapter/); finish or --resume the training"
         )
     cfg = ShelleyConfig.model_validate(yaml.safe_load((train_dir / "config.yaml").read_text()))
-    out = train_dir / "model" if (train_dir / "model" / "config.json").exists() else train_dir / "adapter"
-    return cfg, out, train_dir
-
-
-def load_finetuned(path: Path, cfg: ShelleyConfig):
-    """A full model directory, or a PEFT adapter loaded onto its base model automatically."""
-    import torch
-    from transformers import AutoModelForCausalLM
-
-    from shelley.generate.load import load_adapter
-
-    if (path / "adapter_config.json").exists():
-        return load_adapter(path, trust_remote_code=cfg.model.trust_remote_code)
-    return AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32)
+    return cfg, run_output(train_dir), train_dir
 
 
 def validation_stream(run_dir: Path) -> np.ndarray:
@@ -154,12 +141,13 @@ def evaluate_run(run_dir: Path) -> dict[str, Any]:
     """Evaluate a finished ``shelley train`` (or ``shelley run``) dir: base and fine-tuned models on the run's
     validation tokens, then originality and style of their generations."""
     from shelley.finetune.methods import load_base_model, load_tokenizer_for_training
+    from shelley.generate.load import load_model_dir
 
     cfg, out, train_dir = load_run(Path(run_dir))
     stream = validation_stream(train_dir)
     tokenizer = load_tokenizer_for_training(cfg)
     base = score_model(load_base_model(cfg, for_training=False), tokenizer, stream, cfg)
-    tuned = score_model(load_finetuned(out, cfg), tokenizer, stream, cfg)
+    tuned = score_model(load_model_dir(out, trust_remote_code=cfg.model.trust_remote_code), tokenizer, stream, cfg)
     summary = train_dir / "train_summary.json"
     training = json.loads(summary.read_text()) if summary.exists() else {}
     results = combine(cfg, base, tuned, training) | {"run_dir": str(run_dir)}

@@ -245,7 +245,6 @@ def train(
     world, rank = accelerator.num_processes, accelerator.process_index
     evals: list[dict[str, Any]] = []
     t0 = time.perf_counter()
-    train_time = 0.0
     tokens_seen = tokens_before
     step = start_step
     last_loss = float("nan")
@@ -316,14 +315,14 @@ def train(
             last_loss = sum(losses) / len(losses)
             elapsed = time.perf_counter() - t0
             # Throughput counts optimizer-step time only: evals, samples and checkpoints are not training.
-            train_time += time.perf_counter() - step_start
             step_times.append(time.perf_counter() - step_start)
-            pace = sum(step_times[-PACE_WINDOW:]) / len(step_times[-PACE_WINDOW:])
+            recent = step_times[-PACE_WINDOW:]
+            pace = sum(recent) / len(recent)
             if tc.time_budget_s is not None and ckpt is None and step - start_step >= CALIBRATION_STEPS:
                 left = tc.time_budget_s - elapsed
                 horizon["steps"] = max(step + 1, min(tc.steps, step + int(left / pace)))
                 progress.update(task, total=horizon["steps"])
-            tps = (tokens_seen - tokens_before) / max(train_time, 1e-9)
+            tps = (tokens_seen - tokens_before) / max(sum(step_times), 1e-9)
             lr = scheduler.get_last_lr()[0]
             _log(
                 metrics_path,
@@ -366,7 +365,7 @@ def train(
     output_dir = _save_outputs(accelerator, model, tokenizer, run_dir, merge=tc.merge)
     if accelerator.is_main_process:
         plot_loss(metrics_path, run_dir / "loss.png")
-    tps = (tokens_seen - tokens_before) / max(train_time, 1e-9)
+    tps = (tokens_seen - tokens_before) / max(sum(step_times), 1e-9)
     result = TrainResult(run_dir, step, stopped_early, elapsed, tokens_seen, tps, last_loss, evals, output_dir)
     if accelerator.is_main_process:
         summary = {k: (str(v) if isinstance(v, Path) else v) for k, v in result.__dict__.items()}

@@ -88,9 +88,8 @@ def load_tokenizer_for_training(cfg: ShelleyConfig):
 def load_base_model(cfg: ShelleyConfig, *, for_training: bool = True):
     """Load the base model for ``cfg.train.method`` (4-bit for qlora) in fp32 on CPU."""
     import torch
-    from transformers import AutoModelForCausalLM
 
-    from shelley.models.registry import resolve
+    from shelley.models.registry import load_causal_lm, resolve
 
     qconfig = quantization_config(cfg) if for_training else None
     target = resolve(cfg.model.name)
@@ -99,14 +98,12 @@ def load_base_model(cfg: ShelleyConfig, *, for_training: bool = True):
         kwargs |= {"quantization_config": qconfig, "dtype": torch.bfloat16, "device_map": {"": 0}}
     else:
         kwargs["dtype"] = torch.float32
-    try:
-        model = AutoModelForCausalLM.from_pretrained(target, **kwargs)
-    except OSError as exc:
-        raise ShelleyError(
-            f"cannot load model {cfg.model.name!r} ({str(exc).splitlines()[0][:160]}); "
-            "pass a preset, a directory saved with save_pretrained, or a Hub id while online"
-        ) from None
-    return model
+    return load_causal_lm(
+        target,
+        what=f"model {cfg.model.name!r}",
+        hint="pass a preset, a directory saved with save_pretrained, or a Hub id while online",
+        **kwargs,
+    )
 
 
 def prepare_for_method(model, cfg: ShelleyConfig):

@@ -27,14 +27,18 @@ def find_train_run(path: Path) -> Path | None:
     return None
 
 
+def run_output(train_dir: Path) -> Path:
+    """What a training run saved: its full (or merged) model if there is one, else its adapter."""
+    return train_dir / "model" if (train_dir / "model" / "config.json").exists() else train_dir / "adapter"
+
+
 def load_adapter(adapter_dir: Path, *, base: str | None = None, trust_remote_code: bool = False):
     """A PEFT adapter on its base model (read from adapter_config.json unless ``base`` is given), merged for
     fast inference."""
     import torch
     from peft import PeftModel
-    from transformers import AutoModelForCausalLM
 
-    from shelley.models.registry import resolve
+    from shelley.models.registry import load_causal_lm, resolve
 
     meta = json.loads((adapter_dir / "adapter_config.json").read_text())
     base_ref = base or meta.get("base_model_name_or_path")
@@ -46,44 +50,44 @@ def load_adapter(adapter_dir: Path, *, base: str | None = None, trust_remote_cod
             f"the base model of adapter {adapter_dir} is missing ({base_ref}); "
             "run `shelley models prepare NAME` to rebuild it or pass --base MODEL"
         )
-    try:
-        target = resolve(base_ref)
-        model = AutoModelForCausalLM.from_pretrained(target, dtype=torch.float32, trust_remote_code=trust_remote_code)
-    except OSError as exc:
-        raise ShelleyError(
-            f"cannot load the base model {base_ref!r} of adapter {adapter_dir} ({str(exc).splitlines()[0][:120]}); "
-            "pass --base MODEL"
-        ) from None
+    model = load_causal_lm(
+        resolve(base_ref),
+        what=f"the base model {base_ref!r} of adapter {adapter_dir}",
+        hint="pass --base MODEL",
+        dtype=torch.float32,
+        trust_remote_code=trust_remote_code,
+    )
     return PeftModel.from_pretrained(model, str(adapter_dir)).merge_and_unload()
 
 
-def load_for_generation(ref: str | Path, *, base: str | None = None, trust_remote_code: bool = False) -> Loaded:
+def load_model_dir(model_dir: Path, *, base: str | None = None, trust_remote_code: bool = False):
+    """A saved full model, or a PEFT adapter loaded onto its base model automatically."""
     import torch
-    from transformers import AutoModelForCausalLM
 
+    from shelley.models.registry import load_causal_lm, resolve
+
+    if (model_dir / "adapter_config.json").exists():
+        return load_adapter(model_dir, base=base, trust_remote_code=trust_remote_code)
+    return load_causal_lm(
+        resolve(str(model_dir)),
+        what=f"model {str(model_dir)!r}",
+        hint="pass a run dir, a model dir saved with save_pretrained, a preset, or a Hub id while online",
+        dtype=torch.float32,
+        trust_remote_code=trust_remote_code,
+    )
+
+
+def load_for_generation(ref: str | Path, *, base: str | None = None, trust_remote_code: bool = False) -> Loaded:
     from shelley.models.registry import load_tokenizer, resolve
     from shelley.runtime import tune_allocator
 
     tune_allocator()
     path = Path(ref)
     run = find_train_run(path) if path.is_dir() else None
-    if run is not None:
-        model_dir = run / "model" if (run / "model" / "config.json").exists() else run / "adapter"
-    else:
-        model_dir = path if path.is_dir() else None
-    if model_dir is not None and (model_dir / "adapter_config.json").exists():
-        model = load_adapter(model_dir, base=base, trust_remote_code=trust_remote_code)
-        tokenizer = load_tokenizer(str(model_dir))
-        return Loaded(model, tokenizer, str(model_dir), run)
-    target = resolve(str(model_dir) if model_dir is not None else str(ref))
-    try:
-        model = AutoModelForCausalLM.from_pretrained(target, dtype=torch.float32, trust_remote_code=trust_remote_code)
-    except OSError as exc:
-        raise ShelleyError(
-            f"cannot load model {str(ref)!r} ({str(exc).splitlines()[0][:160]}); "
-            "pass a run dir, a model dir saved with save_pretrained, a preset, or a Hub id while online"
-        ) from None
-    tokenizer = load_tokenizer(target)
+    model_dir = run_output(run) if run is not None else path if path.is_dir() else None
+    target = model_dir if model_dir is not None else Path(resolve(str(ref)))
+    model = load_model_dir(target, base=base, trust_remote_code=trust_remote_code)
+    tokenizer = load_tokenizer(str(target))
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token
-    return Loaded(model, tokenizer, target, run)
+    return Loaded(model, tokenizer, str(target), run)

@@ -179,6 +179,16 @@ def _dequantize_into(gguf: Path, out: Path) -> None:
     plain.save_pretrained(out, safe_serialization=True)
 
 
+def load_causal_lm(target: str, *, what: str, hint: str, **kwargs: Any):
+    """``AutoModelForCausalLM.from_pretrained`` whose load failures become one line naming ``what`` and the fix."""
+    from transformers import AutoModelForCausalLM
+
+    try:
+        return AutoModelForCausalLM.from_pretrained(target, **kwargs)
+    except OSError as exc:
+        raise ShelleyError(f"cannot load {what} ({str(exc).splitlines()[0][:160]}); {hint}") from None
+
+
 def load_tokenizer(name: str, *, trust_remote_code: bool = False):
     """Load a tokenizer by preset, path or Hub id; errors say how to fix the name."""
     from transformers import AutoTokenizer
