@@ -26,6 +26,11 @@ def _tiny_model(kind: str, vocab: int, seed: int = 0):
     return tiny_causal_lm(kind, vocab, seed=seed)
 
 
+def _train(cfg, run, model, tok, **kwargs):
+    """``train`` on the fixture texts (the first six also serve as validation), quietly."""
+    return train(cfg, TEXTS, TEXTS[:6], run, model=model, tokenizer=tok, show_progress=False, **kwargs)
+
+
 def _cfg(method: str, **extra):
     sets = [
         f"train.method={method}",
@@ -51,7 +56,7 @@ def test_full_finetune_changes_every_param_and_loss_falls(tmp_path, tiny_tokeniz
     model = _tiny_model(kind, len(tok))
     before = {n: p.detach().clone() for n, p in model.named_parameters()}
     cfg = _cfg("full", **{"train.steps": 20, "train.learning_rate": 1e-2})
-    result = train(cfg, TEXTS, TEXTS[:6], tmp_path / "run", model=model, tokenizer=tok, show_progress=False)
+    result = _train(cfg, tmp_path / "run", model, tok)
     after = dict(model.named_parameters())
     unchanged = [n for n in before if torch.equal(before[n], after[n].detach())]
     assert unchanged == []
@@ -68,7 +73,7 @@ def test_lora_changes_only_adapter_params(tmp_path, tiny_tokenizer_dir, kind):
     tok = _tokenizer(tiny_tokenizer_dir)
     model = _tiny_model(kind, len(tok))
     base_before = {n: p.detach().clone() for n, p in model.named_parameters()}
-    train(_cfg("lora"), TEXTS, TEXTS[:6], tmp_path / "run", model=model, tokenizer=tok, show_progress=False)
+    _train(_cfg("lora"), tmp_path / "run", model, tok)
     # `model` is the same base module, now wrapped by PEFT: its base weights must be bit-identical.
     for name, p in model.named_parameters():
         if "lora_" in name:
@@ -82,15 +87,7 @@ def test_lora_changes_only_adapter_params(tmp_path, tiny_tokenizer_dir, kind):
 
 def test_lora_merge_writes_a_full_model(tmp_path, tiny_tokenizer_dir):
     tok = _tokenizer(tiny_tokenizer_dir)
-    train(
-        _cfg("lora", **{"train.merge": "true"}),
-        TEXTS,
-        TEXTS[:6],
-        tmp_path / "run",
-        model=_tiny_model("llama", len(tok)),
-        tokenizer=tok,
-        show_progress=False,
-    )
+    _train(_cfg("lora", **{"train.merge": "true"}), tmp_path / "run", _tiny_model("llama", len(tok)), tok)
     assert (tmp_path / "run" / "model" / "model.safetensors").exists()
     assert (tmp_path / "run" / "adapter" / "adapter_config.json").exists()
 
@@ -100,15 +97,13 @@ def test_resume_gives_the_same_weights_as_an_uninterrupted_run(tmp_path, tiny_to
     tok = _tokenizer(tiny_tokenizer_dir)
     cfg = _cfg(method)
     straight = _tiny_model("llama", len(tok), seed=1)
-    train(cfg, TEXTS, TEXTS[:6], tmp_path / "a", model=straight, tokenizer=tok, show_progress=False)
+    _train(cfg, tmp_path / "a", straight, tok)
 
     first = _tiny_model("llama", len(tok), seed=1)
-    part = train(cfg, TEXTS, TEXTS[:6], tmp_path / "b", model=first, tokenizer=tok, show_progress=False, stop_after=3)
+    part = _train(cfg, tmp_path / "b", first, tok, stop_after=3)
     assert part.steps == 3 and (tmp_path / "b" / "checkpoints" / "step-000003").exists()
     resumed = _tiny_model("llama", len(tok), seed=99)  # different init: everything must come from the checkpoint
-    result = train(
-        cfg, TEXTS, TEXTS[:6], tmp_path / "b", model=resumed, tokenizer=tok, show_progress=False, resume=True
-    )
+    result = _train(cfg, tmp_path / "b", resumed, tok, resume=True)
     assert result.steps == 8
     a = dict(straight.named_parameters())
     for name, p in resumed.named_parameters():
@@ -129,25 +124,13 @@ def test_resume_without_checkpoint(tmp_path, tiny_tokenizer_dir):
 
 def test_resume_with_a_different_config(tmp_path, tiny_tokenizer_dir):
     tok = _tokenizer(tiny_tokenizer_dir)
-    train(
-        _cfg("full"),
-        TEXTS,
-        TEXTS[:6],
-        tmp_path / "run",
-        model=_tiny_model("gpt2", len(tok)),
-        tokenizer=tok,
-        show_progress=False,
-        stop_after=4,
-    )
+    _train(_cfg("full"), tmp_path / "run", _tiny_model("gpt2", len(tok)), tok, stop_after=4)
     with pytest.raises(ShelleyError, match=r"differs from the checkpoint's in train\.learning_rate"):
-        train(
+        _train(
             _cfg("full", **{"train.learning_rate": 1e-2}),
-            TEXTS,
-            TEXTS[:6],
             tmp_path / "run",
-            model=_tiny_model("gpt2", len(tok)),
-            tokenizer=tok,
-            show_progress=False,
+            _tiny_model("gpt2", len(tok)),
+            tok,
             resume=True,
         )
 
@@ -171,15 +154,7 @@ def test_nan_loss_stops_and_names_the_step(tmp_path, tiny_tokenizer_dir):
     tok = _tokenizer(tiny_tokenizer_dir)
     model = _tiny_model("gpt2", len(tok))
     with pytest.raises(ShelleyError, match=r"loss became (nan|inf) at step \d+; training stopped"):
-        train(
-            _cfg("full", **{"train.learning_rate": 1e9, "train.max_grad_norm": 1e12}),
-            TEXTS,
-            TEXTS[:6],
-            tmp_path / "run",
-            model=model,
-            tokenizer=tok,
-            show_progress=False,
-        )
+        _train(_cfg("full", **{"train.learning_rate": 1e9, "train.max_grad_norm": 1e12}), tmp_path / "run", model, tok)
 
 
 def test_out_of_memory_is_advice_and_keeps_the_last_checkpoint(tmp_path, tiny_tokenizer_dir, monkeypatch):
@@ -197,7 +172,7 @@ def test_out_of_memory_is_advice_and_keeps_the_last_checkpoint(tmp_path, tiny_to
     monkeypatch.setattr(type(model), "forward", forward_that_runs_out)
     run = tmp_path / "run"
     with pytest.raises(ShelleyError) as err:
-        train(_cfg("full"), TEXTS, TEXTS[:6], run, model=model, tokenizer=tok, show_progress=False)
+        _train(_cfg("full"), run, model, tok)
     msg = str(err.value)
     assert "out of memory at step 5" in msg and "train.micro_batch_size=2" in msg and "grad_accum=2" in msg
     assert "step-000004" in msg
