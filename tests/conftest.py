@@ -184,3 +184,47 @@ def tiny_run(tmp_path_factory, tiny_model_dir, shelley_home):
     run = tmp_path_factory.mktemp("runs") / "tiny"
     train(cfg, lines * 4, lines[:3], run, show_progress=False)
     return run
+
+
+SCRATCH_SETS = [
+    "model.vocab_size=320",
+    "model.n_layers=2",
+    "model.n_heads=2",
+    "model.d_model=32",
+    "model.max_length=64",
+    "train.steps=30",
+    "train.micro_batch_size=8",
+    "train.learning_rate=3e-3",
+    "train.warmup_steps=2",
+    "train.eval_every=10",
+    "train.sample_every=15",
+    "train.checkpoint_every=15",
+    "data.extra_sources=[arithmetic]",
+    "data.split=random",
+    "data.source_max_rows=200",
+    "generation.max_new_tokens=16",
+    "eval.samples_per_prompt=1",
+    "eval.stride=32",
+]
+
+
+def scratch_args(*sets: str, drop: tuple[str, ...] = ()) -> list[str]:
+    """``--set`` flags of the tiny scratch config, plus ``sets``, minus the keys named in ``drop``."""
+    out = []
+    for s in [*SCRATCH_SETS, *sets]:
+        if s.split("=")[0] not in drop:
+            out += ["--set", s]
+    return out
+
+
+@pytest.fixture(scope="session")
+def scratch_run(tmp_path_factory, shelley_home) -> Path:
+    """A GPT trained from scratch through the real CLI on the fixture book plus synthetic arithmetic chat."""
+    d = tmp_path_factory.mktemp("scratch")
+    book = write(d / "book.txt", BOOK_BODY)
+    run = d / "run"
+    res = CliRunner().invoke(
+        app, ["train", str(book), "--method", "scratch", "--run-dir", str(run), *scratch_args()], catch_exceptions=False
+    )
+    assert res.exit_code == 0, res.output
+    return run

@@ -34,6 +34,8 @@ fetch_app = typer.Typer(help="Download corpora (needs internet).", no_args_is_he
 app.add_typer(data_app, name="data")
 app.add_typer(config_app, name="config")
 app.add_typer(models_app, name="models")
+tokenizer_app = typer.Typer(help="Train a byte-level BPE tokenizer for a scratch GPT.", no_args_is_help=True)
+app.add_typer(tokenizer_app, name="tokenizer")
 data_app.add_typer(fetch_app, name="fetch")
 
 F = TypeVar("F", bound=Callable[..., Any])
@@ -356,7 +358,9 @@ def train_cmd(
         typer.Argument(help="Dataset dir from `shelley data build`, or a corpus file (default: data.source)."),
     ] = None,
     run_dir: RunDirOpt = None,
-    method: Annotated[str | None, typer.Option("--method", help="full, lora or qlora.")] = None,
+    method: Annotated[
+        str | None, typer.Option("--method", help="full, lora, qlora, or scratch (a new GPT, its own tokenizer).")
+    ] = None,
     model: Annotated[str | None, typer.Option("--model", help="Model preset, path or Hub id.")] = None,
     resume: Annotated[bool, typer.Option("--resume", help="Continue from the run dir's last checkpoint.")] = False,
     merge: Annotated[bool | None, typer.Option("--merge", help="LoRA: also save the merged model.")] = None,
@@ -372,11 +376,8 @@ def train_cmd(
         "train.run_dir": ("--run-dir", str(run_dir) if run_dir else None),
     }
     cfg = _load(config, sets, **flags)
-    source = dataset or (Path(cfg.data.out) if Path(cfg.data.out).exists() else _corpus_source(None, cfg))
-    from shelley.data.build import train_val_texts
+    train_texts, val_texts = _training_texts(dataset, cfg)
     from shelley.finetune.loop import train
-
-    train_texts, val_texts = train_val_texts(source, cfg.data)
 
     result = train(cfg, train_texts, val_texts, Path(cfg.train.run_dir), resume=resume, overwrite=overwrite)
     last = result.evals[-1] if result.evals else {}
@@ -387,6 +388,20 @@ def train_cmd(
     )
 
 
+def _training_texts(dataset: Path | None, cfg) -> tuple[list[str], list[str]]:
+    """The corpus split (a dataset dir, a corpus file, or data.source) plus any data.extra_sources."""
+    from shelley.data.build import train_val_texts
+    from shelley.data.sources import with_sources
+
+    if dataset is None and Path(cfg.data.out).exists():
+        dataset = Path(cfg.data.out)
+    if dataset is None and not cfg.data.source and cfg.data.extra_sources:
+        train_texts, val_texts = [], []  # extra sources only
+    else:
+        train_texts, val_texts = train_val_texts(dataset or _corpus_source(None, cfg), cfg.data)
+    return with_sources(train_texts, val_texts, cfg.data, on_note=lambda m: err_console.print(m, highlight=False))
+
+
 PIPELINE_KEYS = ("time_budget_s", "wall_seconds", "train_budget_s", "seconds", "data")
 
 
@@ -394,12 +409,24 @@ PIPELINE_KEYS = ("time_budget_s", "wall_seconds", "train_budget_s", "seconds", "
 @user_errors
 def eval_cmd(
     run_dir: Annotated[Path, typer.Argument(help="Run directory of `shelley train`.")],
+    prompts: Annotated[
+        str | None,
+        typer.Option(
+            "--prompts",
+            help="Prompt set: prose, math, code, or a .txt (one per line) / .jsonl ({prompt, expect}) file.",
+        ),
+    ] = None,
 ) -> None:
-    """Base vs fine-tuned perplexity on the same validation tokens, side-by-side generations -> eval.md/json."""
+    """Base vs trained perplexity on the same validation tokens, side-by-side generations -> eval.md/json/html."""
     from shelley.eval.report import evaluate_run, write_eval
 
-    with err_console.status("evaluating base and fine-tuned models"):
-        results = evaluate_run(run_dir)
+    prompt_set = None
+    if prompts is not None:
+        from shelley.eval.prompts import load_prompts
+
+        prompt_set = load_prompts(prompts)
+    with err_console.status("evaluating base and trained models"):
+        results = evaluate_run(run_dir, prompts=prompt_set)
     previous = run_dir / "eval.json"
     if previous.exists():  # keep what `shelley run` measured about the whole job (budget, wall time, data)
         try:
@@ -409,10 +436,17 @@ def eval_cmd(
         results = {k: old[k] for k in PIPELINE_KEYS if k in old} | results
     write_eval(run_dir, results)
     p = results["perplexity"]
+    lb = results.get("labels", {"base": "base", "finetuned": "fine-tuned"})
     console.print(
-        f"validation perplexity: base {p['base']['perplexity']:.2f} -> fine-tuned {p['finetuned']['perplexity']:.2f} "
-        f"(x{p['ratio']:.3f}); report in [bold]{run_dir / 'eval.md'}[/bold]"
+        f"validation perplexity: {lb['base']} {p['base']['perplexity']:.2f} -> {lb['finetuned']} "
+        f"{p['finetuned']['perplexity']:.2f} (x{p['ratio']:.3f}); report in [bold]{run_dir / 'eval.md'}[/bold]"
     )
+    if "unigram" in results:
+        u = results["unigram"]
+        console.print(
+            f"loss {p['finetuned']['nll']:.3f} nats/token vs unigram entropy {u['entropy']:.3f} "
+            f"(train-fitted unigram {u['cross_entropy']:.3f})"
+        )
 
 
 @app.command("run")
@@ -470,6 +504,12 @@ def _index_for(loaded, corpus: Path | None, index_path: Path | None, cfg):
     return index_for_rows(rows, shelley_home() / "indexes" / f"{corpus_hash(rows)[:16]}.npz")
 
 
+TemperatureOpt = Annotated[float | None, typer.Option("--temperature", "-t", help="0 decodes greedily.")]
+TopPOpt = Annotated[float | None, typer.Option("--top-p", help="Nucleus sampling mass in (0, 1].")]
+SeedOpt = Annotated[int | None, typer.Option("--seed", help="Sampling seed.")]
+BaseOpt = Annotated[str | None, typer.Option("--base", help="Base model of an adapter, if not its own.")]
+
+
 @app.command("write")
 @user_errors
 def write_cmd(
@@ -482,13 +522,13 @@ def write_cmd(
         int | None, typer.Option("--min-new-tokens", help="Suppress end-of-text before this many tokens.")
     ] = None,
     num_samples: Annotated[int | None, typer.Option("--samples", help="Samples per prompt.")] = None,
-    temperature: Annotated[float | None, typer.Option("--temperature", "-t", help="0 decodes greedily.")] = None,
+    temperature: TemperatureOpt = None,
     greedy: Annotated[bool, typer.Option("--greedy", help="Greedy decoding (no sampling).")] = False,
     top_k: Annotated[int | None, typer.Option("--top-k", help="Top-k sampling (0: off).")] = None,
-    top_p: Annotated[float | None, typer.Option("--top-p", help="Nucleus sampling mass in (0, 1].")] = None,
+    top_p: TopPOpt = None,
     repetition_penalty: Annotated[float | None, typer.Option("--repetition-penalty", help="1: off.")] = None,
     no_repeat_ngram: Annotated[int | None, typer.Option("--no-repeat-ngram", help="Forbid repeated n-grams.")] = None,
-    seed: Annotated[int | None, typer.Option("--seed", help="Sampling seed.")] = None,
+    seed: SeedOpt = None,
     stop: Annotated[list[str] | None, typer.Option("--stop", help="Stop a sample at this string (repeatable).")] = None,
     original: Annotated[
         bool, typer.Option("--original", help="Re-sample any output that copies too long a span of the corpus.")
@@ -501,7 +541,7 @@ def write_cmd(
         Path | None, typer.Option("--corpus", help="Corpus for the originality check (default: the run's).")
     ] = None,
     index: Annotated[Path | None, typer.Option("--index", help="A saved originality index (.npz).")] = None,
-    base: Annotated[str | None, typer.Option("--base", help="Base model of an adapter, if not its own.")] = None,
+    base: BaseOpt = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print one JSON document instead of text.")] = False,
     config: ConfigOpt = None,
     sets: SetOpt = None,
@@ -575,6 +615,48 @@ def write_cmd(
                 + "[/dim]",
                 highlight=False,
             )
+
+
+@app.command("chat")
+@user_errors
+def chat_cmd(
+    model: Annotated[str, typer.Argument(help="Run dir, model dir, adapter dir, preset or Hub id.")],
+    mode: Annotated[
+        str, typer.Option("--mode", help="auto, chat (role turns) or continue (co-writing: it carries on your text).")
+    ] = "auto",
+    temperature: TemperatureOpt = None,
+    top_p: TopPOpt = None,
+    max_new_tokens: Annotated[int | None, typer.Option("--max-new-tokens", "-n", help="Tokens per reply.")] = None,
+    seed: SeedOpt = None,
+    base: BaseOpt = None,
+    config: ConfigOpt = None,
+    sets: SetOpt = None,
+) -> None:
+    """Talk to a model, or co-write with it: it streams each reply; /temp, /topp, /reset, /quit."""
+    from shelley.generate import check_generation
+    from shelley.generate.chat import ChatSession, check_mode, run_repl
+    from shelley.generate.load import load_for_generation
+
+    cfg = _load(
+        config,
+        sets,
+        **{
+            "generation.temperature": ("--temperature", temperature),
+            "generation.top_p": ("--top-p", top_p),
+            "generation.max_new_tokens": ("--max-new-tokens", max_new_tokens),
+            "generation.seed": ("--seed", seed),
+        },
+    )
+    check_generation(cfg.generation)
+    with err_console.status(f"loading {model}"):
+        loaded = load_for_generation(model, base=base, trust_remote_code=cfg.model.trust_remote_code)
+    session = ChatSession(loaded.model, loaded.tokenizer, cfg.generation, check_mode(mode, loaded.tokenizer))
+
+    def write(text: str) -> None:
+        sys.stdout.write(text)
+        sys.stdout.flush()
+
+    run_repl(session, read=input, say=lambda m: console.print(m, highlight=False, markup=False), write=write)
 
 
 @app.command("style")
@@ -657,6 +739,45 @@ def config_keys() -> None:
     for key, default, desc in describe_fields():
         t.add_row(key, default, desc)
     console.print(t)
+
+
+# ------------------------------------------------------------------------------------------- tokenizer
+
+
+@tokenizer_app.command("train")
+@user_errors
+def tokenizer_train(
+    corpus: CorpusArg = None,
+    vocab_size: Annotated[
+        int, typer.Option("--vocab-size", help="Tokens in the vocabulary (specials included).")
+    ] = 4096,
+    out: Annotated[Path, typer.Option("--out", help="Directory for tokenizer.json and its config.")] = Path(
+        "tokenizers/shelley-bpe"
+    ),
+    fmt: FormatOpt = None,
+    text_column: TextColOpt = None,
+    encoding: EncodingOpt = None,
+    overwrite: OverwriteOpt = False,
+    config: ConfigOpt = None,
+    sets: SetOpt = None,
+) -> None:
+    """Train a byte-level BPE on the corpus's train split; report characters per token on its validation split."""
+    from shelley.gpt.tokenizer import check_vocab_size, compression, save_tokenizer, train_tokenizer
+
+    check_vocab_size(vocab_size)  # before reading the corpus
+    cfg = _load(config, sets, **_data_flags(fmt, text_column, encoding))
+    if out.exists() and any(out.iterdir()) and not overwrite:
+        raise ShelleyError(f"{out} already exists; pass --overwrite or another --out")
+    train_texts, val_texts = _training_texts(corpus, cfg)
+    with err_console.status(f"training a {vocab_size}-token byte-level BPE on {len(train_texts)} rows"):
+        tok = train_tokenizer(train_texts, vocab_size)
+    save_tokenizer(tok, out, overwrite=overwrite)
+    c = compression(tok, val_texts or train_texts)
+    slice_ = "validation" if val_texts else "training"
+    console.print(
+        f"tokenizer with {len(tok)} tokens saved to [bold]{out}[/bold]; {c['chars_per_token']:.2f} characters per "
+        f"token on the {slice_} text ({c['characters']:,} chars -> {c['tokens']:,} tokens)"
+    )
 
 
 # ---------------------------------------------------------------------------------------------- models

@@ -60,6 +60,15 @@ class DataConfig(_Section):
     seed: int = Field(42, description="Seed for the split; the same seed gives the same dataset.")
     ngram: int = Field(8, gt=0, description="Word n-gram size used to measure train/validation overlap.")
     out: str = Field("data/dataset", description="Where `shelley data build` saves the DatasetDict.")
+    extra_sources: list[str] = Field(
+        default_factory=list,
+        description="More training text mixed in (mostly for scratch models): chat (oasst1), math (gsm8k), code"
+        " (CodeAlpaca), prose (wikitext) from the Hub while online, or arithmetic (synthetic, offline).",
+    )
+    source_max_rows: int = Field(2000, gt=0, description="Row cap per extra source.")
+    synthetic_fallback: bool = Field(
+        False, description="When a Hub source cannot be fetched (offline), use synthetic arithmetic in its place."
+    )
 
 
 class ModelConfig(_Section):
@@ -72,11 +81,26 @@ class ModelConfig(_Section):
     trust_remote_code: bool = Field(
         False, description="Run code shipped with a Hub model. Off unless you trust that repository."
     )
-    max_length: int = Field(256, gt=0, description="Tokens per training block / maximum sequence length.")
+    max_length: int = Field(
+        256, gt=0, description="Tokens per training block / maximum sequence length (the scratch GPT's seq_len)."
+    )
+    # The fields below shape the GPT that `train.method: scratch` builds; other methods ignore them.
+    vocab_size: int = Field(
+        4096, gt=0, description="Scratch: vocabulary of the byte-level BPE tokenizer trained on the corpus."
+    )
+    n_layers: int = Field(4, gt=0, description="Scratch: transformer blocks.")
+    n_heads: int = Field(4, gt=0, description="Scratch: attention heads per block (must divide model.d_model).")
+    d_model: int = Field(256, gt=0, description="Scratch: width of the residual stream (embedding size).")
+    dropout: float = Field(0.0, ge=0, lt=1, description="Scratch: dropout on attention, residuals and embeddings.")
+    tie_weights: bool = Field(True, description="Scratch: output head shares the token embedding matrix.")
 
 
 class TrainConfig(_Section):
-    method: Literal["full", "lora", "qlora", "scratch"] = Field("lora", description="Fine-tuning method.")
+    method: Literal["full", "lora", "qlora", "scratch"] = Field(
+        "lora",
+        description="full / lora / qlora fine-tune model.name; scratch trains a new GPT (model.n_layers, ...) and"
+        " its own tokenizer (or model.tokenizer) from random weights.",
+    )
     steps: int = Field(200, gt=0, description="Optimizer steps to run.")
     micro_batch_size: int = Field(8, gt=0, description="Blocks per forward/backward pass.")
     grad_accum: int = Field(1, gt=0, description="Micro-batches accumulated per optimizer step.")
@@ -99,6 +123,9 @@ class TrainConfig(_Section):
         None, description="Module names to adapt; default: all attention and MLP projections of the model."
     )
     gradient_checkpointing: bool = Field(False, description="Trade compute for memory (recompute activations).")
+    compile: bool = Field(
+        False, description="torch.compile the model before training (faster steps on GPU after a slow first one)."
+    )
     merge: bool = Field(False, description="Also save the adapter merged into the base model.")
     run_dir: str = Field("runs/latest", description="Where the run writes checkpoints, metrics and outputs.")
     time_budget_s: float | None = Field(

@@ -75,3 +75,25 @@ def perplexity(
     model.train(was_training)
     mean = total_nll / max(1, total_tokens)
     return {"nll": mean, "perplexity": math.exp(mean), "tokens": total_tokens}
+
+
+def unigram_baselines(train_stream: np.ndarray, val_stream: np.ndarray, vocab_size: int) -> dict[str, float]:
+    """What a model that ignores context scores on the validation targets, in nats/token:
+
+    * ``entropy``: the entropy of the validation text's own token frequencies, the best any context-free
+      model could do on it (it has seen the answers' counts);
+    * ``cross_entropy``: a unigram fitted on the training text (add-one smoothed) scored on validation, the
+      honest context-free baseline.
+
+    A model that learned anything beyond word frequencies scores below both.
+    """
+    targets = np.asarray(val_stream[1:], dtype=np.int64)  # the tokens perplexity() predicts
+    counts = np.bincount(targets, minlength=vocab_size).astype(np.float64)
+    p = counts[counts > 0] / counts.sum()
+    train_counts = np.bincount(np.asarray(train_stream, dtype=np.int64), minlength=vocab_size).astype(np.float64)
+    q = (train_counts + 1) / (train_counts.sum() + len(train_counts))
+    return {
+        "entropy": float(-(p * np.log(p)).sum()),
+        "cross_entropy": float(-np.log(q[targets]).mean()),
+        "tokens": len(targets),
+    }

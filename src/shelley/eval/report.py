@@ -137,21 +137,62 @@ def judge(results: dict[str, Any], train_dir: Path, cfg: ShelleyConfig) -> dict[
     return results
 
 
-def evaluate_run(run_dir: Path) -> dict[str, Any]:
-    """Evaluate a finished ``shelley train`` (or ``shelley run``) dir: base and fine-tuned models on the run's
-    validation tokens, then originality and style of their generations."""
-    from shelley.finetune.methods import load_base_model, load_tokenizer_for_training
+def evaluate_run(run_dir: Path, prompts: tuple[str, list] | None = None) -> dict[str, Any]:
+    """Evaluate a finished ``shelley train`` (or ``shelley run``) dir: base and trained models on the run's
+    validation tokens, then originality and style of their generations.
+
+    ``prompts`` is ``(name, [Prompt, ...])`` from ``eval.prompts.load_prompts`` and replaces ``eval.prompts``.
+    For a scratch run the "base" is the same GPT before training (same seed), and the report adds the unigram
+    baselines of its tokenizer on the same validation tokens.
+    """
     from shelley.generate.load import load_model_dir
 
     cfg, out, train_dir = load_run(Path(run_dir))
+    if prompts is not None:
+        cfg.eval.prompts = [p.prompt for p in prompts[1]]
     stream = validation_stream(train_dir)
-    tokenizer = load_tokenizer_for_training(cfg)
-    base = score_model(load_base_model(cfg, for_training=False), tokenizer, stream, cfg)
+    base_model, tokenizer = _base_for_eval(cfg, out)
+    base = score_model(base_model, tokenizer, stream, cfg)
+    del base_model
     tuned = score_model(load_model_dir(out, trust_remote_code=cfg.model.trust_remote_code), tokenizer, stream, cfg)
     summary = train_dir / "train_summary.json"
     training = json.loads(summary.read_text()) if summary.exists() else {}
     results = combine(cfg, base, tuned, training) | {"run_dir": str(run_dir)}
+    if cfg.train.method == "scratch":
+        from shelley.eval.perplexity import unigram_baselines
+
+        results["labels"] = {"base": "untrained (random init)", "finetuned": "trained from scratch"}
+        val = stream if cfg.eval.max_eval_tokens is None else stream[: cfg.eval.max_eval_tokens + 1]
+        results["unigram"] = unigram_baselines(train_stream(train_dir), val, len(tokenizer))
+    if prompts is not None:
+        from shelley.eval.prompts import score_expectations
+
+        results["prompt_set"] = {"name": prompts[0]} | score_expectations(results, prompts[1])
     return judge(results, train_dir, cfg)
+
+
+def train_stream(run_dir: Path) -> np.ndarray:
+    cached = sorted((run_dir / "cache").glob("train-*.npy"))
+    if not cached:
+        raise ShelleyError(f"{run_dir} has no cached training tokens; re-run `shelley train`")
+    return np.load(cached[-1], mmap_mode="r")
+
+
+def _base_for_eval(cfg: ShelleyConfig, out: Path):
+    """(base model, tokenizer): the pretrained base for fine-tunes; for scratch runs the run's own tokenizer and
+    the GPT as it was before its first step (the loop seeds the initialisation with train.seed)."""
+    if cfg.train.method != "scratch":
+        from shelley.finetune.methods import load_base_model, load_tokenizer_for_training
+
+        return load_base_model(cfg, for_training=False), load_tokenizer_for_training(cfg)
+    import torch
+
+    from shelley.gpt.model import GPT
+    from shelley.gpt.setup import export_hf, gpt_config, load_gpt_tokenizer
+
+    tokenizer = load_gpt_tokenizer(out)
+    torch.manual_seed(cfg.train.seed)
+    return export_hf(GPT(gpt_config(cfg, len(tokenizer))), tokenizer), tokenizer
 
 
 STYLE_LABELS = {
@@ -172,21 +213,47 @@ def describe_copy(c: dict[str, Any] | None) -> str:
     return f"longest copy {c['longest_span']} words, {100 * c['ngram_share']:.0f}% of 8-grams in corpus"
 
 
+DEFAULT_LABELS = {"base": "base", "finetuned": "fine-tuned"}
+
+
 def render_eval_md(r: dict[str, Any]) -> str:
     p = r["perplexity"]
     tr = r.get("training", {})
+    lb = r.get("labels", DEFAULT_LABELS)
     lines = [
         f"# Evaluation: {r['model']} ({r['method']})",
         "",
-        "| model | validation perplexity | tokens | seconds |",
-        "|---|---|---|---|",
-        f"| base | {p['base']['perplexity']:.2f} | {p['base']['tokens']} | {p['base']['seconds']} |",
-        f"| fine-tuned | {p['finetuned']['perplexity']:.2f} | {p['finetuned']['tokens']} "
-        f"| {p['finetuned']['seconds']} |",
+        "| model | validation perplexity | loss (nats/token) | tokens | seconds |",
+        "|---|---|---|---|---|",
+    ]
+    for who in ("base", "finetuned"):
+        q = p[who]
+        lines.append(f"| {lb[who]} | {q['perplexity']:.2f} | {q['nll']:.3f} | {q['tokens']} | {q['seconds']} |")
+    lines += [
         "",
-        f"Fine-tuned / base perplexity: **{p['ratio']:.3f}** (same validation tokens, same windows).",
+        f"{lb['finetuned'].capitalize()} / {lb['base']} perplexity: **{p['ratio']:.3f}** "
+        "(same validation tokens, same windows).",
         "",
     ]
+    if "unigram" in r:
+        u = r["unigram"]
+        loss = p["finetuned"]["nll"]
+        lines += [
+            "Context-free baselines on the same validation tokens (nats/token): unigram entropy of the validation "
+            f"text **{u['entropy']:.3f}**, train-fitted unigram cross-entropy {u['cross_entropy']:.3f}; the trained "
+            f"model's loss **{loss:.3f}** is {u['entropy'] - loss:.3f} nats/token below the entropy.",
+            "",
+        ]
+    if r.get("prompt_set"):
+        ps = r["prompt_set"]
+        lines += [f"Prompt set: **{ps['name']}**."]
+        if ps.get("checked_samples"):
+            h, n = ps["hits"], ps["checked_samples"]
+            lines += [
+                f" Samples containing the expected answer: {lb['base']} {h['base']}/{n}, "
+                f"{lb['finetuned']} {h['finetuned']}/{n}."
+            ]
+        lines.append("")
     if tr:
         lines += [
             f"Training: {tr.get('steps')} steps in {tr.get('train_seconds', 0):.0f} s, "
@@ -207,8 +274,8 @@ def render_eval_md(r: dict[str, Any]) -> str:
             "| model | samples | longest copy (max) | longest copy (mean) | 8-grams in corpus | over threshold |",
             "|---|---|---|---|---|---|",
         ]
-        for who, label in (("base", "base"), ("finetuned", "fine-tuned")):
-            s = o[who]
+        for who in ("base", "finetuned"):
+            s, label = o[who], lb[who]
             lines.append(
                 f"| {label} | {s['samples']} | {s['longest_span_max']} | {s['longest_span_mean']:.1f} "
                 f"| {100 * s['ngram_share_mean']:.1f}% | {s['over_threshold']} |"
@@ -237,7 +304,8 @@ def render_eval_md(r: dict[str, Any]) -> str:
         lines.append("")
     lines += ["## Generations", ""]
     for g in r["generations"]:
-        lines += [f"### {g['prompt']}", "", "| base | fine-tuned |", "|---|---|"]
+        head = f"### {_cell(g['prompt'])}" + (f" (expected: `{g['expect']}`)" if "expect" in g else "")
+        lines += [head, "", f"| {lb['base']} | {lb['finetuned']} |", "|---|---|"]
         bo = g.get("base_originality") or [None] * len(g["base"])
         fo = g.get("finetuned_originality") or [None] * len(g["finetuned"])
         for b, f, ob, of in zip(g["base"], g["finetuned"], bo, fo, strict=True):
@@ -258,7 +326,8 @@ def render_eval_html(r: dict[str, Any]) -> str:
     env = jinja2.Environment(autoescape=True, undefined=jinja2.StrictUndefined)
     template = env.from_string(files("shelley.eval").joinpath("templates/eval.html.j2").read_text("utf-8"))
     hyper = yaml.safe_dump(r["hyperparameters"], sort_keys=False)
-    return template.render(r=r, describe_copy=describe_copy, style_labels=STYLE_LABELS, hyper=hyper)
+    labels = r.get("labels", DEFAULT_LABELS)
+    return template.render(r=r, describe_copy=describe_copy, style_labels=STYLE_LABELS, hyper=hyper, lb=labels)
 
 
 def write_eval(run_dir: Path, results: dict[str, Any]) -> None:

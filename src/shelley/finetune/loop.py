@@ -1,4 +1,4 @@
-"""The one training loop, on accelerate: full, LoRA and QLoRA all run through ``train``.
+"""The one training loop, on accelerate: full, LoRA, QLoRA and the scratch GPT all run through ``train``.
 
 ``accelerate launch -m shelley.cli train ...`` scales it to several GPUs or machines unchanged: every
 process draws its own micro-batches from the same deterministic order (see ``packing.micro_batch_indices``).
@@ -10,7 +10,9 @@ Run directory layout::
     run_dir/samples.jsonl       sample generations every train.sample_every steps
     run_dir/loss.png            train and validation loss curves
     run_dir/checkpoints/step-N  accelerate state (model, optimizer, scheduler, RNG) + trainer_state.json
-    run_dir/model/              the fine-tuned model (full) or merged model (lora --merge), with tokenizer
+    run_dir/model/              the fine-tuned model (full), merged model (lora --merge) or the scratch GPT
+                                exported as GPT-2, with tokenizer
+    run_dir/tokenizer/          scratch: the tokenizer trained (or loaded) at the start, reused by --resume
     run_dir/adapter/            the PEFT adapter (lora, qlora), with tokenizer
 """
 
@@ -177,6 +179,10 @@ def train(
     tune_allocator()
     run_dir = Path(run_dir)
     tc = cfg.train
+    if tc.method == "scratch":
+        from shelley.gpt.setup import check_scratch_config
+
+        check_scratch_config(cfg, tokenizer_given=tokenizer is not None)  # before anything is written
     ckpt = None
     if resume:
         ckpt = check_resume(run_dir, cfg)
@@ -191,34 +197,53 @@ def train(
         cpu=not torch.cuda.is_available(),
     )
     set_seed(tc.seed)
-    if accelerator.is_main_process:
-        run_dir.mkdir(parents=True, exist_ok=True)
-        if not resume:
-            (run_dir / "config.yaml").write_text(yaml.safe_dump(cfg.model_dump(mode="json"), sort_keys=False))
-            _write_corpus(run_dir, train_texts, val_texts)
+    # A set-up error (bad tokenizer, corpus smaller than one block, ...) leaves no half-made run dir behind.
+    with _removed_on_error(run_dir, enabled=not resume and accelerator.is_main_process):
+        if accelerator.is_main_process:
+            run_dir.mkdir(parents=True, exist_ok=True)
+            if not resume:
+                (run_dir / "config.yaml").write_text(yaml.safe_dump(cfg.model_dump(mode="json"), sort_keys=False))
+                _write_corpus(run_dir, train_texts, val_texts)
 
-    tokenizer = tokenizer or load_tokenizer_for_training(cfg)
-    if tokenizer.pad_token is None:
-        tokenizer.pad_token = tokenizer.eos_token
-    model = model if model is not None else load_base_model(cfg)
-    model = prepare_for_method(model, cfg)
+        if tc.method == "scratch":
+            from shelley.gpt.setup import scratch_model, scratch_tokenizer
 
-    block = cfg.model.max_length
-    cache = run_dir / "cache"
-    train_blocks = PackedBlocks(encode_stream(train_texts, tokenizer, cache, "train"), block)
-    val_stream = encode_stream(val_texts, tokenizer, cache, "validation")
-    if len(train_blocks) == 0:
-        raise ShelleyError(
-            f"the training text has fewer tokens than one block of model.max_length={block}; lower model.max_length"
-        )
+            main = accelerator.is_main_process
+            tokenizer = tokenizer or scratch_tokenizer(cfg, train_texts, run_dir, main_process=main)
+            model = model if model is not None else scratch_model(cfg, tokenizer)
+        else:
+            tokenizer = tokenizer or load_tokenizer_for_training(cfg)
+            model = model if model is not None else load_base_model(cfg)
+            model = prepare_for_method(model, cfg)
+        if tokenizer.pad_token is None:
+            tokenizer.pad_token = tokenizer.eos_token
+        if tc.compile:
+            # Compiled before accelerate wraps it; unwrap_model(keep_torch_compile=False) gives the plain module back.
+            model = torch.compile(model)
+
+        block = cfg.model.max_length
+        cache = run_dir / "cache"
+        train_blocks = PackedBlocks(encode_stream(train_texts, tokenizer, cache, "train"), block)
+        val_stream = encode_stream(val_texts, tokenizer, cache, "validation")
+        if len(train_blocks) == 0:
+            raise ShelleyError(
+                f"the training text has {len(train_blocks.stream)} tokens, fewer than one block of "
+                f"model.max_length={block}; lower model.max_length or use a bigger corpus"
+            )
 
     params = [p for p in model.parameters() if p.requires_grad]
+    # Weight decay on matrices only: decaying biases and LayerNorm gains only pulls them off their useful values.
+    groups = [
+        {"params": [p for p in params if p.dim() >= 2], "weight_decay": tc.weight_decay},
+        {"params": [p for p in params if p.dim() < 2], "weight_decay": 0.0},
+    ]
+    groups = [g for g in groups if g["params"]]
     if tc.method == "qlora":
         import bitsandbytes as bnb
 
-        optimizer = bnb.optim.PagedAdamW8bit(params, lr=tc.learning_rate, weight_decay=tc.weight_decay)
+        optimizer = bnb.optim.PagedAdamW8bit(groups, lr=tc.learning_rate)
     else:
-        optimizer = torch.optim.AdamW(params, lr=tc.learning_rate, weight_decay=tc.weight_decay)
+        optimizer = torch.optim.AdamW(groups, lr=tc.learning_rate)
     # The cosine horizon is normally train.steps. With a time budget it is re-estimated from the measured
     # step time after a few steps, so the learning rate still decays to zero when the budget runs out
     # instead of being cut off at its peak. LambdaLR reads the horizon each step.
@@ -236,7 +261,13 @@ def train(
     start_step = 0
     tokens_before = 0
     if ckpt is not None:
-        accelerator.load_state(str(ckpt))
+        try:
+            accelerator.load_state(str(ckpt))
+        except (RuntimeError, KeyError, ValueError) as exc:
+            raise ShelleyError(
+                f"--resume: checkpoint {ckpt} does not fit this model ({str(exc).splitlines()[0][:160]}); "
+                "resume with the config the run was started with, or start a new run dir"
+            ) from None
         state = json.loads((ckpt / "trainer_state.json").read_text())
         start_step, tokens_before = state["step"], state["tokens_seen"]
         horizon["steps"] = state.get("horizon", tc.steps)
@@ -255,7 +286,7 @@ def train(
         from shelley.eval.perplexity import perplexity
 
         res = perplexity(
-            accelerator.unwrap_model(model),
+            _unwrap(accelerator, model),
             val_stream,
             max_length=block,
             stride=cfg.eval.stride,
@@ -277,9 +308,10 @@ def train(
         from shelley.generate import generate_texts
 
         gen = cfg.generation.model_copy(
-            update={"max_new_tokens": min(60, cfg.generation.max_new_tokens), "num_samples": 1}
+            # At most half the context, so the prompts keep room (a tiny scratch model may see 64 tokens).
+            update={"max_new_tokens": min(60, cfg.generation.max_new_tokens, max(1, block // 2)), "num_samples": 1}
         )
-        texts = generate_texts(accelerator.unwrap_model(model), tokenizer, cfg.eval.prompts, gen)
+        texts = generate_texts(_inference_model(accelerator, model, tokenizer), tokenizer, cfg.eval.prompts, gen)
         with (run_dir / "samples.jsonl").open("a") as fh:
             for p, t in zip(cfg.eval.prompts, texts, strict=True):
                 fh.write(json.dumps({"step": at_step, "prompt": p, "text": t}) + "\n")
@@ -373,9 +405,26 @@ def train(
     return result
 
 
+def _unwrap(accelerator, model):
+    return accelerator.unwrap_model(model, keep_torch_compile=False)
+
+
+def _inference_model(accelerator, model, tokenizer):
+    """A model Hugging Face ``generate`` can drive: the scratch GPT is exported to GPT-2 first (cheap: a copy
+    of a few million weights), everything else is used as is."""
+    from shelley.gpt.model import GPT
+
+    unwrapped = _unwrap(accelerator, model)
+    if isinstance(unwrapped, GPT):
+        from shelley.gpt.setup import export_hf
+
+        return export_hf(unwrapped, tokenizer).to(accelerator.device)
+    return unwrapped
+
+
 def _save_outputs(accelerator, model, tokenizer, run_dir: Path, *, merge: bool) -> Path:
     accelerator.wait_for_everyone()
-    unwrapped = accelerator.unwrap_model(model)
+    unwrapped = _inference_model(accelerator, model, tokenizer)
     is_peft = hasattr(unwrapped, "peft_config")
     out = run_dir / ("adapter" if is_peft else "model")
     if accelerator.is_main_process:
@@ -392,6 +441,16 @@ def _save_outputs(accelerator, model, tokenizer, run_dir: Path, *, merge: bool) 
                     tokenizer.save_pretrained(tmp)
     accelerator.wait_for_everyone()
     return out
+
+
+@contextmanager
+def _removed_on_error(run_dir: Path, *, enabled: bool):
+    try:
+        yield
+    except (ShelleyError, OSError):
+        if enabled:
+            shutil.rmtree(run_dir, ignore_errors=True)
+        raise
 
 
 def is_oom(exc: BaseException) -> bool:

@@ -68,10 +68,11 @@ def generate_texts(
     seed: int | None = None,
     on_note: Callable[[str], None] | None = None,
     streamer=None,
+    extra_stop_ids: list[int] | None = None,
 ) -> list[str]:
     """Continue every prompt ``gen.num_samples`` times in one left-padded batch; returns the continuations
     only, in order prompt 1 sample 1..n, prompt 2 sample 1..n, ...  ``temperature 0`` or ``do_sample False``
-    decodes greedily."""
+    decodes greedily. ``extra_stop_ids`` are token ids that end a sample like EOS."""
     import torch
 
     check_generation(gen)
@@ -96,7 +97,8 @@ def generate_texts(
         "do_sample": sample,
         "repetition_penalty": gen.repetition_penalty,
         "pad_token_id": pad_id,
-        "eos_token_id": tokenizer.eos_token_id,
+        # Extra ids end a sample like EOS does (the chat REPL stops when the model opens a new user turn).
+        "eos_token_id": [tokenizer.eos_token_id, *(extra_stop_ids or [])] if extra_stop_ids else tokenizer.eos_token_id,
     }
     if sample:
         kwargs |= {"temperature": gen.temperature, "top_k": gen.top_k or None, "top_p": gen.top_p}

@@ -90,4 +90,15 @@ def load_for_generation(ref: str | Path, *, base: str | None = None, trust_remot
     tokenizer = load_tokenizer(str(target))
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token
+    check_vocab(model, tokenizer, str(target))
     return Loaded(model, tokenizer, str(target), run)
+
+
+def check_vocab(model, tokenizer, where: str) -> None:
+    """A tokenizer with ids beyond the model's embedding table would index out of range mid-generation."""
+    n_embed = model.get_input_embeddings().weight.shape[0]
+    if len(tokenizer) > n_embed:
+        raise ShelleyError(
+            f"tokenizer/model vocab mismatch in {where}: the tokenizer has {len(tokenizer)} tokens but the model's "
+            f"embedding has {n_embed} rows; load the tokenizer saved with this model"
+        )

@@ -23,16 +23,20 @@ def min_vocab_size() -> int:
     return BYTE_ALPHABET + len(SPECIAL_TOKENS)
 
 
-def train_tokenizer(texts: list[str], vocab_size: int, *, min_frequency: int = 2):
-    """Train a byte-level BPE on ``texts``; returns a ``PreTrainedTokenizerFast`` with bos/eos/pad set."""
-    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
-    from transformers import PreTrainedTokenizerFast
-
+def check_vocab_size(vocab_size: int) -> None:
     if vocab_size < min_vocab_size():
         raise ShelleyError(
             f"--vocab-size {vocab_size} is too small: the 256 byte tokens and {len(SPECIAL_TOKENS)} special tokens "
             f"need {min_vocab_size()}; use at least {min_vocab_size()} (a few thousand is typical)"
         )
+
+
+def train_tokenizer(texts: list[str], vocab_size: int, *, min_frequency: int = 2):
+    """Train a byte-level BPE on ``texts``; returns a ``PreTrainedTokenizerFast`` with bos/eos/pad set."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+    from transformers import PreTrainedTokenizerFast
+
+    check_vocab_size(vocab_size)
     if not any(t.strip() for t in texts):
         raise ShelleyError("the corpus has no text to train a tokenizer on; check the corpus file")
     tok = Tokenizer(models.BPE())

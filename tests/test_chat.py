@@ -1,0 +1,86 @@
+"""`shelley chat`: the REPL driven through stdin, in chat mode (scratch GPT) and co-writing mode."""
+
+from __future__ import annotations
+
+import pytest
+
+from shelley.config import GenerationConfig
+
+
+def _session(path, **gen):
+    from shelley.generate.chat import ChatSession, detect_mode
+    from shelley.generate.load import load_for_generation
+
+    loaded = load_for_generation(str(path))
+    g = GenerationConfig(**({"max_new_tokens": 8, "min_new_tokens": 3} | gen))
+    return ChatSession(loaded.model, loaded.tokenizer, g, detect_mode(loaded.tokenizer))
+
+
+def test_chat_repl_replies_obeys_commands_and_quits(cli, scratch_run):
+    stdin = "What is 2 + 3?\n/temp 0.5\n/topp 0.8\n/temp hot\nAnd 4 + 4?\n/reset\n/quit\nnever read\n"
+    from typer.testing import CliRunner
+
+    from shelley.cli import app
+
+    res = CliRunner().invoke(
+        app, ["chat", str(scratch_run), "-n", "8", "--set", "generation.min_new_tokens=3"], input=stdin
+    )
+    assert res.exit_code == 0, res.output
+    out = res.output
+    assert "chat mode" in out
+    replies = [chunk.split("you> ")[0] for chunk in out.split("shelley> ")[1:]]
+    assert len(replies) == 2 and all(r.strip("\n") for r in replies)  # two streamed, non-empty replies
+    assert "temperature = 0.5" in out and "top_p = 0.8" in out
+    assert "/temp needs a valid float (got 'hot'); temperature stays 0.5" in out
+    assert "conversation reset" in out and out.rstrip().endswith("bye")
+    assert "never read" not in out
+
+
+def test_end_of_input_quits_cleanly(cli, tiny_run):
+    from typer.testing import CliRunner
+
+    from shelley.cli import app
+
+    res = CliRunner().invoke(app, ["chat", str(tiny_run), "-n", "4"], input="The storm\n")
+    assert res.exit_code == 0, res.output
+    assert "continue mode" in res.output and res.output.count("shelley> ") == 1 and "bye" in res.output
+
+
+def test_chat_session_reset_forgets_the_conversation(scratch_run):
+    s = _session(scratch_run)
+    assert s.mode == "chat"
+    s.reply("What is 1 + 1?", stream=False)
+    s.reply("And 2 + 2?", stream=False)
+    assert len(s.turns) == 2
+    prompt, _ = s.prompt("next")
+    assert prompt.count("<|user|>") == 3 and prompt.endswith("<|assistant|>\n")
+    keep, _ = s.command("/reset")
+    assert keep and s.turns == [] and s.prompt("next")[0].count("<|user|>") == 1
+    assert s.command("/quit")[0] is False
+    assert "unknown command" in s.command("/dance")[1]
+
+
+def test_cowriting_keeps_the_story_and_fits_the_context(tiny_run):
+    s = _session(tiny_run, max_new_tokens=16)
+    assert s.mode == "continue"
+    first = s.reply("The storm broke at midnight.", stream=False)
+    prompt, dropped = s.prompt("Then")
+    assert prompt.startswith("The storm broke at midnight." + first) and dropped == 0
+    # Fill the story far past the 128-token context: the oldest turns go, the prompt fits.
+    s.turns += [(" The ship lay at anchor while the wind rose over the grey water.", " And then")] * 30
+    notes = []
+    s.reply("Then", stream=False, on_note=notes.append)
+    assert notes and "forgot the" in notes[0]
+    prompt, dropped = s.prompt("Then")
+    assert dropped > 0 and s._n_tokens(prompt) <= 128 - 16
+
+
+def test_chat_mode_needs_role_tokens(cli, tiny_run):
+    res = cli("chat", tiny_run, "--mode", "chat")
+    assert res.exit_code == 2 and "--mode continue" in res.output
+
+
+@pytest.mark.parametrize(("args", "message"), [(["--temperature", "-1"], "temperature"), (["--mode", "poem"], "poem")])
+def test_chat_bad_flags(cli, tiny_run, args, message):
+    res = cli("chat", tiny_run, *args)
+    assert res.exit_code == 2 and message in res.output
