@@ -741,6 +741,105 @@ def config_keys() -> None:
     console.print(t)
 
 
+# ----------------------------------------------------------------------------------------- card / push
+
+
+@app.command("card")
+@user_errors
+def card_cmd(
+    run_dir: Annotated[Path, typer.Argument(help="Run dir of `shelley run` or `shelley train` (after eval).")],
+    out: Annotated[
+        Path | None, typer.Option("--out", help="Where to write the card (default RUN_DIR/README.md).")
+    ] = None,
+    name: Annotated[str | None, typer.Option("--name", help="Model name in the card (default: the run dir's).")] = None,
+    space: Annotated[
+        str | None, typer.Option("--space-for", help="Write a Space card for this model repo instead.")
+    ] = None,
+) -> None:
+    """Write a Hugging Face model card (or --space-for REPO: a Space card) filled with the run's measurements."""
+    from shelley.hub.card import render_space_card, write_model_card
+    from shelley.io import atomic_write_text
+
+    if space:
+        target = out or run_dir / "SPACE.md"
+        atomic_write_text(target, render_space_card(run_dir, model_repo=space))
+    else:
+        target = write_model_card(run_dir, out, name=name)
+    console.print(f"card written to [bold]{target}[/bold]")
+
+
+@app.command("push")
+@user_errors
+def push_cmd(
+    run_dir: Annotated[Path, typer.Argument(help="Run dir of `shelley run` or `shelley train`.")],
+    repo: Annotated[str, typer.Argument(help="Hub repo: NAME or OWNER/NAME.")],
+    public: Annotated[bool, typer.Option("--public", help="Create the repo public (default: private).")] = False,
+    dry_run: Annotated[bool, typer.Option("--dry-run", help="List the files and sizes; upload nothing.")] = False,
+    force: Annotated[bool, typer.Option("--force", help="Push even if the run has no eval.json.")] = False,
+) -> None:
+    """Upload the model or adapter, tokenizer, model card and eval report (token from HF_TOKEN or hf auth login)."""
+    from rich.table import Table
+
+    from shelley.hub.push import push
+
+    files, url = push(run_dir, repo, public=public, dry_run=dry_run, force=force)
+    t = Table(
+        "file",
+        "bytes",
+        title=f"{'would upload' if dry_run else 'uploaded'} to {repo} ({'public' if public else 'private'})",
+    )
+    for path, size in files:
+        t.add_row(path, f"{size:,}")
+    console.print(t)
+    total = sum(size for _, size in files)
+    console.print(f"{len(files)} files, {total / 1e6:.1f} MB" + (f"; {url}" if url else " (dry run: nothing sent)"))
+
+
+@app.command("serve")
+@user_errors
+def serve_cmd(
+    model: Annotated[str, typer.Argument(help="Run dir, model dir, adapter dir, preset or Hub id.")],
+    host: Annotated[str, typer.Option("--host", help="Interface to bind (default: this machine only).")] = "127.0.0.1",
+    port: Annotated[int, typer.Option("--port", min=1, max=65535, help="Port to listen on.")] = 7860,
+    concurrency: Annotated[int, typer.Option("--concurrency", min=1, help="Requests generated at once.")] = 1,
+    export_space: Annotated[
+        Path | None, typer.Option("--export-space", help="Write a Hugging Face Space folder here instead of serving.")
+    ] = None,
+    model_repo: Annotated[
+        str | None, typer.Option("--model-repo", help="With --export-space: the Hub repo the Space loads.")
+    ] = None,
+    base: BaseOpt = None,
+    overwrite: OverwriteOpt = False,
+    config: ConfigOpt = None,
+    sets: SetOpt = None,
+) -> None:
+    """A Gradio demo: prompt, temperature / top-p / max tokens, seed, keep-it-original, streamed output."""
+    cfg = _load(config, sets)
+    if export_space is not None:
+        from shelley.serve.space import export_space as export
+
+        if not model_repo:
+            raise ShelleyError("--export-space needs --model-repo OWNER/NAME (push the model there first)")
+        with err_console.status("writing the Space (building the shelley wheel)"):
+            files = export(
+                Path(model),
+                export_space,
+                model_repo=model_repo,
+                gen=cfg.generation,
+                max_span=cfg.eval.max_copied_span,
+                overwrite=overwrite,
+            )
+        console.print(f"Space written to [bold]{export_space}[/bold]: {', '.join(f.name for f in files)}")
+        return
+    from shelley.serve.app import check_port_free, load_demo, serve
+
+    check_port_free(host, port)  # before minutes of model loading
+    with err_console.status(f"loading {model}"):
+        demo = load_demo(model, cfg.generation, max_span=cfg.eval.max_copied_span, base=base)
+    err_console.print(f"serving {model} on http://{host}:{port} (Ctrl+C to stop)")
+    serve(demo, host=host, port=port, concurrency=concurrency, title=f"shelley · {Path(model).name}")
+
+
 # ------------------------------------------------------------------------------------------- tokenizer
 
 

@@ -123,6 +123,9 @@ def save_dataset(splits: dict[str, list[Snippet]], report: dict[str, Any], out: 
             enable_progress_bar()
         write_json(tmp / "build.json", report)
         atomic_write_text(tmp / "build.md", render_build_report(report))
+        from shelley.hub.card import render_dataset_card
+
+        atomic_write_text(tmp / "README.md", render_dataset_card(report))  # the dataset card the Hub shows
     return out
 
 

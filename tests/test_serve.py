@@ -1,0 +1,161 @@
+"""`shelley serve`: the Gradio demo driven in headless Chromium, its request handling, and the Space export."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+import pytest
+
+from conftest import REPO
+from shelley.config import GenerationConfig
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _chromium() -> str:
+    path = os.environ.get("SHELLEY_CHROMIUM") or shutil.which("chromium") or shutil.which("chromium-browser")
+    if not path:
+        if os.environ.get("CI"):
+            pytest.fail("chromium is missing; .ci/run installs it with apt")
+        pytest.skip("chromium not installed (apt-get install chromium)")
+    return path
+
+
+@pytest.fixture(scope="module")
+def server(tiny_run, shelley_home):
+    """`shelley serve` on the tiny run in a child process, until the page answers."""
+    port = _free_port()
+    env = os.environ | {"GRADIO_ANALYTICS_ENABLED": "False"}
+    cmd = [
+        sys.executable,
+        "-m",
+        "shelley",
+        "serve",
+        str(tiny_run),
+        "--port",
+        str(port),
+        "--concurrency",
+        "2",
+        "--set",
+        "generation.max_new_tokens=24",
+    ]
+    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    url = f"http://127.0.0.1:{port}/"
+    deadline = time.time() + 120
+    while time.time() < deadline:
+        if proc.poll() is not None:
+            pytest.fail(f"shelley serve exited early: {proc.stdout.read()}")
+        try:
+            with urllib.request.urlopen(url, timeout=2) as r:
+                if r.status == 200:
+                    break
+        except OSError:
+            time.sleep(0.5)
+    else:
+        proc.kill()
+        pytest.fail("shelley serve did not answer within 120 s")
+    yield url
+    proc.terminate()
+    try:
+        proc.wait(timeout=20)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+
+
+def test_demo_in_a_real_browser(server):
+    from playwright.sync_api import sync_playwright
+
+    artifacts = Path(os.environ.get("SHELLEY_ARTIFACTS") or REPO / "test-artifacts")
+    artifacts.mkdir(parents=True, exist_ok=True)
+    with sync_playwright() as pw:
+        browser = pw.chromium.launch(executable_path=_chromium(), headless=True, args=["--no-sandbox"])
+        page = browser.new_page()
+        page.goto(server)
+        page.locator("#prompt textarea").fill("The storm broke at midnight.")
+        page.locator("input[type=checkbox]").uncheck()  # the streaming path (the guard path is tested below)
+        page.locator("#generate").click()
+        output = page.locator("#output textarea")
+        page.wait_for_function(
+            "() => document.querySelector('#output textarea').value.trim().length > 0", timeout=60_000
+        )
+        # Wait until the stream ends: the notes line reports the originality check of the finished text.
+        page.wait_for_function(
+            "() => document.querySelector('#notes').innerText.includes('longest copied span')", timeout=60_000
+        )
+        text = output.input_value()
+        page.screenshot(path=str(artifacts / "serve.png"), full_page=True)
+        browser.close()
+    assert len(text.strip()) > 0
+    assert (artifacts / "serve.png").stat().st_size > 10_000
+
+
+def test_port_in_use(cli, tiny_run):
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        s.listen()
+        res = cli("serve", tiny_run, "--port", s.getsockname()[1])
+    assert res.exit_code == 2 and "is in use; pass --port" in res.output
+
+
+def _demo(tiny_run, **kw):
+    from shelley.serve.app import load_demo
+
+    return load_demo(str(tiny_run), GenerationConfig(max_new_tokens=12), **kw)
+
+
+def test_requests_are_clamped_and_explained(tiny_run):
+    demo = _demo(tiny_run)
+    chunks = list(demo.generate("", 0.8, 0.95, 100_000, 1, False))
+    _, notes = chunks[-1]
+    assert "empty prompt" in notes and "clamped to" in notes
+    assert len(chunks) >= 2  # streamed: more than the final yield
+    assert demo.clamp(0) == (1, ["max tokens 0 is out of range; clamped to 1 (1 to 127)"])
+    assert demo.clamp(50) == (50, [])
+
+
+def test_keep_it_original_uses_the_guard(tiny_run):
+    demo = _demo(tiny_run, max_span=3)
+    assert demo.index is not None
+    chunks = list(demo.generate("The storm", 1.0, 0.95, 16, 3, True))
+    assert len(chunks) == 1 and "after" in chunks[0][1] and "draw" in chunks[0][1]
+
+
+def test_export_space(cli, tiny_run, tmp_path):
+    from huggingface_hub import SpaceCard
+
+    run = tmp_path / "run"
+    shutil.copytree(tiny_run, run)
+    res = cli("eval", run)
+    assert res.exit_code == 0, res.output
+    out = tmp_path / "space"
+    res = cli("serve", run, "--export-space", out, "--model-repo", "fan/frankenstein-tiny")
+    assert res.exit_code == 0, res.output
+    names = {p.name for p in out.iterdir()}
+    assert {"app.py", "README.md", "requirements.txt", "demo.json", "originality-index.npz"} <= names
+    compile((out / "app.py").read_text(), "app.py", "exec")
+    card = SpaceCard.load(out / "README.md")
+    assert card.data.sdk == "gradio" and card.data.app_file == "app.py"
+    assert card.data.models == ["fan/frankenstein-tiny"]
+    wheel = [n for n in names if n.endswith(".whl")]
+    assert wheel and f"./{wheel[0]}" in (out / "requirements.txt").read_text()
+    assert cli("serve", run, "--export-space", tmp_path / "s2", "--model-repo", "bad repo!").exit_code == 2
+
+
+def test_load_check_harness_answers_every_client(tiny_run):
+    """The load benchmark's harness with 3 clients (the 20-client figures come from `python -m bench.serve_load`)."""
+    from bench.serve_load import run
+
+    result = run(str(tiny_run), clients=3, max_tokens=8, concurrency=2, timeout=300)
+    assert result["answered"] == 3 and result["failed"] == 0, result["errors"]
+    assert 0 < result["latency_seconds"]["p50"] <= result["latency_seconds"]["max"]
