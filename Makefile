@@ -19,8 +19,8 @@ test:
 	$(BIN)/python -m pytest -q
 
 lint:
-	$(BIN)/ruff check src tests $(wildcard bench)
-	$(BIN)/ruff format --check src tests $(wildcard bench)
+	$(BIN)/ruff check src tests bench notebooks/build_notebooks.py
+	$(BIN)/ruff format --check src tests bench notebooks/build_notebooks.py
 
 clean:
 	rm -rf $(VENV) build *.egg-info

@@ -111,7 +111,7 @@ NOTEBOOKS: dict[str, list[tuple[str, str]]] = {
             "code",
             "from shelley.config import DataConfig\nfrom shelley.data.build import prepare_splits, save_dataset\n\n"
             "splits, report = prepare_splits(DATA / 'frankenstein.txt', DataConfig())\n"
-            "print(report['split']['rows'], '| held out:', report['split']['held_out_groups'][:4])\n"
+            "print(report['split']['rows'], '| held-out chapters:', report['split']['held_out_groups']['validation'])\n"
             "print('8-gram overlap with train:', report['overlap']['validation']['shared_fraction'])",
         ),
         (

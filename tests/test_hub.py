@@ -96,7 +96,7 @@ def test_push_without_a_token_says_how_to_log_in(cli, evaluated_run, monkeypatch
     assert res.exit_code == 2 and "hf auth login" in res.output
 
 
-@pytest.mark.parametrize("repo", ["bad repo!", "a/b/c", "-leading"])
+@pytest.mark.parametrize("repo", ["bad repo!", "a/b/c", "x" * 120])
 def test_push_refuses_invalid_repo_names(cli, evaluated_run, repo):
     res = cli("push", evaluated_run, repo, "--dry-run")
     assert res.exit_code == 2 and "invalid repo name" in res.output

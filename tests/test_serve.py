@@ -159,3 +159,20 @@ def test_load_check_harness_answers_every_client(tiny_run):
     result = run(str(tiny_run), clients=3, max_tokens=8, concurrency=2, timeout=300)
     assert result["answered"] == 3 and result["failed"] == 0, result["errors"]
     assert 0 < result["latency_seconds"]["p50"] <= result["latency_seconds"]["max"]
+
+
+def test_demo_takes_no_paths_and_binds_loopback_by_default(tiny_run):
+    """Security: the page has no file or path inputs, and `shelley serve` listens on 127.0.0.1 unless --host."""
+    import inspect
+
+    import gradio as gr
+
+    from shelley.cli import serve_cmd
+    from shelley.serve.app import build_app
+
+    app = build_app(_demo(tiny_run))
+    kinds = {type(b).__name__ for b in app.blocks.values()}
+    assert {"Textbox", "Slider", "Number", "Checkbox", "Button"} <= kinds
+    assert not any(isinstance(b, gr.File | gr.UploadButton | gr.Image | gr.FileExplorer) for b in app.blocks.values())
+    host = inspect.signature(serve_cmd).parameters["host"].default
+    assert host == "127.0.0.1"

@@ -58,7 +58,10 @@ def user_errors(fn: F) -> F:
         try:
             return fn(*args, **kwargs)
         except ShelleyError as exc:
-            err_console.print(f"[bold red]error:[/bold red] {exc}", markup=True, highlight=False, soft_wrap=True)
+            label = "[bold yellow]stopped:[/bold yellow]" if exc.exit_code == 130 else "[bold red]error:[/bold red]"
+            from rich.markup import escape  # a message may hold [brackets], e.g. data.extra_sources=[chat]
+
+            err_console.print(f"{label} {escape(str(exc))}", markup=True, highlight=False, soft_wrap=True)
             raise typer.Exit(exc.exit_code) from None
         except KeyboardInterrupt:
             err_console.print("interrupted; nothing was written")

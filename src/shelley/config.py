@@ -123,6 +123,13 @@ class TrainConfig(_Section):
         None, description="Module names to adapt; default: all attention and MLP projections of the model."
     )
     gradient_checkpointing: bool = Field(False, description="Trade compute for memory (recompute activations).")
+    nan_policy: Literal["stop", "skip"] = Field(
+        "stop",
+        description="On a NaN/inf loss: stop (keeping the last good checkpoint) or skip that optimizer step.",
+    )
+    max_skipped_steps: int = Field(
+        10, ge=0, description="With nan_policy skip: stop anyway after this many skipped steps in one run."
+    )
     compile: bool = Field(
         False, description="torch.compile the model before training (faster steps on GPU after a slow first one)."
     )

@@ -19,3 +19,9 @@ class ShelleyError(Exception):
     @property
     def message(self) -> str:
         return str(self)
+
+
+class TrainingInterrupted(ShelleyError):
+    """Ctrl-C or SIGTERM during training: a checkpoint was saved; the message says how to resume."""
+
+    exit_code = 130

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import json
 import math
+import pickle
 import shutil
 import time
 from contextlib import contextmanager
@@ -30,7 +31,7 @@ from typing import Any
 import yaml
 
 from shelley.config import ShelleyConfig
-from shelley.errors import ShelleyError
+from shelley.errors import ShelleyError, TrainingInterrupted
 from shelley.finetune.packing import PackedBlocks, encode_stream, micro_batch_indices
 
 CALIBRATION_STEPS = 3  # steps timed before the cosine horizon is first fitted to a time budget
@@ -71,16 +72,52 @@ def _flatten(d: dict[str, Any], prefix: str = "") -> dict[str, Any]:
     return out
 
 
-def latest_checkpoint(run_dir: Path) -> Path | None:
+MANIFEST = "manifest.json"
+
+
+def _sha256(path: Path) -> str:
+    import hashlib
+
+    h = hashlib.sha256()
+    with path.open("rb") as fh:
+        for chunk in iter(lambda: fh.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def verify_checkpoint(ckpt: Path) -> bool:
+    """True when every file the manifest lists is there with its size and SHA-256 (a torn or edited
+    checkpoint fails)."""
+    try:
+        manifest = json.loads((ckpt / MANIFEST).read_text())
+        return all(
+            (ckpt / name).is_file()
+            and (ckpt / name).stat().st_size == meta["bytes"]
+            and _sha256(ckpt / name) == meta["sha256"]
+            for name, meta in manifest["files"].items()
+        )
+    except (OSError, ValueError, KeyError, TypeError):
+        return False
+
+
+def latest_checkpoint(run_dir: Path, *, verify: bool = False) -> Path | None:
+    """The newest complete checkpoint; with ``verify`` the newest whose manifest hashes check out."""
     ckpts = sorted((run_dir / "checkpoints").glob("step-*"), key=lambda p: int(p.name.split("-")[1]))
-    ckpts = [c for c in ckpts if (c / "trainer_state.json").exists()]
+    ckpts = [c for c in ckpts if (c / "trainer_state.json").exists() and (c / MANIFEST).exists()]
+    if verify:
+        ckpts = [c for c in ckpts if verify_checkpoint(c)]
     return ckpts[-1] if ckpts else None
 
 
 def check_resume(run_dir: Path, cfg: ShelleyConfig) -> Path:
-    ckpt = latest_checkpoint(run_dir)
+    ckpt = latest_checkpoint(run_dir, verify=True)
     if ckpt is None:
         raise ShelleyError(f"--resume: {run_dir} has no checkpoint to resume from; drop --resume to start fresh")
+    newest = latest_checkpoint(run_dir)
+    if newest != ckpt:
+        import warnings
+
+        warnings.warn(f"checkpoint {newest} fails its manifest check; resuming from {ckpt}", stacklevel=2)
     saved = yaml.safe_load((run_dir / "config.yaml").read_text())
     old, new = _flatten(saved), _flatten(cfg.model_dump(mode="json"))
     changed = sorted(k for k in old.keys() | new.keys() if old.get(k) != new.get(k) and k not in RESUMABLE_CHANGES)
@@ -100,8 +137,32 @@ def _mixed_precision(precision: str) -> str:
     return {"fp32": "no"}.get(precision, precision)
 
 
+def _fsync_tree(root: Path) -> None:
+    """Flush every file and directory under ``root`` to disk, so the rename that follows publishes data that
+    survives a power cut, not just a process kill."""
+    import os
+
+    for path in [*sorted(root.rglob("*"), reverse=True), root]:
+        fd = os.open(path, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+
+
+def _fsync_tree_dir(directory: Path) -> None:
+    import os
+
+    fd = os.open(directory, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
 def _save_checkpoint(accelerator, run_dir: Path, step: int, keep: int, state: dict[str, Any]) -> Path:
-    """accelerate state into a temp dir, then one rename: a crash never leaves a half checkpoint."""
+    """accelerate state into a temp dir, a manifest of SHA-256 hashes, fsync, then one rename: a crash never
+    leaves a half checkpoint under a final name, and a damaged one is detected on resume."""
     ckpt_root = run_dir / "checkpoints"
     ckpt_root.mkdir(parents=True, exist_ok=True)
     final = ckpt_root / f"step-{step:06d}"
@@ -109,14 +170,30 @@ def _save_checkpoint(accelerator, run_dir: Path, step: int, keep: int, state: di
     if accelerator.is_main_process:
         shutil.rmtree(tmp, ignore_errors=True)
     accelerator.wait_for_everyone()
-    accelerator.save_state(str(tmp))
-    if accelerator.is_main_process:
-        (tmp / "trainer_state.json").write_text(json.dumps(state, indent=2))
-        if final.exists():
-            shutil.rmtree(final)
-        tmp.rename(final)
-        for old in sorted(ckpt_root.glob("step-*"))[:-keep]:
-            shutil.rmtree(old, ignore_errors=True)
+    try:
+        accelerator.save_state(str(tmp))
+        if accelerator.is_main_process:
+            (tmp / "trainer_state.json").write_text(json.dumps(state, indent=2))
+            files = {
+                str(p.relative_to(tmp)): {"bytes": p.stat().st_size, "sha256": _sha256(p)}
+                for p in sorted(tmp.rglob("*"))
+                if p.is_file()
+            }
+            (tmp / MANIFEST).write_text(json.dumps({"step": step, "files": files}, indent=2))
+            _fsync_tree(tmp)
+            if final.exists():
+                shutil.rmtree(final)
+            tmp.rename(final)
+            _fsync_tree_dir(ckpt_root)  # the rename itself must reach the disk
+            for old in sorted(ckpt_root.glob("step-*"))[:-keep]:
+                shutil.rmtree(old, ignore_errors=True)
+    except OSError as exc:
+        shutil.rmtree(tmp, ignore_errors=True)
+        last = latest_checkpoint(run_dir)
+        raise ShelleyError(
+            f"could not write checkpoint {final} ({exc.strerror or exc}); free disk space or point train.run_dir "
+            f"at a writable disk. The previous checkpoint is intact: {last or 'none'}"
+        ) from None
     accelerator.wait_for_everyone()
     return final
 
@@ -183,6 +260,9 @@ def train(
         from shelley.gpt.setup import check_scratch_config
 
         check_scratch_config(cfg, tokenizer_given=tokenizer is not None)  # before anything is written
+    from shelley.io import check_output_dir
+
+    check_output_dir(run_dir, overwrite=True, flag="--run-dir")  # writable? (existing runs are handled below)
     ckpt = None
     if resume:
         ckpt = check_resume(run_dir, cfg)
@@ -223,8 +303,10 @@ def train(
 
         block = cfg.model.max_length
         cache = run_dir / "cache"
-        train_blocks = PackedBlocks(encode_stream(train_texts, tokenizer, cache, "train"), block)
-        val_stream = encode_stream(val_texts, tokenizer, cache, "validation")
+        # Tokenize + pack once: rank 0 writes the memmap cache, the other ranks wait, then read it.
+        with accelerator.main_process_first():
+            train_blocks = PackedBlocks(encode_stream(train_texts, tokenizer, cache, "train"), block)
+            val_stream = encode_stream(val_texts, tokenizer, cache, "validation")
         if len(train_blocks) == 0:
             raise ShelleyError(
                 f"the training text has {len(train_blocks.stream)} tokens, fewer than one block of "
@@ -255,15 +337,19 @@ def train(
         progress_ = min(1.0, (s - tc.warmup_steps) / max(1, horizon["steps"] - tc.warmup_steps))
         return 0.5 * (1.0 + math.cos(math.pi * progress_))
 
-    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_lambda)
-    model, optimizer, scheduler = accelerator.prepare(model, optimizer, scheduler)
+    model, optimizer = accelerator.prepare(model, optimizer)
+    # The scheduler stays ours (registered so checkpoints carry it): accelerate's wrapper would step it once per
+    # process, so N processes would run the schedule N times faster than one process with the same global batch.
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer.optimizer, lr_lambda)
+    accelerator.register_for_checkpointing(scheduler)
 
     start_step = 0
     tokens_before = 0
     if ckpt is not None:
         try:
             accelerator.load_state(str(ckpt))
-        except (RuntimeError, KeyError, ValueError) as exc:
+        except (RuntimeError, KeyError, ValueError, pickle.UnpicklingError) as exc:
+            # UnpicklingError: torch.load(weights_only=True) refused something that is not plain tensors.
             raise ShelleyError(
                 f"--resume: checkpoint {ckpt} does not fit this model ({str(exc).splitlines()[0][:160]}); "
                 "resume with the config the run was started with, or start a new run dir"
@@ -273,6 +359,8 @@ def train(
         horizon["steps"] = state.get("horizon", tc.steps)
 
     metrics_path = run_dir / "metrics.jsonl"
+    if ckpt is not None and accelerator.is_main_process:
+        _truncate_metrics(metrics_path, start_step)  # steps after the checkpoint are about to be redone
     world, rank = accelerator.num_processes, accelerator.process_index
     evals: list[dict[str, Any]] = []
     t0 = time.perf_counter()
@@ -318,33 +406,51 @@ def train(
 
     progress = _progress(show_progress and accelerator.is_main_process)
     task = progress.add_task("training", total=tc.steps, completed=start_step, loss=float("nan"), lr=0.0, tps=0.0)
+    skipped = 0
     model.train()
-    with progress:
+    with progress, _stop_on_signals() as stop:
         while step < tc.steps:
             step_start = time.perf_counter()
             losses = []
+            bad = False  # a non-finite loss in this optimizer step (nan_policy skip)
             for k in range(tc.grad_accum):
                 micro = (step * tc.grad_accum + k) * world + rank
                 ids = train_blocks.batch(micro_batch_indices(len(train_blocks), tc.micro_batch_size, tc.seed, micro))
                 ids = ids.to(accelerator.device)
                 with accelerator.accumulate(model), _oom_guard(cfg, step + 1, run_dir):
                     loss = model(input_ids=ids, labels=ids).loss
-                    if not torch.isfinite(loss):
-                        last = latest_checkpoint(run_dir)
-                        raise ShelleyError(
-                            f"loss became {float(loss.detach())} at step {step + 1}; training stopped. "
-                            f"Last good checkpoint: {last or 'none'}. Lower train.learning_rate or use precision fp32"
-                        )
-                    accelerator.backward(loss)
-                    if accelerator.sync_gradients:
+                    finite = torch.isfinite(loss.detach()).float().reshape(1)
+                    if world > 1:  # every rank must agree, or one would wait forever in backward's all-reduce
+                        finite = accelerator.gather(finite).min().reshape(1)
+                    if not bool(finite.item()):
+                        if tc.nan_policy == "stop" or skipped >= tc.max_skipped_steps:
+                            last = latest_checkpoint(run_dir)
+                            raise ShelleyError(
+                                f"loss became {float(loss.detach())} at step {step + 1}; training stopped"
+                                + (f" after skipping {skipped} steps" if skipped else "")
+                                + f". Last good checkpoint: {last or 'none'}. Lower train.learning_rate, use "
+                                "precision fp32, or set train.nan_policy=skip"
+                            )
+                        bad = True
+                    else:
+                        accelerator.backward(loss)
+                    if accelerator.sync_gradients and not bad:
                         accelerator.clip_grad_norm_(params, tc.max_grad_norm)
-                    optimizer.step()
-                    scheduler.step()
+                    if not bad:
+                        optimizer.step()  # (accelerate makes this a no-op until the last micro-batch)
+                    if accelerator.sync_gradients:
+                        scheduler.step()  # once per optimizer step, skipped or not: the schedule counts steps
                     optimizer.zero_grad(set_to_none=True)
                 losses.append(float(loss.detach()))
                 tokens_seen += ids.numel() * world
             step += 1
-            last_loss = sum(losses) / len(losses)
+            if bad:
+                skipped += 1
+                _log(metrics_path, {"kind": "skip", "step": step, "reason": "non-finite loss"}, accelerator)
+            finite_losses = [x for x in losses if math.isfinite(x)] or [float("nan")]
+            last_loss = sum(finite_losses) / len(finite_losses)
+            if world > 1:  # log the mean over ranks: the loss of the global batch, as one process would see it
+                last_loss = float(accelerator.reduce(torch.tensor([last_loss], device=accelerator.device), "mean"))
             elapsed = time.perf_counter() - t0
             # Throughput counts optimizer-step time only: evals, samples and checkpoints are not training.
             step_times.append(time.perf_counter() - step_start)
@@ -374,6 +480,11 @@ def train(
                 elapsed + pace > tc.time_budget_s or step >= horizon["steps"]
             )
             interrupted = stop_after is not None and step - start_step >= stop_after
+            signalled = stop.get("signal")
+            if world > 1:  # a signal may reach one rank only: all stop together
+                flag = torch.tensor([1.0 if signalled else 0.0], device=accelerator.device)
+                signalled = signalled or (bool(accelerator.reduce(flag, "sum").item()) and "SIGTERM")
+            interrupted = interrupted or bool(signalled)
             last_step = step == tc.steps or out_of_time
             if step % tc.eval_every == 0 or (last_step and final_eval):
                 evaluate(step)
@@ -386,6 +497,12 @@ def train(
                     step,
                     tc.keep_checkpoints,
                     {"step": step, "tokens_seen": tokens_seen, "loss": last_loss, "horizon": horizon["steps"]},
+                )
+            if signalled:
+                ckpt_path = latest_checkpoint(run_dir)
+                raise TrainingInterrupted(
+                    f"{signalled} at step {step}: checkpoint saved to {ckpt_path}; continue with the same command "
+                    "plus --resume"
                 )
             if interrupted:
                 return TrainResult(run_dir, step, True, elapsed, tokens_seen, tps, last_loss, evals)
@@ -453,6 +570,31 @@ def _removed_on_error(run_dir: Path, *, enabled: bool):
         raise
 
 
+@contextmanager
+def _stop_on_signals():
+    """Turn Ctrl-C (SIGINT) and SIGTERM into a flag the loop checks after each step, so the step in flight
+    finishes and a checkpoint is written before exiting. A second Ctrl-C stops at once."""
+    import signal
+    import threading
+
+    stop: dict[str, str | None] = {"signal": None}
+    if threading.current_thread() is not threading.main_thread():
+        yield stop  # signal handlers can only be installed from the main thread
+        return
+
+    def handler(signum, _frame):
+        if stop["signal"] and signum == signal.SIGINT:
+            raise KeyboardInterrupt
+        stop["signal"] = signal.Signals(signum).name
+
+    previous = {sig: signal.signal(sig, handler) for sig in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        yield stop
+    finally:
+        for sig, old in previous.items():
+            signal.signal(sig, old)
+
+
 def is_oom(exc: BaseException) -> bool:
     """CUDA's OutOfMemoryError, or the RuntimeError the CPU allocator raises when RAM runs out."""
     text = str(exc)
@@ -487,6 +629,22 @@ def _write_corpus(run_dir: Path, train_texts: list[str], val_texts: list[str]) -
 
     rows = corpus_rows_from_texts({"train": train_texts, "validation": val_texts})
     atomic_write_text(run_dir / "corpus.jsonl", "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows))
+
+
+def _truncate_metrics(path: Path, step: int) -> None:
+    """Keep the rows up to ``step``: a run killed after its last checkpoint logged steps that resume redoes."""
+    if not path.exists():
+        return
+    from shelley.io import atomic_write_text
+
+    keep = []
+    for line in path.read_text().splitlines():
+        try:
+            if json.loads(line).get("step", 0) <= step:
+                keep.append(line)
+        except json.JSONDecodeError:
+            continue  # a line torn by the kill
+    atomic_write_text(path, "".join(f"{line}\n" for line in keep))
 
 
 def _log(path: Path, row: dict[str, Any], accelerator) -> None:

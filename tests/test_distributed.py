@@ -1,0 +1,136 @@
+"""The training loop under `accelerate launch`: 2 CPU processes (gloo) against 1 process with the same global
+batch, and the shipped accelerate configs."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from conftest import BOOK_BODY, REPO, write
+
+ACCELERATE_CONFIGS = sorted((REPO / "configs" / "accelerate").glob("*.yaml"))
+COMMON = [
+    "train.method=full",
+    "train.steps=6",
+    "train.micro_batch_size=2",
+    "train.learning_rate=3e-3",
+    "train.warmup_steps=1",
+    "train.checkpoint_every=3",
+    "train.eval_every=3",
+    "train.sample_every=1000",
+    "model.max_length=32",
+    "eval.stride=16",
+    "data.split=random",
+]
+
+
+def _sets(*extra: str) -> list[str]:
+    return [x for s in [*COMMON, *extra] for x in ("--set", s)]
+
+
+def _losses(run: Path) -> list[float]:
+    rows = [json.loads(x) for x in (run / "metrics.jsonl").read_text().splitlines()]
+    return [r["loss"] for r in rows if r["kind"] == "train"]
+
+
+def _files(run: Path) -> set[str]:
+    return {str(p.relative_to(run)) for p in run.rglob("*") if p.is_file() and "cache" not in p.parts}
+
+
+@pytest.fixture(scope="module")
+def corpus(tmp_path_factory) -> Path:
+    lines = [line for line in BOOK_BODY.splitlines() if len(line) > 40]
+    return write(
+        tmp_path_factory.mktemp("dist") / "book.txt", "\n\n".join(f"{line} ({i})" for i in range(8) for line in lines)
+    )
+
+
+def _free_port() -> str:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return str(s.getsockname()[1])
+
+
+def _launcher(name: str) -> list[str]:
+    port = _free_port()  # a fixed port could clash with another run; 0 would leave the ranks disagreeing
+    if name == "accelerate":
+        cfg = str(REPO / "configs" / "accelerate" / "cpu_2proc.yaml")
+        return [
+            sys.executable,
+            "-m",
+            "accelerate.commands.launch",
+            "--config_file",
+            cfg,
+            "--main_process_port",
+            port,
+            "-m",
+            "shelley",
+        ]
+    return [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--nproc_per_node",
+        "2",
+        "--master_addr",
+        "127.0.0.1",
+        "--master_port",
+        port,
+        "-m",
+        "shelley",
+    ]
+
+
+@pytest.fixture(scope="module")
+def one_process(tmp_path_factory, corpus, tiny_model_dir) -> Path:
+    one = tmp_path_factory.mktemp("one") / "run"
+    base = ["train", str(corpus), "--model", str(tiny_model_dir)]
+    # One process: 2 micro-batches of 2 per step. Two processes: 1 micro-batch of 2 each, the same 4 blocks.
+    subprocess.run(
+        [sys.executable, "-m", "shelley", *base, "--run-dir", str(one), *_sets("train.grad_accum=2")],
+        check=True,
+        capture_output=True,
+        timeout=300,
+    )
+    return one
+
+
+@pytest.mark.parametrize("launcher", ["accelerate", "torchrun"])
+def test_two_processes_match_one_with_the_same_global_batch(launcher, tmp_path, corpus, tiny_model_dir, one_process):
+    one, two = one_process, tmp_path / "two"
+    base = ["train", str(corpus), "--model", str(tiny_model_dir)]
+    res = subprocess.run(
+        [*_launcher(launcher), *base, "--run-dir", str(two), *_sets("train.grad_accum=1")],
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert res.returncode == 0, res.stderr[-3000:]
+    a, b = _losses(one), _losses(two)
+    assert len(a) == len(b) == 6
+    assert max(abs(x - y) for x, y in zip(a, b, strict=True)) < 1e-4, (a, b)
+    # Rank 0 writes everything; rank 1 adds only its own RNG state to each checkpoint (for exact resume).
+    extra = _files(two) - _files(one)
+    assert extra and all(x.startswith("checkpoints/") and x.endswith("random_states_1.pkl") for x in extra), extra
+    assert _files(one) - _files(two) == set()
+
+
+@pytest.mark.parametrize("path", ACCELERATE_CONFIGS, ids=lambda p: p.name)
+def test_accelerate_configs_parse(path):
+    from accelerate.commands.config.config_args import ClusterConfig
+
+    cfg = ClusterConfig.from_yaml_file(str(path))
+    assert cfg.num_processes >= 2
+    first = path.read_text().splitlines()[0]
+    assert first.startswith("# accelerate launch --config_file configs/accelerate/" + path.name)
+
+
+def test_there_are_configs_for_ddp_fsdp_and_deepspeed():
+    kinds = {p.stem for p in ACCELERATE_CONFIGS}
+    assert {"ddp_multi_gpu", "fsdp", "deepspeed_zero2", "deepspeed_zero3", "cpu_2proc"} <= kinds
