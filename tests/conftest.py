@@ -149,16 +149,19 @@ def tiny_causal_lm(kind: str, vocab: int, *, seed: int = 0, max_positions: int =
     return AutoModelForCausalLM.from_config(config)
 
 
-@pytest.fixture(scope="session")
-def tiny_model_dir(tmp_path_factory, tiny_tokenizer_dir):
-    """A tiny random Llama saved with save_pretrained next to its tokenizer: a 'local path' model."""
+def save_tiny_model(kind: str, tokenizer_dir: Path, out: Path) -> Path:
+    """A tiny random model of ``kind`` saved with save_pretrained next to its tokenizer: a 'local path' model."""
     from transformers import AutoTokenizer
 
-    tok = AutoTokenizer.from_pretrained(tiny_tokenizer_dir)
-    out = tmp_path_factory.mktemp("models") / "tiny-llama"
-    tiny_causal_lm("llama", len(tok), max_positions=128).save_pretrained(out)
+    tok = AutoTokenizer.from_pretrained(tokenizer_dir)
+    tiny_causal_lm(kind, len(tok), max_positions=128).save_pretrained(out)
     tok.save_pretrained(out)
     return out
+
+
+@pytest.fixture(scope="session")
+def tiny_model_dir(tmp_path_factory, tiny_tokenizer_dir):
+    return save_tiny_model("llama", tiny_tokenizer_dir, tmp_path_factory.mktemp("models") / "tiny-llama")
 
 
 @pytest.fixture(scope="session")

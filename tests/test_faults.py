@@ -80,6 +80,13 @@ def _cfg(**extra):
     return load_config(overrides=sets + [f"{k}={v}" for k, v in extra.items()])
 
 
+def _train_tiny(cfg, run, tok, **kwargs):
+    """``train`` a fresh tiny GPT-2 on the fixture texts, quietly."""
+    return train(
+        cfg, TEXTS, TEXTS[:4], run, model=tiny_causal_lm("gpt2", len(tok)), tokenizer=tok, show_progress=False, **kwargs
+    )
+
+
 def _tok(tiny_tokenizer_dir):
     from transformers import AutoTokenizer
 
@@ -103,7 +110,7 @@ def test_disk_full_keeps_the_previous_checkpoint_and_names_the_path(tmp_path, ti
     monkeypatch.setattr(Accelerator, "save_state", save_until_full)
     run = tmp_path / "run"
     with pytest.raises(ShelleyError) as err:
-        train(_cfg(), TEXTS, TEXTS[:4], run, model=tiny_causal_lm("gpt2", len(tok)), tokenizer=tok, show_progress=False)
+        _train_tiny(_cfg(), run, tok)
     msg = str(err.value)
     assert "step-000004" in msg and "No space left on device" in msg and "step-000002" in msg
     assert [p.name for p in (run / "checkpoints").iterdir()] == ["step-000002"]  # no torn temp dir left
@@ -182,31 +189,13 @@ def test_nan_skip_policy_skips_the_step_and_trains_on(tmp_path, tiny_tokenizer_d
 def test_a_damaged_checkpoint_is_detected_and_resume_falls_back(tmp_path, tiny_tokenizer_dir):
     tok = _tok(tiny_tokenizer_dir)
     cfg = _cfg(**{"train.keep_checkpoints": 3})
-    train(
-        cfg,
-        TEXTS,
-        TEXTS[:4],
-        tmp_path / "run",
-        model=tiny_causal_lm("gpt2", len(tok)),
-        tokenizer=tok,
-        show_progress=False,
-        stop_after=4,
-    )
+    _train_tiny(cfg, tmp_path / "run", tok, stop_after=4)
     newest = tmp_path / "run" / "checkpoints" / "step-000004"
     weights = newest / "model.safetensors"
     weights.write_bytes(weights.read_bytes()[:-10] + b"0123456789")  # same size, different bytes
     assert not verify_checkpoint(newest)
     with pytest.warns(UserWarning, match="fails its manifest check; resuming from .*step-000002"):
-        result = train(
-            cfg,
-            TEXTS,
-            TEXTS[:4],
-            tmp_path / "run",
-            model=tiny_causal_lm("gpt2", len(tok)),
-            tokenizer=tok,
-            show_progress=False,
-            resume=True,
-        )
+        result = _train_tiny(cfg, tmp_path / "run", tok, resume=True)
     assert result.steps == 6
 
 
@@ -217,15 +206,7 @@ def test_weights_load_only_from_safetensors_or_weights_only(tmp_path, tiny_token
     from conftest import REPO
 
     tok = _tok(tiny_tokenizer_dir)
-    train(
-        _cfg(),
-        TEXTS,
-        TEXTS[:4],
-        tmp_path / "run",
-        model=tiny_causal_lm("gpt2", len(tok)),
-        tokenizer=tok,
-        show_progress=False,
-    )
+    _train_tiny(_cfg(), tmp_path / "run", tok)
     ckpt = latest_checkpoint(tmp_path / "run")
     # Weights as safetensors; optimizer.bin / scheduler.bin hold tensors and numbers that accelerate loads with
     # torch.load(weights_only=True), checked below.
@@ -255,16 +236,7 @@ def test_a_hostile_pickle_in_a_checkpoint_is_refused_not_run(tmp_path, tiny_toke
     tok = _tok(tiny_tokenizer_dir)
     cfg = _cfg()
     run = tmp_path / "run"
-    train(
-        cfg,
-        TEXTS,
-        TEXTS[:4],
-        run,
-        model=tiny_causal_lm("gpt2", len(tok)),
-        tokenizer=tok,
-        show_progress=False,
-        stop_after=2,
-    )
+    _train_tiny(cfg, run, tok, stop_after=2)
     ckpt = latest_checkpoint(run)
     marker = tmp_path / "pwned"
     evil = pickle.dumps(_Payload(str(marker)))
@@ -273,14 +245,5 @@ def test_a_hostile_pickle_in_a_checkpoint_is_refused_not_run(tmp_path, tiny_toke
     manifest["files"]["optimizer.bin"] = {"bytes": len(evil), "sha256": hashlib.sha256(evil).hexdigest()}
     (ckpt / "manifest.json").write_text(json.dumps(manifest))
     with pytest.raises(ShelleyError, match="does not fit this model"):
-        train(
-            cfg,
-            TEXTS,
-            TEXTS[:4],
-            run,
-            model=tiny_causal_lm("gpt2", len(tok)),
-            tokenizer=tok,
-            show_progress=False,
-            resume=True,
-        )
+        _train_tiny(cfg, run, tok, resume=True)
     assert not marker.exists()

@@ -9,7 +9,7 @@ import os
 import nbformat
 import pytest
 
-from conftest import REPO, tiny_causal_lm
+from conftest import REPO, save_tiny_model
 
 NOTEBOOKS = REPO / "notebooks"
 CPU = ["00_setup", "01_eda", "02_dataset", "03_tokenizer", "04_cpu_eval_harness", "20_distilgpt2_full_cpu"]
@@ -23,13 +23,7 @@ def test_every_notebook_is_listed():
 
 @pytest.fixture(scope="module")
 def tiny_gpt2_dir(tmp_path_factory, tiny_tokenizer_dir):
-    from transformers import AutoTokenizer
-
-    tok = AutoTokenizer.from_pretrained(tiny_tokenizer_dir)
-    out = tmp_path_factory.mktemp("nb-model") / "tiny-gpt2"
-    tiny_causal_lm("gpt2", len(tok), max_positions=128).save_pretrained(out)
-    tok.save_pretrained(out)
-    return out
+    return save_tiny_model("gpt2", tiny_tokenizer_dir, tmp_path_factory.mktemp("nb-model") / "tiny-gpt2")
 
 
 @pytest.mark.parametrize("name", CPU)
