@@ -472,6 +472,7 @@ def train(
                     "tokens_seen": tokens_seen,
                     "tokens_per_s": tps,
                     "elapsed_s": elapsed,
+                    "train_s": sum(step_times),  # optimizer-step time only (no evals, samples, checkpoints)
                 },
                 accelerator,
             )

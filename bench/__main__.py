@@ -1,0 +1,236 @@
+"""shelley's benchmark suite, side by side with the stock recipe, in one sitting:
+
+    python -m bench [--quick] [--model smollm2-135m] [--corpus CSV] [--budget 300] [--out bench/results]
+
+* train: the plain-Trainer reference (bench/reference.py) vs shelley full vs shelley LoRA, each in its own
+  process for the same optimizer-step time; real tokens/s, peak RSS, validation perplexity by one function
+  on the same tokens, and how long shelley takes to reach the reference's final perplexity.
+* write: the eval workload (5 prompts x 4 samples x 120 new tokens, temperature 0.8): Hugging Face
+  ``generate`` one sample at a time vs shelley's batched ``generate_texts``.
+* data: ingest + clean + tokenize + pack of the novel and of larger synthetic corpora (the novel repeated
+  with word-level perturbations so near-duplicate removal keeps them), with the slope of time vs size.
+
+Writes bench/results/{train,write,data}.json and bench/results/summary.md. ``--quick`` shrinks every part
+so the harness itself can be tested (in under 3 minutes with the real model, seconds with a tiny one).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import random
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+DATA = Path(os.environ.get("SHELLEY_DATA_DIR") or HERE.parents[1] / "shared" / "data")
+
+
+def bench_train(args, out: Path) -> dict:
+    results = {}
+    for impl in ("reference", "full", "lora"):
+        target = out / f"train-{impl}.json"
+        cmd = [
+            sys.executable,
+            "-m",
+            "bench.train_one",
+            impl,
+            "--model",
+            args.model,
+            "--corpus",
+            str(args.corpus),
+            "--budget",
+            str(args.budget),
+            "--eval-tokens",
+            str(args.eval_tokens),
+            "--eval-every",
+            str(args.eval_every),
+            "--out",
+            str(target),
+        ]
+        print(f"[train] {impl}: {args.budget:.0f} s of training ...", flush=True)
+        subprocess.run(cmd, check=True, cwd=HERE.parent)
+        results[impl] = json.loads(target.read_text())
+        target.unlink()
+    ref = results["reference"]
+    for impl in ("full", "lora"):
+        r = results[impl]
+        r["speedup_tokens_per_s"] = r["tokens_per_second"] / ref["tokens_per_second"]
+        reached = [t for t in r["timeline"] if t["val_perplexity"] <= ref["val_perplexity"]]
+        r["seconds_to_reference_perplexity"] = reached[0]["train_seconds"] if reached else None
+        r["time_ratio_to_reference"] = (
+            reached[0]["train_seconds"] / ref["train_seconds"] if reached and ref["train_seconds"] else None
+        )
+    return results
+
+
+def bench_write(args) -> dict:
+    import torch
+
+    from shelley.config import GenerationConfig, load_config
+    from shelley.finetune.methods import load_base_model, load_tokenizer_for_training
+    from shelley.generate import generate_texts
+
+    cfg = load_config(overrides=[f"model.name={args.model}", "train.method=full"])
+    model = load_base_model(cfg, for_training=False).eval()
+    tok = load_tokenizer_for_training(cfg)
+    prompts = cfg.eval.prompts[: 2 if args.quick else 5]
+    samples, new = (2, 16) if args.quick else (4, 120)
+    gen = GenerationConfig(max_new_tokens=new, min_new_tokens=new, num_samples=samples, temperature=0.8)
+    sampling = {
+        "do_sample": True,
+        "temperature": 0.8,
+        "top_k": gen.top_k,
+        "top_p": gen.top_p,
+        "repetition_penalty": gen.repetition_penalty,
+        "max_new_tokens": new,
+        "min_new_tokens": new,
+        "pad_token_id": tok.pad_token_id,
+    }
+    t0 = time.perf_counter()
+    with torch.inference_mode():
+        for p in prompts:
+            ids = tok(p, return_tensors="pt")
+            for s in range(samples):
+                torch.manual_seed(s)
+                model.generate(**ids, **sampling)
+    hf = time.perf_counter() - t0
+    t0 = time.perf_counter()
+    generate_texts(model, tok, prompts, gen)
+    ours = time.perf_counter() - t0
+    tokens = len(prompts) * samples * new
+    return {
+        "workload": f"{len(prompts)} prompts x {samples} samples x {new} new tokens, temperature 0.8",
+        "hf_one_at_a_time": {"seconds": hf, "tokens_per_second": tokens / hf},
+        "shelley_batched": {"seconds": ours, "tokens_per_second": tokens / ours},
+        "time_ratio": ours / hf,
+    }
+
+
+def perturbed_copies(text: str, copies: int, seed: int = 0) -> str:
+    """The novel ``copies`` times; every copy after the first swaps half its words for other words of the
+    book, so its snippets are new text to the near-duplicate filter (the cost we measure is real work)."""
+    rng = random.Random(seed)
+    words = text.split(" ")
+    vocab = list({w for w in words if w.isalpha()})
+    out = [text]
+    for _ in range(copies - 1):
+        out.append(" ".join(rng.choice(vocab) if w.isalpha() and rng.random() < 0.5 else w for w in words))
+    return "\n\n".join(out)
+
+
+def bench_data(args) -> dict:
+    from shelley.config import DataConfig, load_config
+    from shelley.data.build import clean_kwargs
+    from shelley.data.clean import clean_snippets
+    from shelley.data.ingest import read_corpus
+    from shelley.finetune.methods import load_tokenizer_for_training
+    from shelley.finetune.packing import PackedBlocks, encode_stream
+
+    tok = load_tokenizer_for_training(load_config(overrides=[f"model.name={args.model}"]))
+    novel = (DATA / "frankenstein.txt").read_text(encoding="utf-8")
+    rows = []
+    sizes = (1, 2) if args.quick else (1, 10, 100)
+    for copies in sizes:
+        with tempfile.TemporaryDirectory(prefix="bench-data-") as tmp:
+            path = Path(tmp) / "book.txt"
+            path.write_text(perturbed_copies(novel, copies), encoding="utf-8")
+            megabytes = path.stat().st_size / 1e6
+            t0 = time.perf_counter()
+            snippets, _ = read_corpus(path)
+            t1 = time.perf_counter()
+            kept, _ = clean_snippets(snippets, **clean_kwargs(DataConfig()))
+            t2 = time.perf_counter()
+            stream = encode_stream([s.text for s in kept], tok, Path(tmp) / "cache", "train")
+            blocks = PackedBlocks(stream, 256)
+            t3 = time.perf_counter()
+        rows.append(
+            {
+                "copies": copies,
+                "megabytes": megabytes,
+                "rows": len(kept),
+                "tokens": len(stream),
+                "blocks": len(blocks),
+                "seconds": {"ingest": t1 - t0, "clean": t2 - t1, "tokenize_pack": t3 - t2, "total": t3 - t0},
+            }
+        )
+        print(f"[data] {copies}x: {rows[-1]['seconds']['total']:.2f} s", flush=True)
+    xs = [r["megabytes"] for r in rows]
+    ys = [r["seconds"]["total"] for r in rows]
+    mx, my = sum(xs) / len(xs), sum(ys) / len(ys)
+    slope = sum((x - mx) * (y - my) for x, y in zip(xs, ys, strict=True)) / sum((x - mx) ** 2 for x in xs)
+    return {"sizes": rows, "seconds_per_megabyte": slope, "novel_seconds": rows[0]["seconds"]["total"]}
+
+
+def summary_md(train: dict | None, write: dict | None, data: dict | None) -> str:
+    lines = ["# shelley bench", ""]
+    if train:
+        lines += [
+            "| train | steps | real tokens/s | x reference | peak RSS MB | val perplexity | s to reference ppl |",
+            "|---|---|---|---|---|---|---|",
+        ]
+        for impl, r in train.items():
+            lines.append(
+                f"| {impl} | {r['steps']} | {r['tokens_per_second']:.1f} | {r.get('speedup_tokens_per_s', 1.0):.2f} "
+                f"| {r['peak_rss_mb']:.0f} | {r['val_perplexity']:.2f} | {r.get('seconds_to_reference_perplexity')} |"
+            )
+        lines.append("")
+    if write:
+        lines += [
+            f"write ({write['workload']}): HF one at a time {write['hf_one_at_a_time']['seconds']:.1f} s, "
+            f"shelley {write['shelley_batched']['seconds']:.1f} s (x{write['time_ratio']:.2f})",
+            "",
+        ]
+    if data:
+        lines += [f"data: the novel in {data['novel_seconds']:.2f} s; {data['seconds_per_megabyte']:.2f} s per MB", ""]
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--quick", action="store_true", help="a small run that checks the harness")
+    ap.add_argument("--model", default="smollm2-135m")
+    ap.add_argument("--corpus", type=Path, default=DATA / "frankenstein_chunks.csv")
+    ap.add_argument("--budget", type=float, help="optimizer-step seconds per train contestant")
+    ap.add_argument("--eval-tokens", type=int)
+    ap.add_argument("--eval-every", type=int)
+    ap.add_argument("--only", choices=["train", "write", "data"], action="append")
+    ap.add_argument("--out", type=Path, default=HERE / "results")
+    args = ap.parse_args(argv)
+    args.budget = args.budget or (6.0 if args.quick else 300.0)
+    args.eval_tokens = args.eval_tokens or (256 if args.quick else 2048)
+    args.eval_every = args.eval_every or (2 if args.quick else 8)
+    args.out.mkdir(parents=True, exist_ok=True)
+    parts = args.only or ["train", "write", "data"]
+    meta = {"model": args.model, "quick": args.quick, "commit": _commit(), "machine": f"{os.cpu_count()} CPU cores"}
+    results: dict[str, dict | None] = {"train": None, "write": None, "data": None}
+    for part in parts:
+        t0 = time.perf_counter()
+        results[part] = {
+            "train": bench_train,
+            "write": lambda a, _o: bench_write(a),
+            "data": lambda a, _o: bench_data(a),
+        }[part](args, args.out)
+        seconds = {"bench_seconds": time.perf_counter() - t0}
+        (args.out / f"{part}.json").write_text(json.dumps(meta | seconds | {part: results[part]}, indent=2) + "\n")
+    md = summary_md(results["train"], results["write"], results["data"])
+    (args.out / "summary.md").write_text(md)
+    print(md)
+    return 0
+
+
+def _commit() -> str:
+    try:
+        return subprocess.run(
+            ["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, cwd=HERE, check=True
+        ).stdout.strip()
+    except (OSError, subprocess.CalledProcessError):
+        return "unknown"
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,124 @@
+"""One training contestant of the train bench, in its own process so its peak RSS is its own:
+
+    python -m bench.train_one {reference,full,lora} --budget 300 --out result.json [--model M] [--corpus C]
+
+Every contestant trains the same base model on the same corpus split for the same optimizer-step wall time,
+and is scored by the same function (``shelley.eval.perplexity.perplexity``) on the same validation tokens.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import resource
+import tempfile
+import time
+from pathlib import Path
+
+EVAL = {"max_length": 128, "stride": 128}  # the one evaluation every contestant gets (no overlap: cheap)
+
+
+def _setup(model: str, corpus: Path, eval_tokens: int, work: Path):
+    from shelley.config import load_config
+    from shelley.data.build import train_val_texts
+    from shelley.finetune.methods import load_tokenizer_for_training
+    from shelley.finetune.packing import encode_stream
+
+    cfg = load_config(overrides=[f"model.name={model}", "model.max_length=128"])
+    train_texts, val_texts = train_val_texts(corpus, cfg.data)
+    tok = load_tokenizer_for_training(cfg)
+    stream = encode_stream(val_texts, tok, work / "eval-cache", "validation")[: eval_tokens + 1]
+    return cfg, train_texts, val_texts, tok, stream
+
+
+def score(model, stream) -> float:
+    from shelley.eval.perplexity import perplexity
+
+    return perplexity(model, stream, batch_size=8, **EVAL)["perplexity"]
+
+
+def run(impl: str, *, model: str, corpus: Path, budget_s: float, eval_tokens: int, eval_every: int) -> dict:
+    from shelley.runtime import tune_allocator
+
+    tune_allocator()
+    with tempfile.TemporaryDirectory(prefix=f"bench-{impl}-") as tmp:
+        work = Path(tmp)
+        cfg, train_texts, val_texts, tok, stream = _setup(model, corpus, eval_tokens, work)
+        t0 = time.perf_counter()
+        if impl == "reference":
+            from bench.reference import train_reference
+            from shelley.finetune.methods import load_base_model
+
+            cfg.train.method = "full"
+            net = load_base_model(cfg)
+            stats = train_reference(net, tok, train_texts, budget_s=budget_s, out_dir=work / "trainer")
+            result = stats | {"timeline": [], "val_perplexity": score(net, stream)}
+        else:
+            from shelley.config import load_config
+            from shelley.finetune.loop import train
+
+            preset = Path(__file__).resolve().parents[1] / "configs" / f"smollm2-135m_{impl}_cpu.yaml"
+            run_cfg = load_config(
+                preset if preset.exists() else None,
+                [
+                    f"model.name={model}",
+                    f"train.method={impl}",
+                    "model.max_length=128",
+                    "train.micro_batch_size=8",
+                    "train.grad_accum=1",
+                    f"train.time_budget_s={budget_s}",
+                    "train.steps=100000",
+                    f"train.eval_every={eval_every}",
+                    "train.sample_every=100000",
+                    "train.checkpoint_every=100000",
+                    f"eval.max_eval_tokens={eval_tokens}",
+                    f"eval.stride={EVAL['stride']}",
+                ],
+            )
+            res = train(run_cfg, train_texts, val_texts, work / "run", show_progress=False)
+            rows = [json.loads(x) for x in (work / "run" / "metrics.jsonl").read_text().splitlines()]
+            train_s = {r["step"]: r["train_s"] for r in rows if r["kind"] == "train"}
+            timeline = [
+                {"step": r["step"], "train_seconds": train_s[r["step"]], "val_perplexity": r["val_perplexity"]}
+                for r in rows
+                if r["kind"] == "eval"
+            ]
+            result = {
+                "steps": res.steps,
+                "train_seconds": sum(train_s.values()) and max(train_s.values()),
+                "real_tokens": res.tokens_seen,
+                "tokens_per_second": res.tokens_per_second,
+                "timeline": timeline,
+                "val_perplexity": timeline[-1]["val_perplexity"] if timeline else float("nan"),
+            }
+        result["wall_seconds"] = time.perf_counter() - t0
+    result["peak_rss_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    result["impl"] = impl
+    result["eval_tokens"] = len(stream) - 1
+    return result
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("impl", choices=["reference", "full", "lora"])
+    ap.add_argument("--model", default="smollm2-135m")
+    ap.add_argument("--corpus", type=Path, required=True)
+    ap.add_argument("--budget", type=float, default=300)
+    ap.add_argument("--eval-tokens", type=int, default=4096)
+    ap.add_argument("--eval-every", type=int, default=10)
+    ap.add_argument("--out", type=Path, required=True)
+    args = ap.parse_args(argv)
+    result = run(
+        args.impl,
+        model=args.model,
+        corpus=args.corpus,
+        budget_s=args.budget,
+        eval_tokens=args.eval_tokens,
+        eval_every=args.eval_every,
+    )
+    args.out.write_text(json.dumps(result, indent=2))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
