@@ -116,7 +116,7 @@ def perturbed_copies(text: str, copies: int, seed: int = 0) -> str:
     book, so its snippets are new text to the near-duplicate filter (the cost we measure is real work)."""
     rng = random.Random(seed)
     words = text.split(" ")
-    vocab = list({w for w in words if w.isalpha()})
+    vocab = sorted({w for w in words if w.isalpha()})  # sorted: set order changes with the hash seed
     out = [text]
     for _ in range(copies - 1):
         out.append(" ".join(rng.choice(vocab) if w.isalpha() and rng.random() < 0.5 else w for w in words))

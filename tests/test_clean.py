@@ -1,5 +1,8 @@
 from __future__ import annotations
 
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
 from shelley.data.clean import (
     clean_snippets,
     find_near_duplicates,
@@ -67,3 +70,48 @@ def test_near_duplicates_keep_the_first_and_ignore_unrelated_rows():
     texts = ["alpha beta gamma delta epsilon", "ALPHA, beta gamma delta epsilon!", "one two three four five"]
     assert find_near_duplicates(texts) == {1}
     assert find_near_duplicates(texts, threshold=1.0) == {1}  # same normalised key, whatever the threshold
+
+
+def _brute_force_near_duplicates(texts: list[str], threshold: float) -> set[int]:
+    """The definition, pair by pair: a row is a duplicate when its normalised key was seen, or its word
+    3-gram Jaccard with an earlier kept row reaches the threshold."""
+    from shelley.data.clean import _shingles, near_duplicate_key
+
+    dup: set[int] = set()
+    keys: set[str] = set()
+    kept: list[int] = []
+    for i, t in enumerate(texts):
+        key = near_duplicate_key(t)
+        if key in keys:
+            dup.add(i)
+            continue
+        keys.add(key)
+        a = _shingles(t)
+        for j in kept:
+            b = _shingles(texts[j])
+            inter = len(a & b)
+            if a and inter and inter / (len(a) + len(b) - inter) >= threshold:
+                dup.add(i)
+                break
+        if i not in dup:
+            kept.append(i)
+    return dup
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    rows=st.lists(
+        st.lists(
+            st.sampled_from(["the", "night", "storm", "ship", "wind", "grey", "sea", "I", "ran"]),
+            min_size=0,
+            max_size=9,
+        ).map(" ".join),
+        max_size=14,
+    ),
+    threshold=st.sampled_from([0.5, 0.6, 0.8, 1.0]),
+)
+def test_near_duplicate_search_equals_the_pairwise_definition(rows, threshold):
+    # max_postings large: every shared 3-gram is searched, so the index must find exactly the brute-force set.
+    assert find_near_duplicates(rows, threshold=threshold, max_postings=10**6) == _brute_force_near_duplicates(
+        rows, threshold
+    )

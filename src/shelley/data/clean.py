@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import re
-from collections import defaultdict
+from collections import Counter, defaultdict
 from collections.abc import Callable
 from dataclasses import dataclass, replace
 
@@ -98,12 +98,24 @@ def find_near_duplicates(texts: list[str], threshold: float = 0.8, max_postings:
         seen_keys[key] = i
         sh = shingles[i]
         if sh:
-            candidates: set[int] = set()
+            # Count the shingles each earlier row shares with this one through the index. Jaccard >= t needs
+            # at least t * len(sh) shared shingles, and a row can share at most its count plus the common
+            # shingles left out of the search, so rows below that bound are skipped without a set
+            # intersection: exact, and it keeps large corpora linear.
+            shared: Counter[int] = Counter()
+            unsearched = 0
             for g in sh:
                 postings = index.get(g)
-                if postings and len(postings) <= max_postings:
-                    candidates.update(postings)
-            for j in candidates:
+                if postings is None:
+                    continue
+                if len(postings) <= max_postings:
+                    shared.update(postings)
+                else:
+                    unsearched += 1
+            need = threshold * len(sh) - unsearched - 1e-9  # (float slack: 0.8 * 5 is 4.000000000000001)
+            for j, n in shared.items():
+                if n < need:
+                    continue
                 other = shingles[j]
                 inter = len(sh & other)
                 if inter and inter / (len(sh) + len(other) - inter) >= threshold:
