@@ -14,6 +14,15 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from shelley.errors import ShelleyError
 
+# The default eval prompts, also the built-in `prose` set of `shelley eval --prompts`.
+PROSE_PROMPTS = (
+    "It was on a dreary night of November",
+    "I beheld the wretch",
+    "My dear Elizabeth,",
+    "The moon rose over the glacier, and",
+    "When I awoke, the creature",
+)
+
 
 class _Section(BaseModel):
     # extra="forbid": a typo such as `lerning_rate` must fail loudly, not be ignored silently.
@@ -142,14 +151,7 @@ class TrainConfig(_Section):
 
 class EvalConfig(_Section):
     prompts: list[str] = Field(
-        default_factory=lambda: [
-            "It was on a dreary night of November",
-            "I beheld the wretch",
-            "My dear Elizabeth,",
-            "The moon rose over the glacier, and",
-            "When I awoke, the creature",
-        ],
-        description="Prompts for side-by-side generations.",
+        default_factory=lambda: list(PROSE_PROMPTS), description="Prompts for side-by-side generations."
     )
     samples_per_prompt: int = Field(4, gt=0, description="Samples per prompt in the side-by-side report.")
     full_length: bool = Field(

@@ -131,14 +131,14 @@ def save_dataset(splits: dict[str, list[Snippet]], report: dict[str, Any], out: 
 
 def push_dataset(out: Path, repo: str, *, private: bool = True, dry_run: bool = False) -> list[tuple[str, int]]:
     """Upload a built dataset folder to the Hub (private by default). Returns (path, bytes) of every file."""
-    import os
-
     files = sorted((str(p.relative_to(out)), p.stat().st_size) for p in out.rglob("*") if p.is_file())
     if dry_run:
         return files
-    from huggingface_hub import HfApi, get_token
+    from huggingface_hub import HfApi
 
-    token = os.environ.get("HF_TOKEN") or get_token()
+    from shelley.hub.push import hf_token
+
+    token = hf_token()
     if not token:
         raise ShelleyError("no Hugging Face token: set HF_TOKEN or run `hf auth login`, or use --dry-run")
     api = HfApi(token=token)

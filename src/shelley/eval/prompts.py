@@ -13,6 +13,7 @@ import json
 from dataclasses import dataclass
 from pathlib import Path
 
+from shelley.config import PROSE_PROMPTS
 from shelley.data.sources import ASSISTANT, USER
 from shelley.errors import ShelleyError
 
@@ -28,13 +29,7 @@ def _ask(q: str) -> str:
 
 
 BUILTIN: dict[str, list[Prompt]] = {
-    "prose": [
-        Prompt("It was on a dreary night of November"),
-        Prompt("I beheld the wretch"),
-        Prompt("My dear Elizabeth,"),
-        Prompt("The moon rose over the glacier, and"),
-        Prompt("When I awoke, the creature"),
-    ],
+    "prose": [Prompt(p) for p in PROSE_PROMPTS],
     # The answers are plain numbers, so "contains the expected string" is a fair check for any model.
     "math": [
         Prompt(_ask("What is 23 + 45?"), "68"),

@@ -33,10 +33,11 @@ def load_run(run_dir: Path) -> tuple[ShelleyConfig, Path, Path]:
     return cfg, run_output(train_dir), train_dir
 
 
-def validation_stream(run_dir: Path) -> np.ndarray:
-    cached = sorted((run_dir / "cache").glob("validation-*.npy"))
+def cached_stream(run_dir: Path, split: str = "validation") -> np.ndarray:
+    """The token stream of ``split`` that training cached in ``run_dir/cache``."""
+    cached = sorted((run_dir / "cache").glob(f"{split}-*.npy"))
     if not cached:
-        raise ShelleyError(f"{run_dir} has no cached validation tokens; re-run `shelley train`")
+        raise ShelleyError(f"{run_dir} has no cached {split} tokens; re-run `shelley train`")
     return np.load(cached[-1], mmap_mode="r")
 
 
@@ -150,7 +151,7 @@ def evaluate_run(run_dir: Path, prompts: tuple[str, list] | None = None) -> dict
     cfg, out, train_dir = load_run(Path(run_dir))
     if prompts is not None:
         cfg.eval.prompts = [p.prompt for p in prompts[1]]
-    stream = validation_stream(train_dir)
+    stream = cached_stream(train_dir)
     base_model, tokenizer = _base_for_eval(cfg, out)
     base = score_model(base_model, tokenizer, stream, cfg)
     del base_model
@@ -163,19 +164,12 @@ def evaluate_run(run_dir: Path, prompts: tuple[str, list] | None = None) -> dict
 
         results["labels"] = {"base": "untrained (random init)", "finetuned": "trained from scratch"}
         val = stream if cfg.eval.max_eval_tokens is None else stream[: cfg.eval.max_eval_tokens + 1]
-        results["unigram"] = unigram_baselines(train_stream(train_dir), val, len(tokenizer))
+        results["unigram"] = unigram_baselines(cached_stream(train_dir, "train"), val, len(tokenizer))
     if prompts is not None:
         from shelley.eval.prompts import score_expectations
 
         results["prompt_set"] = {"name": prompts[0]} | score_expectations(results, prompts[1])
     return judge(results, train_dir, cfg)
-
-
-def train_stream(run_dir: Path) -> np.ndarray:
-    cached = sorted((run_dir / "cache").glob("train-*.npy"))
-    if not cached:
-        raise ShelleyError(f"{run_dir} has no cached training tokens; re-run `shelley train`")
-    return np.load(cached[-1], mmap_mode="r")
 
 
 def _base_for_eval(cfg: ShelleyConfig, out: Path):

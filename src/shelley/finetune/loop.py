@@ -137,27 +137,21 @@ def _mixed_precision(precision: str) -> str:
     return {"fp32": "no"}.get(precision, precision)
 
 
-def _fsync_tree(root: Path) -> None:
-    """Flush every file and directory under ``root`` to disk, so the rename that follows publishes data that
-    survives a power cut, not just a process kill."""
+def _fsync(path: Path) -> None:
     import os
 
-    for path in [*sorted(root.rglob("*"), reverse=True), root]:
-        fd = os.open(path, os.O_RDONLY)
-        try:
-            os.fsync(fd)
-        finally:
-            os.close(fd)
-
-
-def _fsync_tree_dir(directory: Path) -> None:
-    import os
-
-    fd = os.open(directory, os.O_RDONLY)
+    fd = os.open(path, os.O_RDONLY)
     try:
         os.fsync(fd)
     finally:
         os.close(fd)
+
+
+def _fsync_tree(root: Path) -> None:
+    """Flush every file and directory under ``root`` to disk, so the rename that follows publishes data that
+    survives a power cut, not just a process kill."""
+    for path in [*sorted(root.rglob("*"), reverse=True), root]:
+        _fsync(path)
 
 
 def _save_checkpoint(accelerator, run_dir: Path, step: int, keep: int, state: dict[str, Any]) -> Path:
@@ -184,7 +178,7 @@ def _save_checkpoint(accelerator, run_dir: Path, step: int, keep: int, state: di
             if final.exists():
                 shutil.rmtree(final)
             tmp.rename(final)
-            _fsync_tree_dir(ckpt_root)  # the rename itself must reach the disk
+            _fsync(ckpt_root)  # the rename itself must reach the disk
             for old in sorted(ckpt_root.glob("step-*"))[:-keep]:
                 shutil.rmtree(old, ignore_errors=True)
     except OSError as exc:

@@ -52,24 +52,29 @@ def load_results(run_dir: Path) -> tuple[dict[str, Any], Any, Path, Path]:
     return results, cfg, out, train_dir
 
 
+def gutenberg_provenance(path: Path) -> tuple[int | None, bool]:
+    """(Gutenberg ebook id, whether the text names Project Gutenberg), read from the first 4,000 characters of
+    ``path``. A file named after Frankenstein counts as ebook 84: the fetch command and the shared data name
+    their copies so, and the snippet CSV carries no header."""
+    head = ""
+    if path.is_file():
+        with path.open(encoding="utf-8", errors="replace") as fh:
+            head = fh.read(4000)
+    m = GUTENBERG_ID.search(head)
+    gid = int(m.group(1)) if m else (84 if "frankenstein" in path.name.lower() else None)
+    return gid, "Project Gutenberg" in head
+
+
 def corpus_facts(run_dir: Path, cfg, train_dir: Path) -> dict[str, Any]:
     """Where the training text came from and what was done to it (from the build report when there is one)."""
     build = Path(run_dir) / "data" / "build.json"
     report = json.loads(build.read_text()) if build.exists() else {}
     source = report.get("source") or cfg.data.source or "a local corpus file"
-    gid = None
-    head = ""
     src_path = Path(source)
-    if src_path.is_file():
-        with src_path.open(encoding="utf-8", errors="replace") as fh:
-            head = fh.read(4000)
-        m = GUTENBERG_ID.search(head)
-        gid = int(m.group(1)) if m else None
-    if gid is None and "frankenstein" in src_path.name.lower():
-        gid = 84  # the name the fetch command and the shared data use for Gutenberg ebook 84
+    gid, says_gutenberg = gutenberg_provenance(src_path)
     status = (
         "public domain in the USA (Project Gutenberg); check the laws of your country"
-        if gid is not None or "Project Gutenberg" in head
+        if gid is not None or says_gutenberg
         else "unknown: check the licence of your corpus before sharing"
     )
     rows = report.get("split", {}).get("rows")
@@ -294,8 +299,7 @@ def render_dataset_card(report: dict[str, Any]) -> str:
     from huggingface_hub import DatasetCard, DatasetCardData
 
     src = Path(str(report.get("source", "")))
-    m = GUTENBERG_ID.search(src.read_text(encoding="utf-8", errors="replace")[:4000]) if src.is_file() else None
-    gid = int(m.group(1)) if m else (84 if "frankenstein" in src.name.lower() else None)
+    gid, _ = gutenberg_provenance(src)
     rows = report["split"]["rows"]
     data = DatasetCardData(
         language="en",
