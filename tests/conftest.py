@@ -211,13 +211,22 @@ SCRATCH_SETS = [
 ]
 
 
+def set_flags(*sets: str) -> list[str]:
+    """CLI overrides: set_flags("a=1", "b=2") -> ["--set", "a=1", "--set", "b=2"]."""
+    return [x for s in sets for x in ("--set", s)]
+
+
+def train_losses(run: Path) -> list[float]:
+    """The per-step training losses a run logged in its metrics.jsonl."""
+    import json
+
+    rows = [json.loads(x) for x in (run / "metrics.jsonl").read_text().splitlines()]
+    return [r["loss"] for r in rows if r["kind"] == "train"]
+
+
 def scratch_args(*sets: str, drop: tuple[str, ...] = ()) -> list[str]:
     """``--set`` flags of the tiny scratch config, plus ``sets``, minus the keys named in ``drop``."""
-    out = []
-    for s in [*SCRATCH_SETS, *sets]:
-        if s.split("=")[0] not in drop:
-            out += ["--set", s]
-    return out
+    return set_flags(*(s for s in [*SCRATCH_SETS, *sets] if s.split("=")[0] not in drop))
 
 
 @pytest.fixture(scope="session")

@@ -6,7 +6,7 @@ import json
 
 import pytest
 
-from conftest import BOOK_BODY, write
+from conftest import BOOK_BODY, set_flags, write
 
 
 @pytest.fixture
@@ -28,10 +28,7 @@ SETS = [
 
 
 def _sets(*extra: str) -> list[str]:
-    out = []
-    for s in (*SETS, *extra):
-        out += ["--set", s]
-    return out
+    return set_flags(*SETS, *extra)
 
 
 @pytest.mark.parametrize("method", ["full", "lora"])

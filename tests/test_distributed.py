@@ -3,14 +3,14 @@ batch, and the shipped accelerate configs."""
 
 from __future__ import annotations
 
-import json
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
+from bench.serve_load import free_port
 
-from conftest import BOOK_BODY, REPO, write
+from conftest import BOOK_BODY, REPO, set_flags, train_losses, write
 
 ACCELERATE_CONFIGS = sorted((REPO / "configs" / "accelerate").glob("*.yaml"))
 COMMON = [
@@ -29,12 +29,7 @@ COMMON = [
 
 
 def _sets(*extra: str) -> list[str]:
-    return [x for s in [*COMMON, *extra] for x in ("--set", s)]
-
-
-def _losses(run: Path) -> list[float]:
-    rows = [json.loads(x) for x in (run / "metrics.jsonl").read_text().splitlines()]
-    return [r["loss"] for r in rows if r["kind"] == "train"]
+    return set_flags(*COMMON, *extra)
 
 
 def _files(run: Path) -> set[str]:
@@ -49,16 +44,8 @@ def corpus(tmp_path_factory) -> Path:
     )
 
 
-def _free_port() -> str:
-    import socket
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return str(s.getsockname()[1])
-
-
 def _launcher(name: str) -> list[str]:
-    port = _free_port()  # a fixed port could clash with another run; 0 would leave the ranks disagreeing
+    port = str(free_port())  # a fixed port could clash with another run; 0 would leave the ranks disagreeing
     if name == "accelerate":
         cfg = str(REPO / "configs" / "accelerate" / "cpu_2proc.yaml")
         return [
@@ -112,7 +99,7 @@ def test_two_processes_match_one_with_the_same_global_batch(launcher, tmp_path, 
         timeout=600,
     )
     assert res.returncode == 0, res.stderr[-3000:]
-    a, b = _losses(one), _losses(two)
+    a, b = train_losses(one), train_losses(two)
     assert len(a) == len(b) == 6
     diff = max(abs(x - y) for x, y in zip(a, b, strict=True))
     print(f"{launcher}: max |loss difference| over {len(a)} steps = {diff:.2e}")

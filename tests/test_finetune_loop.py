@@ -7,7 +7,7 @@ import json
 import pytest
 import torch
 
-from conftest import BOOK_BODY, tiny_causal_lm
+from conftest import BOOK_BODY, tiny_causal_lm, train_losses
 from shelley.config import load_config
 from shelley.data.ingest import snippets_from_book
 from shelley.errors import ShelleyError
@@ -109,11 +109,7 @@ def test_resume_gives_the_same_weights_as_an_uninterrupted_run(tmp_path, tiny_to
     for name, p in resumed.named_parameters():
         torch.testing.assert_close(p, a[name], rtol=0, atol=0)
 
-    def losses(d):
-        rows = [json.loads(x) for x in (tmp_path / d / "metrics.jsonl").read_text().splitlines()]
-        return [r["loss"] for r in rows if r["kind"] == "train"]
-
-    assert losses("a") == losses("b")
+    assert train_losses(tmp_path / "a") == train_losses(tmp_path / "b")
 
 
 def test_resume_without_checkpoint(tmp_path, tiny_tokenizer_dir):

@@ -9,18 +9,13 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from conftest import BOOK_BODY, scratch_args, write
+from conftest import BOOK_BODY, scratch_args, train_losses, write
 from shelley.config import load_config
 from shelley.data.ingest import snippets_from_book
 from shelley.errors import ShelleyError
 from shelley.finetune.loop import train
 
 RANDOM = ("--set", "data.split=random")  # the fixture book is one section: hold out random rows
-
-
-def _losses(run) -> list[float]:
-    rows = [json.loads(x) for x in (run / "metrics.jsonl").read_text().splitlines()]
-    return [r["loss"] for r in rows if r["kind"] == "train"]
 
 
 def test_scratch_run_trains_its_tokenizer_and_exports_gpt2(scratch_run):
@@ -30,7 +25,7 @@ def test_scratch_run_trains_its_tokenizer_and_exports_gpt2(scratch_run):
 
     assert AutoConfig.from_pretrained(scratch_run / "model").model_type == "gpt2"
     assert (scratch_run / "tokenizer" / "tokenizer.json").exists()
-    losses = _losses(scratch_run)
+    losses = train_losses(scratch_run)
     assert len(losses) == 30 and losses[-1] < losses[0] - 1.0  # from ~ln(320)=5.8 down
     samples = [json.loads(x) for x in (scratch_run / "samples.jsonl").read_text().splitlines()]
     assert {s["step"] for s in samples} == {15, 30}
@@ -55,7 +50,7 @@ def test_scratch_resume_equals_uninterrupted_training(tmp_path):
     assert a.keys() == b.keys()
     for k in a:
         torch.testing.assert_close(a[k], b[k], rtol=0, atol=0)
-    assert _losses(tmp_path / "a") == _losses(tmp_path / "b")
+    assert train_losses(tmp_path / "a") == train_losses(tmp_path / "b")
 
 
 def test_eval_scratch_run_reports_unigram_baseline_and_prompt_set(cli, scratch_run, tmp_path):

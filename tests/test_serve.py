@@ -12,15 +12,10 @@ import urllib.request
 from pathlib import Path
 
 import pytest
+from bench.serve_load import free_port
 
 from conftest import REPO
 from shelley.config import GenerationConfig
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def _chromium() -> str:
@@ -35,7 +30,7 @@ def _chromium() -> str:
 @pytest.fixture(scope="module")
 def server(tiny_run, shelley_home):
     """`shelley serve` on the tiny run in a child process, until the page answers."""
-    port = _free_port()
+    port = free_port()
     env = os.environ | {"GRADIO_ANALYTICS_ENABLED": "False"}
     cmd = [
         sys.executable,
