@@ -2,8 +2,9 @@
 
     python -m bench [--quick] [--model smollm2-135m] [--corpus CSV] [--budget 300] [--out bench/results]
 
-* train: the plain-Trainer reference (bench/reference.py) vs shelley full vs shelley LoRA, each in its own
-  process for the same optimizer-step time; real tokens/s, peak RSS, validation perplexity by one function
+* train: the plain-Trainer reference (bench/reference.py), run stock, vs shelley full vs shelley LoRA, each in
+  its own process for the same optimizer-step time (``--tuned-reference`` adds the reference with shelley's
+  allocator tuning); real tokens/s, peak RSS, validation perplexity by one function
   on the same tokens, and how long shelley takes to reach the reference's final perplexity.
 * write: the eval workload (5 prompts x 4 samples x 120 new tokens, temperature 0.8): Hugging Face
   ``generate`` one sample at a time vs shelley's batched ``generate_texts``.
@@ -32,7 +33,8 @@ DATA = Path(os.environ.get("SHELLEY_DATA_DIR") or HERE.parents[1] / "shared" / "
 
 def bench_train(args, out: Path) -> dict:
     results = {}
-    for impl in ("reference", "full", "lora"):
+    contestants = ("reference", "full", "lora") + (("reference-tuned",) if args.tuned_reference else ())
+    for impl in contestants:
         target = out / f"train-{impl}.json"
         cmd = [
             sys.executable,
@@ -64,6 +66,12 @@ def bench_train(args, out: Path) -> dict:
         r["seconds_to_reference_perplexity"] = reached[0]["train_seconds"] if reached else None
         r["time_ratio_to_reference"] = (
             reached[0]["train_seconds"] / ref["train_seconds"] if reached and ref["train_seconds"] else None
+        )
+        if "reference-tuned" in results:
+            r["speedup_vs_tuned_reference"] = r["tokens_per_second"] / results["reference-tuned"]["tokens_per_second"]
+    if "reference-tuned" in results:
+        results["reference-tuned"]["speedup_tokens_per_s"] = (
+            results["reference-tuned"]["tokens_per_second"] / ref["tokens_per_second"]
         )
     return results
 
@@ -198,12 +206,17 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--budget", type=float, help="optimizer-step seconds per train contestant")
     ap.add_argument("--eval-tokens", type=int)
     ap.add_argument("--eval-every", type=int)
+    ap.add_argument(
+        "--tuned-reference",
+        action="store_true",
+        help="also run the stock recipe with shelley's allocator tuning (shows how much of the lead that is)",
+    )
     ap.add_argument("--only", choices=["train", "write", "data"], action="append")
     ap.add_argument("--out", type=Path, default=HERE / "results")
     args = ap.parse_args(argv)
     args.budget = args.budget or (6.0 if args.quick else 300.0)
     args.eval_tokens = args.eval_tokens or (256 if args.quick else 2048)
-    args.eval_every = args.eval_every or (2 if args.quick else 8)
+    args.eval_every = args.eval_every or 2  # the time to the reference perplexity is only as fine as this
     args.out.mkdir(parents=True, exist_ok=True)
     parts = args.only or ["train", "write", "data"]
     meta = {"model": args.model, "quick": args.quick, "commit": _commit(), "machine": f"{os.cpu_count()} CPU cores"}

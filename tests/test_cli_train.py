@@ -56,6 +56,9 @@ def test_train_then_eval(cli, tmp_path, corpus, tiny_model_dir, method):
     assert len(ev["generations"]) == 2 and ev["generations"][0]["prompt"] == "The storm"
     md = (run / "eval.md").read_text()
     assert "| base |" in md and "| fine-tuned |" in md
+    floor = ev["style"]["delta_floor"]  # the author's own same-length text, to read Delta against
+    assert floor["windows"] >= 1 and floor["min"] <= floor["median"] <= floor["max"]
+    assert "floor a perfect imitator" in md and "floor a perfect imitator" in (run / "eval.html").read_text()
 
 
 def test_train_qlora_on_cpu_is_a_clean_error(cli, tmp_path, corpus, tiny_model_dir):

@@ -173,3 +173,25 @@ def test_out_of_memory_is_advice_and_keeps_the_last_checkpoint(tmp_path, tiny_to
     assert "out of memory at step 5" in msg and "train.micro_batch_size=2" in msg and "grad_accum=2" in msg
     assert "step-000004" in msg
     assert (run / "checkpoints" / "step-000004" / "trainer_state.json").exists()
+
+
+def test_adamw_is_fused_on_cpu_and_matches_the_foreach_kernel():
+    from shelley.finetune.loop import _adamw
+
+    torch.manual_seed(0)
+    w0, grads = torch.randn(16, 8), [torch.randn(16, 8) for _ in range(5)]
+    finals = []
+    for make in (lambda g: _adamw(g, 1e-2, "cpu"), lambda g: torch.optim.AdamW(g, lr=1e-2, foreach=True)):
+        w = torch.nn.Parameter(w0.clone())
+        opt = make([{"params": [w], "weight_decay": 0.01}])
+        for g in grads:
+            w.grad = g.clone()
+            opt.step()
+        finals.append(w.detach())
+    assert _adamw([{"params": [torch.nn.Parameter(w0.clone())]}], 1e-2, "cpu").defaults["fused"]
+    torch.testing.assert_close(finals[0], finals[1])
+    assert not torch.equal(finals[0], w0)  # the steps did move the weight
+    # A device or dtype without a fused kernel gets the default kernel instead of failing at the first step.
+    assert not _adamw([{"params": [torch.nn.Parameter(w0.clone())]}], 1e-2, "xla").defaults["fused"]
+    complex_w = torch.nn.Parameter(torch.randn(3, dtype=torch.complex64))
+    assert not _adamw([{"params": [complex_w]}], 1e-2, "cpu").defaults["fused"]

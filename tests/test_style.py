@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from shelley.eval.style import StyleModel, chunk_texts, mattr, sentence_lengths
+from shelley.eval.style import StyleModel, chunk_texts, delta_floor, mattr, same_length_windows, sentence_lengths, words
 
 # Fixture texts written for the tests: a pastiche of a Romantic first-person narrator, and two texts in
 # other voices (a modern product review, a technical how-to).
@@ -72,9 +72,34 @@ def test_mattr_is_length_robust():
     text = ("the cat sat on a mat and looked at the dog " * 30).split()
     assert mattr(text[:110], 100) == pytest.approx(mattr(text, 100), rel=0.05)
     assert mattr([], 100) == 0.0 and mattr(["a", "b"], 100) == 1.0
+    assert mattr([str(i) for i in range(300)], 100) == 1.0  # every window all new words: a ratio, not a count
+    assert mattr(["w"] * 300, 100) == pytest.approx(0.01)
 
 
 def test_sentence_lengths_and_chunks():
     assert sentence_lengths("One two. Three four five! Six?") == [2, 3, 1]
     chunks = chunk_texts(["a " * 300, "b " * 300, "c " * 100], chunk_words=500)
     assert len(chunks) == 1 and "c" in chunks[0]
+
+
+def test_same_length_windows_cover_the_corpus_at_the_asked_length():
+    texts = [f"w{i} " * 10 for i in range(100)]  # 100 snippets of 10 words
+    wins = same_length_windows(texts, n_words=50, k=10)
+    assert len(wins) == 10
+    assert all(len(words(w)) == 50 for w in wins)
+    assert wins[0].startswith("w0 ") and wins[-1].startswith("w90 ")  # evenly spaced starts
+    # A window that would run off the end is dropped rather than kept short.
+    assert len(same_length_windows(texts, n_words=500, k=10)) == 6
+    assert same_length_windows([], 50) == [] and same_length_windows(texts, 0) == []
+
+
+def test_delta_floor_is_the_authors_own_spread(style):
+    corpus = GOTHIC * 4
+    reference = GOTHIC_HELD_OUT
+    floor = delta_floor(style, corpus, reference, n_words=60, k=8)
+    assert floor["windows"] == 8
+    assert floor["min"] <= floor["median"] <= floor["max"]
+    assert floor["max"] == pytest.approx(max(style.delta(w, reference) for w in same_length_windows(corpus, 60, 8)))
+    # The author's own windows sit closer to the held-out text than another voice does.
+    assert floor["median"] < style.delta(MODERN, reference)
+    assert delta_floor(style, [], reference, n_words=60)["windows"] == 0

@@ -92,7 +92,7 @@ def judge(results: dict[str, Any], train_dir: Path, cfg: ShelleyConfig) -> dict[
     """Add originality (copied spans against the run's corpus) and stylometry (base vs fine-tuned vs real
     Shelley, Delta to the held-out text) to ``results`` built by ``combine``."""
     from shelley.eval.originality import run_corpus_rows, run_index
-    from shelley.eval.style import StyleModel, compare, words
+    from shelley.eval.style import StyleModel, compare, delta_floor, words
 
     rows = run_corpus_rows(train_dir)
     index = run_index(train_dir)
@@ -129,11 +129,17 @@ def judge(results: dict[str, Any], train_dir: Path, cfg: ShelleyConfig) -> dict[
     groups["held_out"] = held_out
     table = compare(style, groups, reference="held_out")
     base_d, ft_d = table["base"]["delta"], table["finetuned"]["delta"]
+    floor = delta_floor(style, train_texts, "\n".join(held_out), target)
+    if floor["windows"] and base_d:
+        # What share of the author's own same-length windows would pass "Delta at least 30% below the base model":
+        # when that share is small, the sample is too short for Delta to tell a perfect imitator from the base.
+        floor["share_below_70pct_of_base"] = float(np.mean([v <= 0.7 * base_d for v in floor["values"]]))
     results["style"] = {
         "reference": "held-out validation text of the corpus",
         "features": style.features,
         "groups": table,
         "delta_reduction": (base_d - ft_d) / base_d if base_d else 0.0,
+        "delta_floor": floor,
     }
     return results
 
@@ -283,6 +289,18 @@ def render_eval_md(r: dict[str, Any]) -> str:
             f"Burrows' Delta to the held-out text over the corpus's {len(st['features'])} most frequent function "
             f"words (lower is closer). Fine-tuning lowered Delta by **{100 * st['delta_reduction']:.0f}%**.",
             "",
+        ]
+        fl = st.get("delta_floor") or {}
+        if fl.get("windows"):
+            lines += [
+                f"Shelley's own text cut to the same length ({fl['words']} words, {fl['windows']} windows through the "
+                f"train split) scores Delta **{fl['median']:.3f}** (median; range {fl['min']:.3f}–{fl['max']:.3f}): "
+                "the floor a perfect imitator would reach with this much text. "
+                f"{100 * fl.get('share_below_70pct_of_base', 0):.0f}% of those windows are 30% or more below the base "
+                "model.",
+                "",
+            ]
+        lines += [
             "| text | words | Delta | Delta per sample | sentence length | ; per 1k | — per 1k | , per 1k "
             "| MATTR | unseen words |",
             "|---|---|---|---|---|---|---|---|---|---|",

@@ -61,7 +61,7 @@ def mattr(ws: list[str], window: int = MATTR_WINDOW) -> float:
         if not counts[out]:
             del counts[out]
         total += len(counts)
-    return total / (len(ws) - window + 1)
+    return total / (len(ws) - window + 1) / window  # mean type-token ratio of the windows
 
 
 def chunk_texts(texts: list[str], chunk_words: int = CHUNK_WORDS) -> list[str]:
@@ -129,6 +129,43 @@ def relative_frequencies(ws: list[str], features: list[str]) -> np.ndarray:
     counts = Counter(ws)
     n = max(1, len(ws))
     return np.array([counts[f] / n for f in features], dtype=np.float64)
+
+
+def same_length_windows(texts: list[str], n_words: int, k: int = 24) -> list[str]:
+    """Up to ``k`` runs of consecutive ``texts`` of about ``n_words`` words each, starting at evenly spaced
+    points through the list (so they cover the whole book, every narrator). Runs that reach the end of the list
+    before 90% of ``n_words`` are dropped."""
+    if not texts or n_words <= 0:
+        return []
+    lengths = [len(words(t)) for t in texts]
+    out = []
+    for start in sorted({int(s) for s in np.linspace(0, len(texts), k, endpoint=False)}):
+        n, end = 0, start
+        while end < len(texts) and n < n_words:
+            n += lengths[end]
+            end += 1
+        if n >= 0.9 * n_words:
+            out.append("\n".join(texts[start:end]))
+    return out
+
+
+def delta_floor(style: StyleModel, texts: list[str], reference: str, n_words: int, k: int = 24) -> dict[str, Any]:
+    """Delta to ``reference`` of the author's own text cut to the length of the texts being judged.
+
+    Function-word frequencies of a ~2,000-word sample are noisy, so even the author's own prose does not
+    score 0: this distribution is the floor a perfect imitator would reach at that length, and the yardstick
+    for reading any other Delta."""
+    d = np.array([style.delta(w, reference) for w in same_length_windows(texts, n_words, k)])
+    if not d.size:
+        return {"windows": 0}
+    return {
+        "windows": int(d.size),
+        "words": n_words,
+        "median": float(np.median(d)),
+        "min": float(d.min()),
+        "max": float(d.max()),
+        "values": [round(float(x), 4) for x in d],
+    }
 
 
 def compare(style: StyleModel, texts: dict[str, list[str]], reference: str) -> dict[str, dict[str, Any]]:

@@ -35,6 +35,7 @@ from shelley.errors import ShelleyError, TrainingInterrupted
 from shelley.finetune.packing import PackedBlocks, encode_stream, micro_batch_indices
 
 CALIBRATION_STEPS = 3  # steps timed before the cosine horizon is first fitted to a time budget
+FUSED_ADAMW_DEVICES = ("cpu", "cuda", "mps")  # torch has a fused AdamW kernel there
 PACE_WINDOW = 10  # recent optimizer steps whose mean duration predicts the next ones
 
 # Keys that may change between a run and its --resume without changing what the run computes so far.
@@ -319,7 +320,10 @@ def train(
 
         optimizer = bnb.optim.PagedAdamW8bit(groups, lr=tc.learning_rate)
     else:
-        optimizer = torch.optim.AdamW(groups, lr=tc.learning_rate)
+        # The fused kernel updates every tensor in one pass instead of a chain of foreach ops: on 2 CPU cores
+        # a SmolLM2-135M full step's optimizer time drops from ~0.35 s to ~0.15 s. Same math (torch tests it
+        # against the reference implementation); the Trainer uses it by default too.
+        optimizer = _adamw(groups, tc.learning_rate, accelerator.device.type)
     # The cosine horizon is normally train.steps. With a time budget it is re-estimated from the measured
     # step time after a few steps, so the learning rate still decays to zero when the budget runs out
     # instead of being cut off at its peak. LambdaLR reads the horizon each step.
@@ -515,6 +519,16 @@ def train(
         summary = {k: (str(v) if isinstance(v, Path) else v) for k, v in result.__dict__.items()}
         (run_dir / "train_summary.json").write_text(json.dumps(summary, indent=2))
     return result
+
+
+def _adamw(groups: list[dict[str, Any]], lr: float, device_type: str):
+    """AdamW with the fused kernel where the training device has one for these parameters, else the default
+    (foreach) kernel. ``device_type`` is where the parameters will live once accelerate has placed them."""
+    import torch
+
+    params = [p for g in groups for p in g["params"]]
+    fused = device_type in FUSED_ADAMW_DEVICES and all(p.is_floating_point() for p in params)
+    return torch.optim.AdamW(groups, lr=lr, fused=fused or None)
 
 
 def _unwrap(accelerator, model):
