@@ -42,7 +42,16 @@ def score(model, stream) -> float:
     return perplexity(model, stream, batch_size=8, **EVAL)["perplexity"]
 
 
-def run(impl: str, *, model: str, corpus: Path, budget_s: float, eval_tokens: int, eval_every: int) -> dict:
+def run(
+    impl: str,
+    *,
+    model: str,
+    corpus: Path,
+    budget_s: float,
+    eval_tokens: int,
+    eval_every: int,
+    overrides: tuple[str, ...] = (),
+) -> dict:
     from shelley.runtime import tune_allocator
 
     if impl != "reference":  # the stock recipe runs with the stock allocator
@@ -79,6 +88,7 @@ def run(impl: str, *, model: str, corpus: Path, budget_s: float, eval_tokens: in
                     "train.checkpoint_every=100000",
                     f"eval.max_eval_tokens={eval_tokens}",
                     f"eval.stride={EVAL['stride']}",
+                    *overrides,
                 ],
             )
             res = train(run_cfg, train_texts, val_texts, work / "run", show_progress=False)
@@ -113,6 +123,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--eval-tokens", type=int, default=4096)
     ap.add_argument("--eval-every", type=int, default=10)
     ap.add_argument("--out", type=Path, required=True)
+    ap.add_argument("--set", action="append", default=[], help="config override for a shelley contestant")
     args = ap.parse_args(argv)
     result = run(
         args.impl,
@@ -121,6 +132,7 @@ def main(argv: list[str] | None = None) -> int:
         budget_s=args.budget,
         eval_tokens=args.eval_tokens,
         eval_every=args.eval_every,
+        overrides=tuple(args.set),
     )
     args.out.write_text(json.dumps(result, indent=2))
     return 0

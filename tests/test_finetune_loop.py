@@ -85,6 +85,23 @@ def test_lora_changes_only_adapter_params(tmp_path, tiny_tokenizer_dir, kind):
     assert (tmp_path / "run" / "adapter" / "adapter_model.safetensors").exists()
 
 
+@pytest.mark.parametrize("kind", ["gpt2", "llama"])
+def test_lora_layers_adapts_only_the_last_blocks(tmp_path, tiny_tokenizer_dir, kind):
+    import re
+
+    tok = _tokenizer(tiny_tokenizer_dir)
+    model = _tiny_model(kind, len(tok))  # 2 blocks
+    _train(_cfg("lora", **{"train.lora_layers": 1, "train.steps": 2}), tmp_path / "run", model, tok)
+    blocks = {int(re.search(r"\.(\d+)\.", n).group(1)) for n, _ in model.named_parameters() if "lora_" in n}
+    assert blocks == {1}
+
+
+def test_lora_layers_beyond_the_model(tmp_path, tiny_tokenizer_dir):
+    tok = _tokenizer(tiny_tokenizer_dir)
+    with pytest.raises(ShelleyError, match=r"train.lora_layers=5 but the model has 2 transformer blocks"):
+        _train(_cfg("lora", **{"train.lora_layers": 5}), tmp_path / "run", _tiny_model("llama", len(tok)), tok)
+
+
 def test_lora_merge_writes_a_full_model(tmp_path, tiny_tokenizer_dir):
     tok = _tokenizer(tiny_tokenizer_dir)
     _train(_cfg("lora", **{"train.merge": "true"}), tmp_path / "run", _tiny_model("llama", len(tok)), tok)

@@ -131,6 +131,12 @@ class TrainConfig(_Section):
     lora_target_modules: list[str] | None = Field(
         None, description="Module names to adapt; default: all attention and MLP projections of the model."
     )
+    lora_layers: int | None = Field(
+        None,
+        gt=0,
+        description="Adapt only the last N transformer blocks (null: all). The backward pass then stops at the "
+        "lowest adapted block, so steps get cheaper: the CPU preset's trade of capacity for speed.",
+    )
     gradient_checkpointing: bool = Field(False, description="Trade compute for memory (recompute activations).")
     nan_policy: Literal["stop", "skip"] = Field(
         "stop",

@@ -67,6 +67,7 @@ def peft_config(cfg: ShelleyConfig, model) -> Any | None:
             " (set train.lora_target_modules)"
         )
     return LoraConfig(
+        layers_to_transform=_last_layers(model, cfg.train.lora_layers),
         r=cfg.train.lora_r,
         lora_alpha=cfg.train.lora_alpha,
         lora_dropout=cfg.train.lora_dropout,
@@ -74,6 +75,19 @@ def peft_config(cfg: ShelleyConfig, model) -> Any | None:
         bias="none",
         task_type="CAUSAL_LM",
     )
+
+
+def _last_layers(model, count: int | None) -> list[int] | None:
+    """Indices of the last ``count`` transformer blocks (PEFT's ``layers_to_transform``); None for all."""
+    if count is None:
+        return None
+    total = model.config.get_text_config().num_hidden_layers
+    if count > total:
+        raise ShelleyError(
+            f"train.lora_layers={count} but the model has {total} transformer blocks; "
+            f"set train.lora_layers between 1 and {total}, or null to adapt them all"
+        )
+    return list(range(total - count, total))
 
 
 def load_tokenizer_for_training(cfg: ShelleyConfig):
