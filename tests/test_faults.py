@@ -80,11 +80,10 @@ def _cfg(**extra):
     return load_config(overrides=sets + [f"{k}={v}" for k, v in extra.items()])
 
 
-def _train_tiny(cfg, run, tok, **kwargs):
-    """``train`` a fresh tiny GPT-2 on the fixture texts, quietly."""
-    return train(
-        cfg, TEXTS, TEXTS[:4], run, model=tiny_causal_lm("gpt2", len(tok)), tokenizer=tok, show_progress=False, **kwargs
-    )
+def _train_tiny(cfg, run, tok, model=None, **kwargs):
+    """``train`` ``model`` (default: a fresh tiny GPT-2) on the fixture texts, quietly."""
+    model = model if model is not None else tiny_causal_lm("gpt2", len(tok))
+    return train(cfg, TEXTS, TEXTS[:4], run, model=model, tokenizer=tok, show_progress=False, **kwargs)
 
 
 def _tok(tiny_tokenizer_dir):
@@ -148,7 +147,7 @@ def test_nan_stops_and_keeps_the_last_good_checkpoint(tmp_path, tiny_tokenizer_d
     model = tiny_causal_lm("gpt2", len(tok))
     monkeypatch.setattr(type(model), "forward", _nan_at(model, {5}))
     with pytest.raises(ShelleyError, match=r"loss became nan at step 5.*step-000004.*nan_policy=skip"):
-        train(_cfg(), TEXTS, TEXTS[:4], tmp_path / "run", model=model, tokenizer=tok, show_progress=False)
+        _train_tiny(_cfg(), tmp_path / "run", tok, model=model)
     assert verify_checkpoint(tmp_path / "run" / "checkpoints" / "step-000004")
 
 
@@ -158,15 +157,7 @@ def test_nan_skip_policy_skips_the_step_and_trains_on(tmp_path, tiny_tokenizer_d
     tok = _tok(tiny_tokenizer_dir)
     model = tiny_causal_lm("gpt2", len(tok))
     monkeypatch.setattr(type(model), "forward", _nan_at(model, {3}))
-    result = train(
-        _cfg(**{"train.nan_policy": "skip"}),
-        TEXTS,
-        TEXTS[:4],
-        tmp_path / "run",
-        model=model,
-        tokenizer=tok,
-        show_progress=False,
-    )
+    result = _train_tiny(_cfg(**{"train.nan_policy": "skip"}), tmp_path / "run", tok, model=model)
     assert result.steps == 6
     rows = [json.loads(x) for x in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
     assert [r["step"] for r in rows if r["kind"] == "skip"] == [3]
@@ -175,14 +166,8 @@ def test_nan_skip_policy_skips_the_step_and_trains_on(tmp_path, tiny_tokenizer_d
     model2 = tiny_causal_lm("gpt2", len(tok))
     monkeypatch.setattr(type(model2), "forward", _nan_at(model2, set(range(1, 100))))
     with pytest.raises(ShelleyError, match="after skipping 2 steps"):
-        train(
-            _cfg(**{"train.nan_policy": "skip", "train.max_skipped_steps": 2}),
-            TEXTS,
-            TEXTS[:4],
-            tmp_path / "run2",
-            model=model2,
-            tokenizer=tok,
-            show_progress=False,
+        _train_tiny(
+            _cfg(**{"train.nan_policy": "skip", "train.max_skipped_steps": 2}), tmp_path / "run2", tok, model=model2
         )
 
 

@@ -92,7 +92,7 @@ def judge(results: dict[str, Any], train_dir: Path, cfg: ShelleyConfig) -> dict[
     """Add originality (copied spans against the run's corpus) and stylometry (base vs fine-tuned vs real
     Shelley, Delta to the held-out text) to ``results`` built by ``combine``."""
     from shelley.eval.originality import run_corpus_rows, run_index
-    from shelley.eval.style import StyleModel, compare, delta_floor, words
+    from shelley.eval.style import StyleModel, compare, delta_floor, window_spans, words
 
     rows = run_corpus_rows(train_dir)
     index = run_index(train_dir)
@@ -118,14 +118,8 @@ def judge(results: dict[str, Any], train_dir: Path, cfg: ShelleyConfig) -> dict[
     groups = {who: [t for g in results["generations"] for t in g[who]] for who in ("base", "finetuned")}
     # Real Shelley text as long as the generations: how close a perfect imitator of the book would get.
     target = len(words(" ".join(groups["finetuned"])))
-    sample: list[str] = []
-    n = 0
-    for t in train_texts:
-        if n >= target:
-            break
-        sample.append(t)
-        n += len(words(t))
-    groups["shelley_train_sample"] = sample
+    first = window_spans(train_texts, target, k=1)  # the opening of the train split; all of it if shorter
+    groups["shelley_train_sample"] = train_texts[slice(*first[0])] if first else train_texts
     groups["held_out"] = held_out
     table = compare(style, groups, reference="held_out")
     base_d, ft_d = table["base"]["delta"], table["finetuned"]["delta"]

@@ -131,22 +131,27 @@ def relative_frequencies(ws: list[str], features: list[str]) -> np.ndarray:
     return np.array([counts[f] / n for f in features], dtype=np.float64)
 
 
-def same_length_windows(texts: list[str], n_words: int, k: int = 24) -> list[str]:
-    """Up to ``k`` runs of consecutive ``texts`` of about ``n_words`` words each, starting at evenly spaced
-    points through the list (so they cover the whole book, every narrator). Runs that reach the end of the list
-    before 90% of ``n_words`` are dropped."""
+def window_spans(texts: list[str], n_words: int, k: int = 24) -> list[tuple[int, int]]:
+    """Up to ``k`` (start, end) runs of consecutive ``texts`` of about ``n_words`` words each, starting at evenly
+    spaced points through the list (so they cover the whole book, every narrator). Runs that reach the end of
+    the list before 90% of ``n_words`` are dropped."""
     if not texts or n_words <= 0:
         return []
     lengths = [len(words(t)) for t in texts]
-    out = []
+    spans = []
     for start in sorted({int(s) for s in np.linspace(0, len(texts), k, endpoint=False)}):
         n, end = 0, start
         while end < len(texts) and n < n_words:
             n += lengths[end]
             end += 1
         if n >= 0.9 * n_words:
-            out.append("\n".join(texts[start:end]))
-    return out
+            spans.append((start, end))
+    return spans
+
+
+def same_length_windows(texts: list[str], n_words: int, k: int = 24) -> list[str]:
+    """The runs of ``window_spans``, each joined into one text."""
+    return ["\n".join(texts[start:end]) for start, end in window_spans(texts, n_words, k)]
 
 
 def delta_floor(style: StyleModel, texts: list[str], reference: str, n_words: int, k: int = 24) -> dict[str, Any]:
