@@ -135,8 +135,10 @@ def _nan_at(model, calls_with_nan):
         out = forward(self, *args, **kwargs)
         if self.training:
             count["n"] += 1
-            if count["n"] in calls_with_nan:
-                out.loss = out.loss * torch.tensor(float("nan"))
+            if count["n"] in calls_with_nan:  # the loss is computed in the model or (fused) from its output
+                out.logits = out.logits * torch.tensor(float("nan"))
+                if out.loss is not None:
+                    out.loss = out.loss * torch.tensor(float("nan"))
         return out
 
     return patched

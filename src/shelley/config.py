@@ -137,6 +137,18 @@ class TrainConfig(_Section):
         description="Adapt only the last N transformer blocks (null: all). The backward pass then stops at the "
         "lowest adapted block, so steps get cheaper: the CPU preset's trade of capacity for speed.",
     )
+    fused_lora: bool = Field(
+        True,
+        description="Method lora: one GEMM adds the scaled low-rank update to the frozen layer's output "
+        "(shelley.finetune.methods.fused_lora_linear_class) instead of PEFT's multiply-then-add. Same math, "
+        "same saved adapter; false runs PEFT's own forward.",
+    )
+    fused_loss: bool | None = Field(
+        None,
+        description="Compute the output head and cross-entropy in vocabulary slices without keeping the logits "
+        "(shelley.finetune.loss). null: on CPU only, for the model types in loss.FUSABLE_MODEL_TYPES; other "
+        "models always use their own loss.",
+    )
     gradient_checkpointing: bool = Field(False, description="Trade compute for memory (recompute activations).")
     nan_policy: Literal["stop", "skip"] = Field(
         "stop",

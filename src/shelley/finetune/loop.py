@@ -32,6 +32,7 @@ import yaml
 
 from shelley.config import ShelleyConfig
 from shelley.errors import ShelleyError, TrainingInterrupted
+from shelley.finetune.loss import causal_lm_loss
 from shelley.finetune.packing import PackedBlocks, encode_stream, micro_batch_indices
 
 CALIBRATION_STEPS = 3  # steps timed before the cosine horizon is first fitted to a time budget
@@ -336,6 +337,7 @@ def train(
         return 0.5 * (1.0 + math.cos(math.pi * progress_))
 
     model, optimizer = accelerator.prepare(model, optimizer)
+    loss_head = _fused_loss_model(accelerator, model, tc)
     # The scheduler stays ours (registered so checkpoints carry it): accelerate's wrapper would step it once per
     # process, so N processes would run the schedule N times faster than one process with the same global batch.
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer.optimizer, lr_lambda)
@@ -416,7 +418,7 @@ def train(
                 ids = train_blocks.batch(micro_batch_indices(len(train_blocks), tc.micro_batch_size, tc.seed, micro))
                 ids = ids.to(accelerator.device)
                 with accelerator.accumulate(model), _oom_guard(cfg, step + 1, run_dir):
-                    loss = model(input_ids=ids, labels=ids).loss
+                    loss = causal_lm_loss(model, ids, inner=loss_head)
                     finite = torch.isfinite(loss.detach()).float().reshape(1)
                     if world > 1:  # every rank must agree, or one would wait forever in backward's all-reduce
                         finite = accelerator.gather(finite).min().reshape(1)
@@ -529,6 +531,17 @@ def _adamw(groups: list[dict[str, Any]], lr: float, device_type: str):
     params = [p for g in groups for p in g["params"]]
     fused = device_type in FUSED_ADAMW_DEVICES and all(p.is_floating_point() for p in params)
     return torch.optim.AdamW(groups, lr=lr, fused=fused or None)
+
+
+def _fused_loss_model(accelerator, model, tc):
+    """The unwrapped model whose head and loss ``causal_lm_loss`` fuses, or None for the model's own loss."""
+    from shelley.finetune.loss import can_fuse
+
+    wanted = tc.fused_loss if tc.fused_loss is not None else accelerator.device.type == "cpu"
+    if not wanted or tc.compile or tc.method == "scratch":  # compiled graphs and our GPT keep their own loss
+        return None
+    inner = _unwrap(accelerator, model)
+    return inner if can_fuse(inner) else None
 
 
 def _unwrap(accelerator, model):

@@ -3,6 +3,7 @@ and ``get_peft_model`` (a ``quantization_config``, a ``peft_config``); the train
 
 from __future__ import annotations
 
+import functools
 from typing import Any
 
 from shelley.config import ShelleyConfig
@@ -66,7 +67,7 @@ def peft_config(cfg: ShelleyConfig, model) -> Any | None:
             f"LoRA target modules {missing} are not in this model; its linear layers are: {', '.join(available)}"
             " (set train.lora_target_modules)"
         )
-    return LoraConfig(
+    config = LoraConfig(
         layers_to_transform=_last_layers(model, cfg.train.lora_layers),
         r=cfg.train.lora_r,
         lora_alpha=cfg.train.lora_alpha,
@@ -75,6 +76,57 @@ def peft_config(cfg: ShelleyConfig, model) -> Any | None:
         bias="none",
         task_type="CAUSAL_LM",
     )
+    if cfg.train.method == "lora" and cfg.train.fused_lora:
+        import torch
+
+        # PEFT's documented hook for custom LoRA layers. Only plain nn.Linear under method lora: qlora's
+        # bitsandbytes layers subclass nn.Linear too and must keep PEFT's own classes.
+        config._register_custom_module({torch.nn.Linear: fused_lora_linear_class()})
+    return config
+
+
+@functools.cache
+def fused_lora_linear_class():
+    """PEFT's LoRA ``Linear`` with a training forward that costs two fewer passes over the output.
+
+    PEFT computes ``result + lora_B(lora_A(x)) * scaling``: the (tokens x out) low-rank product is written,
+    multiplied by the scale in a second tensor, then added in a third, and backward runs the multiply again.
+    Here the scale is BLAS's alpha and the sum is its beta: ``addmm(result, lora_A(x), B.T, alpha=scaling)`` is
+    one GEMM call writing one tensor. Same weights, same names, same merge/save: a saved adapter loads with plain
+    PEFT. Anything but the plain case (several or disabled adapters, dropout, DoRA and other variants, a LoRA
+    bias, mixed dtypes) takes PEFT's forward.
+    """
+    import torch
+    from peft.tuners.lora.layer import Linear
+
+    class FusedLoraLinear(Linear):
+        def forward(self, x, *args, **kwargs):
+            active = self.active_adapters
+            name = active[0] if len(active) == 1 else None
+            plain = (
+                name is not None
+                and not (args or kwargs or self.disable_adapters or self.merged)
+                and name in self.lora_A
+                and name not in self.lora_variant
+                and isinstance(self.lora_dropout[name], torch.nn.Identity)
+                and self.lora_B[name].bias is None
+                and x.dtype == self.lora_A[name].weight.dtype == self.lora_B[name].weight.dtype
+                and x.dtype == self.get_base_layer().weight.dtype
+            )
+            if not plain:
+                return super().forward(x, *args, **kwargs)
+            result = self.base_layer(x)  # (..., out)
+            lora_a, lora_b = self.lora_A[name], self.lora_B[name]
+            xa = lora_a(x)  # (..., r)
+            out = torch.addmm(
+                result.reshape(-1, result.shape[-1]),  # (N, out)
+                xa.reshape(-1, xa.shape[-1]),  # (N, r)
+                lora_b.weight.t(),  # (r, out)
+                alpha=self.scaling[name],
+            )
+            return out.view(result.shape)
+
+    return FusedLoraLinear
 
 
 def _last_layers(model, count: int | None) -> list[int] | None:

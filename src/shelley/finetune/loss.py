@@ -1,0 +1,134 @@
+"""The training loss of a causal LM, with the output head and the cross-entropy fused for CPU.
+
+The stock path (``model(input_ids, labels=ids).loss``) materializes the (tokens x vocab) logits, a log-softmax
+of the same size, and in backward a zero-filled gradient of the same size again: with SmolLM2's 49k vocabulary
+that is three 200 MB passes per 1,024 tokens, and MKL runs the one (1024 x 576) @ (576 x 49152) matmul at about
+2/3 of the speed it reaches on 4,096-column slices of it on this machine's AMD cores.
+
+``LinearCrossEntropy`` computes the head in vocabulary slices, the loss from a log-sum-exp over the slices, and
+the gradient of the hidden states (and of the head weight when it trains) in the same sweep, turning each
+logit slice into its gradient in place. Backward then only scales what forward saved. The loss is the same
+mean over target tokens as Hugging Face's ``ForCausalLMLoss`` (labels shifted by one, -100 ignored).
+"""
+
+from __future__ import annotations
+
+from contextlib import contextmanager
+
+IGNORE_INDEX = -100
+VOCAB_CHUNK = 4096  # columns per head slice; measured fastest of 4k/8k/16k/all for SmolLM2's head on 2 cores
+
+# Architectures whose logits are exactly ``lm_head(final hidden state)``: no soft-capping, no logit scale, no
+# extra head. Others fall back to the model's own loss.
+FUSABLE_MODEL_TYPES = frozenset({"llama", "mistral", "gpt2", "qwen2", "qwen3"})
+
+
+def _linear_cross_entropy():
+    import torch
+
+    class LinearCrossEntropy(torch.autograd.Function):
+        @staticmethod
+        def forward(ctx, hidden, weight, bias, targets, chunk):
+            # hidden (N, C), weight (V, C), bias (V,) | None, targets (N,) with IGNORE_INDEX for no target
+            n_rows, vocab = hidden.shape[0], weight.shape[0]
+            acc = torch.promote_types(hidden.dtype, torch.float32)  # softmax in fp32 at least, as HF's loss does
+            valid = targets != IGNORE_INDEX  # (N,)
+            n_valid = valid.sum().clamp(min=1)
+            grad_hidden_needed, grad_weight_needed = ctx.needs_input_grad[0], ctx.needs_input_grad[1]
+            grad_bias_needed = bias is not None and ctx.needs_input_grad[2]
+            keep = grad_hidden_needed or grad_weight_needed or grad_bias_needed
+
+            slices, lse_parts = [], []
+            for start in range(0, vocab, chunk):
+                w = weight[start : start + chunk]  # (c, C)
+                logits = hidden @ w.t()  # (N, c)
+                if bias is not None:
+                    logits += bias[start : start + chunk]
+                logits = logits.to(acc)
+                lse_parts.append(torch.logsumexp(logits, dim=1))  # (N,)
+                if keep:
+                    slices.append((start, logits))
+            lse = torch.logsumexp(torch.stack(lse_parts), dim=0)  # (N,)
+            safe = targets.clamp(min=0)
+            target_logit = (hidden * weight[safe]).sum(dim=1).to(acc)  # (N,) the target's logit, without (N, V)
+            if bias is not None:
+                target_logit = target_logit + bias[safe].to(acc)
+            loss = ((lse - target_logit) * valid).sum() / n_valid
+
+            grad_hidden = grad_weight = grad_bias = None
+            if keep:
+                scale = valid.to(acc) / n_valid  # (N,) d loss / d (per-token loss)
+                rows = torch.arange(n_rows, device=hidden.device)
+                if grad_hidden_needed:
+                    grad_hidden = torch.zeros_like(hidden)
+                if grad_weight_needed:
+                    grad_weight = torch.empty_like(weight)
+                if grad_bias_needed:
+                    grad_bias = torch.empty_like(bias)
+                for start, logits in slices:
+                    # softmax * scale, minus scale at the target: d loss / d logits for this slice, in place
+                    g = logits.sub_(lse[:, None]).exp_().mul_(scale[:, None])
+                    here = valid & (targets >= start) & (targets < start + g.shape[1])
+                    g[rows[here], targets[here] - start] -= scale[here]
+                    g = g.to(hidden.dtype)
+                    w = weight[start : start + g.shape[1]]
+                    if grad_hidden is not None:
+                        grad_hidden.addmm_(g, w)  # (N, c) @ (c, C)
+                    if grad_weight is not None:
+                        torch.mm(g.t(), hidden, out=grad_weight[start : start + g.shape[1]])  # (c, N) @ (N, C)
+                    if grad_bias is not None:
+                        grad_bias[start : start + g.shape[1]] = g.sum(dim=0)
+            ctx.save_for_backward(grad_hidden, grad_weight, grad_bias)
+            return loss
+
+        @staticmethod
+        def backward(ctx, grad_loss):
+            grad_hidden, grad_weight, grad_bias = ctx.saved_tensors
+            scaled = [None if g is None else g * grad_loss.to(g.dtype) for g in (grad_hidden, grad_weight, grad_bias)]
+            return *scaled, None, None
+
+    return LinearCrossEntropy
+
+
+def linear_cross_entropy(hidden, weight, bias, targets, *, chunk: int = VOCAB_CHUNK):
+    """Mean cross-entropy of ``hidden @ weight.T + bias`` against ``targets`` (IGNORE_INDEX skipped), computed
+    in vocabulary slices of ``chunk`` columns without keeping the logits."""
+    return _linear_cross_entropy().apply(hidden, weight, bias, targets, chunk)
+
+
+def can_fuse(model) -> bool:
+    """Whether ``model``'s logits are a plain linear head over its last hidden state (see FUSABLE_MODEL_TYPES)."""
+    import torch
+
+    config = getattr(model, "config", None)
+    if config is None or getattr(config, "model_type", None) not in FUSABLE_MODEL_TYPES:
+        return False
+    if getattr(config, "final_logit_softcapping", None) or getattr(config, "logit_scale", None):
+        return False
+    head = model.get_output_embeddings()
+    return isinstance(head, torch.nn.Linear)
+
+
+@contextmanager
+def _hidden_states_as_logits(model):
+    """Swap the output head for an identity while the model runs, so its "logits" are the final hidden states.
+    The model is still called through its (possibly DDP-wrapped) forward, so gradient sync works as usual."""
+    import torch
+
+    head = model.get_output_embeddings()
+    model.set_output_embeddings(torch.nn.Identity())
+    try:
+        yield head
+    finally:
+        model.set_output_embeddings(head)
+
+
+def causal_lm_loss(model, ids, *, inner=None):
+    """Next-token loss of ``model`` on ``ids`` (B, T) with no padding. ``inner`` is the unwrapped model whose
+    head is fused (see ``can_fuse``); None runs the model's own loss."""
+    if inner is None:
+        return model(input_ids=ids, labels=ids).loss
+    with _hidden_states_as_logits(inner) as head:
+        hidden = model(input_ids=ids).logits  # (B, T, C): the head was an identity
+    hidden = hidden[:, :-1].reshape(-1, hidden.shape[-1])  # (B*(T-1), C): position t predicts token t+1
+    return linear_cross_entropy(hidden, head.weight, head.bias, ids[:, 1:].reshape(-1))

@@ -1,0 +1,90 @@
+"""shelley.finetune.loss: the fused head + cross-entropy gives the model's own loss and gradients."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from conftest import tiny_causal_lm
+from shelley.finetune.loss import IGNORE_INDEX, can_fuse, causal_lm_loss, linear_cross_entropy
+
+
+@pytest.mark.parametrize("with_bias", [False, True])
+@pytest.mark.parametrize("chunk", [7, 64, 1000])  # slices that split the vocabulary unevenly, evenly, not at all
+def test_linear_cross_entropy_matches_the_unfused_loss_and_gradients(with_bias, chunk):
+    torch.manual_seed(0)
+    n, c, v = 37, 16, 64
+    hidden = torch.randn(n, c, dtype=torch.float64, requires_grad=True)
+    weight = torch.randn(v, c, dtype=torch.float64, requires_grad=True)
+    bias = torch.randn(v, dtype=torch.float64, requires_grad=True) if with_bias else None
+    targets = torch.randint(0, v, (n,))
+    targets[[3, 20]] = IGNORE_INDEX
+    targets[5] = v - 1  # the last column of the last (possibly short) slice
+
+    ref = torch.nn.functional.cross_entropy(torch.nn.functional.linear(hidden, weight, bias), targets)
+    ref_grads = torch.autograd.grad(ref * 3, [t for t in (hidden, weight, bias) if t is not None])
+    got = linear_cross_entropy(hidden, weight, bias, targets, chunk=chunk)
+    got_grads = torch.autograd.grad(got * 3, [t for t in (hidden, weight, bias) if t is not None])
+
+    torch.testing.assert_close(got, ref)
+    for g, r in zip(got_grads, ref_grads, strict=True):
+        torch.testing.assert_close(g, r)
+    assert got_grads[0][3].abs().sum() == 0  # an ignored position gets no gradient
+
+
+def test_linear_cross_entropy_with_every_target_ignored_is_zero():
+    hidden = torch.randn(4, 8, requires_grad=True)
+    loss = linear_cross_entropy(hidden, torch.randn(10, 8), None, torch.full((4,), IGNORE_INDEX))
+    loss.backward()
+    assert loss.item() == 0 and hidden.grad.abs().sum() == 0
+
+
+def test_no_grad_keeps_nothing_and_gives_the_same_loss():
+    torch.manual_seed(1)
+    hidden, weight, targets = torch.randn(9, 8), torch.randn(30, 8), torch.randint(0, 30, (9,))
+    with torch.no_grad():
+        loss = linear_cross_entropy(hidden, weight, None, targets, chunk=8)
+    ref = torch.nn.functional.cross_entropy(hidden @ weight.t(), targets)
+    torch.testing.assert_close(loss, ref)
+
+
+@pytest.mark.parametrize("kind", ["gpt2", "llama", "mistral"])
+def test_causal_lm_loss_equals_the_models_own_loss_and_gradients(kind):
+    model = tiny_causal_lm(kind, 96, seed=3).eval()  # eval: GPT-2's dropout would make the two passes differ
+    assert can_fuse(model)
+    ids = torch.randint(1, 96, (3, 20))
+
+    ref = model(input_ids=ids, labels=ids).loss
+    ref.backward()
+    ref_grads = {n: p.grad.clone() for n, p in model.named_parameters()}
+    model.zero_grad(set_to_none=True)
+
+    got = causal_lm_loss(model, ids, inner=model)
+    got.backward()
+    torch.testing.assert_close(got, ref)
+    for n, p in model.named_parameters():
+        torch.testing.assert_close(p.grad, ref_grads[n], msg=f"gradient of {n}")
+    assert isinstance(model.get_output_embeddings(), torch.nn.Linear)  # the head is back after the swap
+
+
+def test_causal_lm_loss_through_peft_lora():
+    from peft import LoraConfig, get_peft_model
+
+    model = get_peft_model(
+        tiny_causal_lm("llama", 96, seed=4),
+        LoraConfig(r=4, lora_alpha=8, lora_dropout=0.0, target_modules=["q_proj", "v_proj"], task_type="CAUSAL_LM"),
+    )
+    assert can_fuse(model)
+    ids = torch.randint(1, 96, (2, 16))
+    ref = model(input_ids=ids, labels=ids).loss
+    got = causal_lm_loss(model, ids, inner=model)
+    torch.testing.assert_close(got, ref)
+
+
+def test_can_fuse_refuses_heads_it_would_get_wrong():
+    model = tiny_causal_lm("llama", 96)
+    model.config.final_logit_softcapping = 30.0  # Gemma-2 style: logits are capped after the head
+    assert not can_fuse(model)
+    model.config.final_logit_softcapping = None
+    model.config.model_type = "gemma2"
+    assert not can_fuse(model)

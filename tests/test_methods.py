@@ -1,0 +1,73 @@
+"""shelley.finetune.methods: the fused LoRA layer computes PEFT's LoRA and saves PEFT's adapter."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from conftest import tiny_causal_lm
+from shelley.config import load_config
+from shelley.finetune.methods import fused_lora_linear_class, prepare_for_method
+
+
+def _lora(fused: bool, *sets: str):
+    cfg = load_config(
+        None, ["train.method=lora", "train.lora_r=4", "train.lora_alpha=12", f"train.fused_lora={fused}", *sets]
+    )
+    model = prepare_for_method(tiny_causal_lm("llama", 96, seed=5), cfg)
+    torch.manual_seed(6)
+    for n, p in model.named_parameters():
+        if "lora_B" in n:  # PEFT starts B at zero: give it values so the low-rank path shows in the output
+            torch.nn.init.normal_(p, std=0.1)
+    return model
+
+
+def _loss_and_grads(model, ids):
+    loss = model(input_ids=ids, labels=ids).loss
+    loss.backward()
+    return loss.detach(), {n: p.grad.clone() for n, p in model.named_parameters() if p.requires_grad}
+
+
+def test_fused_lora_gives_peft_outputs_and_gradients():
+    fused, stock = _lora(True, "train.lora_dropout=0"), _lora(False, "train.lora_dropout=0")
+    layers = [m for m in fused.modules() if isinstance(m, fused_lora_linear_class())]
+    assert len(layers) == 14  # 7 projections x 2 blocks
+    assert not any(isinstance(m, fused_lora_linear_class()) for m in stock.modules())
+    ids = torch.randint(1, 96, (2, 12))
+    loss_f, grads_f = _loss_and_grads(fused, ids)
+    loss_s, grads_s = _loss_and_grads(stock, ids)
+    torch.testing.assert_close(loss_f, loss_s)
+    assert grads_f.keys() == grads_s.keys() and len(grads_f) == 28
+    for n in grads_s:
+        torch.testing.assert_close(grads_f[n], grads_s[n], msg=f"gradient of {n}")
+
+
+def test_fused_lora_saves_an_adapter_plain_peft_loads(tmp_path):
+    from peft import PeftModel
+
+    fused = _lora(True, "train.lora_dropout=0").eval()
+    fused.save_pretrained(tmp_path / "adapter")
+    plain = PeftModel.from_pretrained(tiny_causal_lm("llama", 96, seed=5), tmp_path / "adapter").eval()
+    assert not any(isinstance(m, fused_lora_linear_class()) for m in plain.modules())
+    ids = torch.randint(1, 96, (1, 10))
+    with torch.no_grad():
+        torch.testing.assert_close(fused(input_ids=ids).logits, plain(input_ids=ids).logits)
+        merged = fused.merge_and_unload()(input_ids=ids).logits
+    torch.testing.assert_close(merged, plain(input_ids=ids).logits, atol=1e-5, rtol=1e-5)
+
+
+@pytest.mark.parametrize("sets", [["train.lora_dropout=0.1"], ["train.lora_dropout=0"]])
+def test_fused_lora_falls_back_to_peft_where_it_does_not_apply(sets, monkeypatch):
+    from peft.tuners.lora.layer import Linear
+
+    model = _lora(True, *sets)
+    calls = []
+    original = Linear.forward
+    monkeypatch.setattr(Linear, "forward", lambda self, *a, **k: calls.append(1) or original(self, *a, **k))
+    ids = torch.randint(1, 96, (1, 8))
+    model(input_ids=ids)
+    with model.disable_adapter():  # adapters off: PEFT's path (the base layer alone)
+        model(input_ids=ids)
+    dropout = sets == ["train.lora_dropout=0.1"]
+    # 14 layers: with dropout every call goes to PEFT; without, only the disabled-adapter pass does
+    assert len(calls) == (28 if dropout else 14)
