@@ -32,7 +32,7 @@ import yaml
 
 from shelley.config import ShelleyConfig
 from shelley.errors import ShelleyError, TrainingInterrupted
-from shelley.finetune.loss import causal_lm_loss
+from shelley.finetune.loss import can_fuse, causal_lm_loss
 from shelley.finetune.packing import PackedBlocks, encode_stream, micro_batch_indices
 
 CALIBRATION_STEPS = 3  # steps timed before the cosine horizon is first fitted to a time budget
@@ -535,8 +535,6 @@ def _adamw(groups: list[dict[str, Any]], lr: float, device_type: str):
 
 def _fused_loss_model(accelerator, model, tc):
     """The unwrapped model whose head and loss ``causal_lm_loss`` fuses, or None for the model's own loss."""
-    from shelley.finetune.loss import can_fuse
-
     wanted = tc.fused_loss if tc.fused_loss is not None else accelerator.device.type == "cpu"
     if not wanted or tc.compile or tc.method == "scratch":  # compiled graphs and our GPT keep their own loss
         return None

@@ -13,6 +13,7 @@ mean over target tokens as Hugging Face's ``ForCausalLMLoss`` (labels shifted by
 
 from __future__ import annotations
 
+import functools
 from contextlib import contextmanager
 
 IGNORE_INDEX = -100
@@ -23,6 +24,7 @@ VOCAB_CHUNK = 4096  # columns per head slice; measured fastest of 4k/8k/16k/all 
 FUSABLE_MODEL_TYPES = frozenset({"llama", "mistral", "gpt2", "qwen2", "qwen3"})
 
 
+@functools.cache  # one Function class, built on first use (torch is imported lazily), not one per step
 def _linear_cross_entropy():
     import torch
 
