@@ -82,6 +82,7 @@ def run(
                     "train.micro_batch_size=8",
                     "train.grad_accum=1",
                     f"train.time_budget_s={budget_s}",
+                    "train.budget_clock=train",  # the reference is not evaluated while it trains
                     "train.steps=100000",
                     f"train.eval_every={eval_every}",
                     "train.sample_every=100000",

@@ -212,3 +212,21 @@ def test_adamw_is_fused_on_cpu_and_matches_the_foreach_kernel():
     assert not _adamw([{"params": [torch.nn.Parameter(w0.clone())]}], 1e-2, "xla").defaults["fused"]
     complex_w = torch.nn.Parameter(torch.randn(3, dtype=torch.complex64))
     assert not _adamw([{"params": [complex_w]}], 1e-2, "cpu").defaults["fused"]
+
+
+@pytest.mark.parametrize("clock", ["wall", "train"])
+def test_budget_clock_decides_whether_evaluations_count(tmp_path, tiny_tokenizer_dir, monkeypatch, clock):
+    import time
+
+    import shelley.eval.perplexity as ppl
+
+    scored = ppl.perplexity
+    monkeypatch.setattr(ppl, "perplexity", lambda *a, **k: time.sleep(0.5) or scored(*a, **k))  # a slow eval
+    tok = _tokenizer(tiny_tokenizer_dir)
+    cfg = _cfg("full", **{"train.eval_every": 1, "train.time_budget_s": 2.0, "train.budget_clock": clock})
+    result = _train(cfg, tmp_path / "run", _tiny_model("llama", len(tok)), tok)
+    # 8 tiny steps take well under 2 s; 8 evaluations take 4 s: only the wall clock counts them
+    if clock == "train":
+        assert result.steps == 8
+    else:
+        assert 1 <= result.steps <= 5

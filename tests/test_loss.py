@@ -9,22 +9,24 @@ from conftest import tiny_causal_lm
 from shelley.finetune.loss import IGNORE_INDEX, can_fuse, causal_lm_loss, linear_cross_entropy
 
 
+@pytest.mark.parametrize("head_trains", [True, False])  # two sweeps (full fine-tune) / one online sweep (LoRA)
 @pytest.mark.parametrize("with_bias", [False, True])
 @pytest.mark.parametrize("chunk", [7, 64, 1000])  # slices that split the vocabulary unevenly, evenly, not at all
-def test_linear_cross_entropy_matches_the_unfused_loss_and_gradients(with_bias, chunk):
+def test_linear_cross_entropy_matches_the_unfused_loss_and_gradients(head_trains, with_bias, chunk):
     torch.manual_seed(0)
     n, c, v = 37, 16, 64
     hidden = torch.randn(n, c, dtype=torch.float64, requires_grad=True)
-    weight = torch.randn(v, c, dtype=torch.float64, requires_grad=True)
-    bias = torch.randn(v, dtype=torch.float64, requires_grad=True) if with_bias else None
+    weight = torch.randn(v, c, dtype=torch.float64, requires_grad=head_trains)
+    bias = torch.randn(v, dtype=torch.float64, requires_grad=head_trains) if with_bias else None
     targets = torch.randint(0, v, (n,))
     targets[[3, 20]] = IGNORE_INDEX
     targets[5] = v - 1  # the last column of the last (possibly short) slice
 
     ref = torch.nn.functional.cross_entropy(torch.nn.functional.linear(hidden, weight, bias), targets)
-    ref_grads = torch.autograd.grad(ref * 3, [t for t in (hidden, weight, bias) if t is not None])
+    inputs = [t for t in (hidden, weight, bias) if t is not None and t.requires_grad]
+    ref_grads = torch.autograd.grad(ref * 3, inputs)
     got = linear_cross_entropy(hidden, weight, bias, targets, chunk=chunk)
-    got_grads = torch.autograd.grad(got * 3, [t for t in (hidden, weight, bias) if t is not None])
+    got_grads = torch.autograd.grad(got * 3, inputs)
 
     torch.testing.assert_close(got, ref)
     for g, r in zip(got_grads, ref_grads, strict=True):
@@ -75,10 +77,20 @@ def test_causal_lm_loss_through_peft_lora():
         LoraConfig(r=4, lora_alpha=8, lora_dropout=0.0, target_modules=["q_proj", "v_proj"], task_type="CAUSAL_LM"),
     )
     assert can_fuse(model)
+    for n, p in model.named_parameters():
+        if "lora_B" in n:  # PEFT starts B at zero, which would make every lora_A gradient zero
+            torch.nn.init.normal_(p, std=0.1)
     ids = torch.randint(1, 96, (2, 16))
     ref = model(input_ids=ids, labels=ids).loss
-    got = causal_lm_loss(model, ids, inner=model)
+    ref.backward()
+    ref_grads = {n: p.grad.clone() for n, p in model.named_parameters() if p.requires_grad}
+    model.zero_grad(set_to_none=True)
+    got = causal_lm_loss(model, ids, inner=model)  # the head is frozen: the one-sweep path
+    got.backward()
     torch.testing.assert_close(got, ref)
+    assert len(ref_grads) == 8
+    for n, g in ref_grads.items():
+        torch.testing.assert_close(dict(model.named_parameters())[n].grad, g, msg=f"gradient of {n}")
 
 
 def test_can_fuse_refuses_heads_it_would_get_wrong():

@@ -7,7 +7,7 @@ import torch
 
 from conftest import tiny_causal_lm
 from shelley.config import load_config
-from shelley.finetune.methods import fused_lora_linear_class, prepare_for_method
+from shelley.finetune.methods import _lora_linear_function, fused_lora_linear_class, prepare_for_method
 
 
 def _lora(fused: bool, *sets: str):
@@ -42,6 +42,20 @@ def test_fused_lora_gives_peft_outputs_and_gradients():
         torch.testing.assert_close(grads_f[n], grads_s[n], msg=f"gradient of {n}")
 
 
+@pytest.mark.parametrize("bias", [True, False])
+def test_lora_linear_function_gradients_match_finite_differences(bias):
+    # every input trainable (an unfrozen base weight and bias too), so each branch of the backward is checked
+    torch.manual_seed(7)
+    x, weight, lora_a, lora_b = (
+        torch.randn(*s, dtype=torch.float64, requires_grad=True) for s in [(5, 4), (3, 4), (2, 4), (3, 2)]
+    )
+    b = torch.randn(3, dtype=torch.float64, requires_grad=True) if bias else None
+    fn = _lora_linear_function()
+    assert torch.autograd.gradcheck(lambda *t: fn.apply(*t, 1.5), (x, weight, b, lora_a, lora_b))
+    expected = x @ weight.T + 1.5 * (x @ lora_a.T) @ lora_b.T + (b if bias else 0)
+    torch.testing.assert_close(fn.apply(x, weight, b, lora_a, lora_b, 1.5), expected)
+
+
 def test_fused_lora_saves_an_adapter_plain_peft_loads(tmp_path):
     from peft import PeftModel
 
@@ -56,18 +70,18 @@ def test_fused_lora_saves_an_adapter_plain_peft_loads(tmp_path):
     torch.testing.assert_close(merged, plain(input_ids=ids).logits, atol=1e-5, rtol=1e-5)
 
 
-@pytest.mark.parametrize("sets", [["train.lora_dropout=0.1"], ["train.lora_dropout=0"]])
-def test_fused_lora_falls_back_to_peft_where_it_does_not_apply(sets, monkeypatch):
+@pytest.mark.parametrize("case", ["dropout", "no dropout", "autocast"])
+def test_fused_lora_falls_back_to_peft_where_it_does_not_apply(case, monkeypatch):
     from peft.tuners.lora.layer import Linear
 
-    model = _lora(True, *sets)
+    model = _lora(True, f"train.lora_dropout={0.1 if case == 'dropout' else 0}")
     calls = []
     original = Linear.forward
     monkeypatch.setattr(Linear, "forward", lambda self, *a, **k: calls.append(1) or original(self, *a, **k))
     ids = torch.randint(1, 96, (1, 8))
-    model(input_ids=ids)
+    with torch.autocast("cpu", dtype=torch.bfloat16, enabled=case == "autocast"):
+        model(input_ids=ids)
     with model.disable_adapter():  # adapters off: PEFT's path (the base layer alone)
         model(input_ids=ids)
-    dropout = sets == ["train.lora_dropout=0.1"]
-    # 14 layers: with dropout every call goes to PEFT; without, only the disabled-adapter pass does
-    assert len(calls) == (28 if dropout else 14)
+    # 14 layers: with dropout or autocast every call goes to PEFT; otherwise only the disabled-adapter pass does
+    assert len(calls) == (14 if case == "no dropout" else 28)

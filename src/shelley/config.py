@@ -139,9 +139,9 @@ class TrainConfig(_Section):
     )
     fused_lora: bool = Field(
         True,
-        description="Method lora: one GEMM adds the scaled low-rank update to the frozen layer's output "
-        "(shelley.finetune.methods.fused_lora_linear_class) instead of PEFT's multiply-then-add. Same math, "
-        "same saved adapter; false runs PEFT's own forward.",
+        description="Method lora: each LoRA layer runs as one autograd Function that adds the scaled low-rank "
+        "update in place into the frozen layer's output (shelley.finetune.methods.fused_lora_linear_class) "
+        "instead of PEFT's multiply-then-add. Same math, same saved adapter; false runs PEFT's own forward.",
     )
     fused_loss: bool | None = Field(
         None,
@@ -163,7 +163,13 @@ class TrainConfig(_Section):
     merge: bool = Field(False, description="Also save the adapter merged into the base model.")
     run_dir: str = Field("runs/latest", description="Where the run writes checkpoints, metrics and outputs.")
     time_budget_s: float | None = Field(
-        None, gt=0, description="Stop training after this many seconds of wall time (None: run all steps)."
+        None, gt=0, description="Stop training after this many seconds (None: run all steps); see budget_clock."
+    )
+    budget_clock: Literal["wall", "train"] = Field(
+        "wall",
+        description="What time_budget_s counts. wall: everything since training started, evaluations, samples "
+        "and checkpoints included (what you wait for). train: optimizer-step time only, so the evaluations "
+        "of a learning curve do not shorten the training it measures (the benchmark uses this).",
     )
 
 

@@ -43,6 +43,7 @@ PACE_WINDOW = 10  # recent optimizer steps whose mean duration predicts the next
 RESUMABLE_CHANGES = {
     "train.steps",
     "train.time_budget_s",
+    "train.budget_clock",
     "train.eval_every",
     "train.sample_every",
     "train.checkpoint_every",
@@ -240,7 +241,8 @@ def train(
 
     With ``train.time_budget_s`` the loop never starts a step it cannot finish in the budget, and the cosine
     horizon is re-fitted every step from the recent step time and the time left (evals and checkpoints eat
-    into it too), so the learning rate reaches zero when the budget runs out, not before and not after.
+    into it too, unless ``train.budget_clock`` is "train"), so the learning rate reaches zero when the budget
+    runs out, not before and not after.
     """
     import torch
     from accelerate import Accelerator
@@ -456,8 +458,9 @@ def train(
             step_times.append(time.perf_counter() - step_start)
             recent = step_times[-PACE_WINDOW:]
             pace = sum(recent) / len(recent)
+            spent = elapsed if tc.budget_clock == "wall" else sum(step_times)  # what time_budget_s counts
             if tc.time_budget_s is not None and ckpt is None and step - start_step >= CALIBRATION_STEPS:
-                left = tc.time_budget_s - elapsed
+                left = tc.time_budget_s - spent
                 horizon["steps"] = max(step + 1, min(tc.steps, step + int(left / pace)))
                 progress.update(task, total=horizon["steps"])
             tps = (tokens_seen - tokens_before) / max(sum(step_times), 1e-9)
@@ -477,9 +480,7 @@ def train(
                 accelerator,
             )
             progress.update(task, completed=step, loss=last_loss, lr=lr, tps=tps)
-            out_of_time = tc.time_budget_s is not None and (
-                elapsed + pace > tc.time_budget_s or step >= horizon["steps"]
-            )
+            out_of_time = tc.time_budget_s is not None and (spent + pace > tc.time_budget_s or step >= horizon["steps"])
             interrupted = stop_after is not None and step - start_step >= stop_after
             signalled = stop.get("signal")
             if world > 1:  # a signal may reach one rank only: all stop together

@@ -24,6 +24,72 @@ VOCAB_CHUNK = 4096  # columns per head slice; measured fastest of 4k/8k/16k/all 
 FUSABLE_MODEL_TYPES = frozenset({"llama", "mistral", "gpt2", "qwen2", "qwen3"})
 
 
+def _one_sweep(hidden, weight, bias, chunk, acc, grad_needed):
+    """Log-sum-exp over the vocabulary and ``softmax @ weight``, one slice at a time (the online softmax).
+
+    For a frozen head (LoRA) the hidden states' gradient needs only ``sum_v softmax[n, v] * weight[v]``, which
+    can be summed slice by slice under the running log-sum-exp and rescaled when it grows. So one logits
+    buffer of (N, chunk) is reused and each slice is computed once and read while it is still in cache.
+    Returns lse (N,) and that sum (N, C) or None."""
+    import torch
+
+    n_rows, vocab = hidden.shape[0], weight.shape[0]
+    buffer = torch.empty(n_rows, min(chunk, vocab), dtype=hidden.dtype, device=hidden.device)
+    lse = torch.full((n_rows,), float("-inf"), dtype=acc, device=hidden.device)
+    expected = torch.zeros(n_rows, hidden.shape[1], dtype=acc, device=hidden.device) if grad_needed else None
+    for start in range(0, vocab, chunk):
+        w = weight[start : start + chunk]  # (c, C)
+        logits = torch.mm(hidden, w.t(), out=buffer[:, : w.shape[0]])  # (N, c)
+        if bias is not None:
+            logits += bias[start : start + chunk]
+        logits = logits.to(acc)
+        peak = logits.amax(dim=1)  # (N,)
+        probs = logits.sub_(peak[:, None]).exp_()  # (N, c) exp(logit - peak), in place
+        new_lse = torch.logaddexp(lse, peak + probs.sum(dim=1).log())
+        if expected is not None:
+            # what was summed under the old lse, rescaled to the new one, plus this slice's share
+            part = torch.mm(probs.to(hidden.dtype), w).to(acc).mul_((peak - new_lse).exp()[:, None])  # (N, C)
+            expected.mul_((lse - new_lse).exp()[:, None]).add_(part)
+        lse = new_lse
+    return lse, expected
+
+
+def _two_sweeps(hidden, weight, bias, targets, valid, scale, chunk, acc, needs):
+    """Log-sum-exp over the vocabulary (first sweep, logits slices kept), then each slice turned into its
+    gradient in place (second sweep): the head weight's gradient needs the final softmax of every slice."""
+    import torch
+
+    grad_hidden_needed, grad_weight_needed, grad_bias_needed = needs
+    n_rows, vocab = hidden.shape[0], weight.shape[0]
+    slices, lse_parts = [], []
+    for start in range(0, vocab, chunk):
+        logits = hidden @ weight[start : start + chunk].t()  # (N, c)
+        if bias is not None:
+            logits += bias[start : start + chunk]
+        logits = logits.to(acc)
+        lse_parts.append(torch.logsumexp(logits, dim=1))  # (N,)
+        slices.append((start, logits))
+    lse = torch.logsumexp(torch.stack(lse_parts), dim=0)  # (N,)
+    grad_hidden = torch.zeros_like(hidden) if grad_hidden_needed else None
+    grad_weight = torch.empty_like(weight) if grad_weight_needed else None
+    grad_bias = torch.empty_like(bias) if grad_bias_needed else None
+    rows = torch.arange(n_rows, device=hidden.device)
+    for start, logits in slices:
+        # softmax * scale, minus scale at the target: d loss / d logits for this slice, in place
+        g = logits.sub_(lse[:, None]).exp_().mul_(scale[:, None])
+        here = valid & (targets >= start) & (targets < start + g.shape[1])
+        g[rows[here], targets[here] - start] -= scale[here]
+        g = g.to(hidden.dtype)
+        w = weight[start : start + g.shape[1]]
+        if grad_hidden is not None:
+            grad_hidden.addmm_(g, w)  # (N, c) @ (c, C)
+        if grad_weight is not None:
+            torch.mm(g.t(), hidden, out=grad_weight[start : start + g.shape[1]])  # (c, N) @ (N, C)
+        if grad_bias is not None:
+            grad_bias[start : start + g.shape[1]] = g.sum(dim=0)
+    return lse, grad_hidden, grad_weight, grad_bias
+
+
 @functools.cache  # one Function class, built on first use (torch is imported lazily), not one per step
 def _linear_cross_entropy():
     import torch
@@ -32,54 +98,31 @@ def _linear_cross_entropy():
         @staticmethod
         def forward(ctx, hidden, weight, bias, targets, chunk):
             # hidden (N, C), weight (V, C), bias (V,) | None, targets (N,) with IGNORE_INDEX for no target
-            n_rows, vocab = hidden.shape[0], weight.shape[0]
             acc = torch.promote_types(hidden.dtype, torch.float32)  # softmax in fp32 at least, as HF's loss does
             valid = targets != IGNORE_INDEX  # (N,)
             n_valid = valid.sum().clamp(min=1)
+            scale = valid.to(acc) / n_valid  # (N,) d loss / d (per-token loss)
+            safe = targets.clamp(min=0)
             grad_hidden_needed, grad_weight_needed = ctx.needs_input_grad[0], ctx.needs_input_grad[1]
             grad_bias_needed = bias is not None and ctx.needs_input_grad[2]
-            keep = grad_hidden_needed or grad_weight_needed or grad_bias_needed
 
-            slices, lse_parts = [], []
-            for start in range(0, vocab, chunk):
-                w = weight[start : start + chunk]  # (c, C)
-                logits = hidden @ w.t()  # (N, c)
-                if bias is not None:
-                    logits += bias[start : start + chunk]
-                logits = logits.to(acc)
-                lse_parts.append(torch.logsumexp(logits, dim=1))  # (N,)
-                if keep:
-                    slices.append((start, logits))
-            lse = torch.logsumexp(torch.stack(lse_parts), dim=0)  # (N,)
-            safe = targets.clamp(min=0)
+            grad_weight = grad_bias = None
+            if grad_weight_needed or grad_bias_needed:  # the head trains (full fine-tune of a tied head)
+                needs = (grad_hidden_needed, grad_weight_needed, grad_bias_needed)
+                lse, grad_hidden, grad_weight, grad_bias = _two_sweeps(
+                    hidden, weight, bias, targets, valid, scale, chunk, acc, needs
+                )
+            else:  # frozen head (LoRA) or no gradient at all
+                lse, expected = _one_sweep(hidden, weight, bias, chunk, acc, grad_hidden_needed)
+                grad_hidden = None
+                if expected is not None:
+                    # d loss / d hidden = scale * (softmax @ W - W[target])
+                    grad_hidden = expected.sub_(weight[safe].to(acc)).mul_(scale[:, None]).to(hidden.dtype)
+
             target_logit = (hidden * weight[safe]).sum(dim=1).to(acc)  # (N,) the target's logit, without (N, V)
             if bias is not None:
                 target_logit = target_logit + bias[safe].to(acc)
             loss = ((lse - target_logit) * valid).sum() / n_valid
-
-            grad_hidden = grad_weight = grad_bias = None
-            if keep:
-                scale = valid.to(acc) / n_valid  # (N,) d loss / d (per-token loss)
-                rows = torch.arange(n_rows, device=hidden.device)
-                if grad_hidden_needed:
-                    grad_hidden = torch.zeros_like(hidden)
-                if grad_weight_needed:
-                    grad_weight = torch.empty_like(weight)
-                if grad_bias_needed:
-                    grad_bias = torch.empty_like(bias)
-                for start, logits in slices:
-                    # softmax * scale, minus scale at the target: d loss / d logits for this slice, in place
-                    g = logits.sub_(lse[:, None]).exp_().mul_(scale[:, None])
-                    here = valid & (targets >= start) & (targets < start + g.shape[1])
-                    g[rows[here], targets[here] - start] -= scale[here]
-                    g = g.to(hidden.dtype)
-                    w = weight[start : start + g.shape[1]]
-                    if grad_hidden is not None:
-                        grad_hidden.addmm_(g, w)  # (N, c) @ (c, C)
-                    if grad_weight is not None:
-                        torch.mm(g.t(), hidden, out=grad_weight[start : start + g.shape[1]])  # (c, N) @ (N, C)
-                    if grad_bias is not None:
-                        grad_bias[start : start + g.shape[1]] = g.sum(dim=0)
             ctx.save_for_backward(grad_hidden, grad_weight, grad_bias)
             return loss
 

@@ -85,16 +85,63 @@ def peft_config(cfg: ShelleyConfig, model) -> Any | None:
     return config
 
 
+@functools.cache  # one Function class, built on first use (torch is imported lazily)
+def _lora_linear_function():
+    import torch
+
+    class LoraLinear(torch.autograd.Function):
+        """``x W^T (+ b) + s (x A^T) B^T`` with a hand-written backward.
+
+        Why not autograd over the ops: it would keep three tensors of the layer's output size per call (the base
+        output, the low-rank product, the sum) and in backward add the base's and the adapter's input gradients
+        in a fresh tensor. Here forward writes one output (the update goes in place into the base GEMM's result,
+        the scale is BLAS's alpha), and backward accumulates the adapter's input gradient into the base's with
+        one in-place ``addmm_``. Each fresh tensor of this size is a pass over cold memory: on 2 CPU cores those
+        passes, not the FLOPs, were what the extra ops cost (measured: 5-8% of a LoRA step).
+        """
+
+        @staticmethod
+        def forward(ctx, x, weight, bias, lora_a, lora_b, scaling):
+            # x (N, in), weight (out, in), bias (out,) | None, lora_a (r, in), lora_b (out, r)
+            out = torch.mm(x, weight.t()) if bias is None else torch.addmm(bias, x, weight.t())  # (N, out)
+            xa = torch.mm(x, lora_a.t())  # (N, r)
+            out.addmm_(xa, lora_b.t(), alpha=scaling)  # out += s * xa @ B^T, in place
+            ctx.save_for_backward(x, weight, lora_a, lora_b, xa)
+            ctx.scaling = scaling
+            return out
+
+        @staticmethod
+        def backward(ctx, grad_out):
+            # grad_out (N, out)
+            x, weight, lora_a, lora_b, xa = ctx.saved_tensors
+            need_x, need_w, need_bias, need_a, need_b, _ = ctx.needs_input_grad
+            grad_x = grad_w = grad_bias = grad_a = grad_b = None
+            grad_xa = torch.mm(grad_out, lora_b).mul_(ctx.scaling)  # (N, r)
+            if need_x:
+                grad_x = torch.mm(grad_out, weight).addmm_(grad_xa, lora_a)  # (N, in): base + adapter, one tensor
+            if need_w:  # the base weight trains only if someone unfroze it
+                grad_w = torch.mm(grad_out.t(), x)  # (out, in)
+            if need_bias:
+                grad_bias = grad_out.sum(dim=0)
+            if need_a:
+                grad_a = torch.mm(grad_xa.t(), x)  # (r, in)
+            if need_b:
+                grad_b = torch.mm(grad_out.t(), xa).mul_(ctx.scaling)  # (out, r)
+            return grad_x, grad_w, grad_bias, grad_a, grad_b, None
+
+    return LoraLinear
+
+
 @functools.cache
 def fused_lora_linear_class():
-    """PEFT's LoRA ``Linear`` with a training forward that costs two fewer passes over the output.
+    """PEFT's LoRA ``Linear`` whose training forward is one autograd Function (``_lora_linear_function``).
 
-    PEFT computes ``result + lora_B(lora_A(x)) * scaling``: the (tokens x out) low-rank product is written,
-    multiplied by the scale in a second tensor, then added in a third, and backward runs the multiply again.
-    Here the scale is BLAS's alpha and the sum is its beta: ``addmm(result, lora_A(x), B.T, alpha=scaling)`` is
-    one GEMM call writing one tensor. Same weights, same names, same merge/save: a saved adapter loads with plain
-    PEFT. Anything but the plain case (several or disabled adapters, dropout, DoRA and other variants, a LoRA
-    bias, mixed dtypes) takes PEFT's forward.
+    PEFT computes ``result + lora_B(lora_A(x)) * scaling`` as separate autograd ops: the (tokens x out)
+    low-rank product is written, multiplied by the scale into a second tensor and added into a third, and
+    backward adds the base's and the adapter's input gradients in yet another. The Function writes one output
+    and one input gradient. Same weights, same names, same merge/save: a saved adapter loads with plain PEFT.
+    Anything but the plain case (several or disabled adapters, dropout, DoRA and other variants, a LoRA bias,
+    mixed dtypes, autocast, hooks on the base layer) takes PEFT's forward.
     """
     import torch
     from peft.tuners.lora.layer import Linear
@@ -103,6 +150,7 @@ def fused_lora_linear_class():
         def forward(self, x, *args, **kwargs):
             active = self.active_adapters
             name = active[0] if len(active) == 1 else None
+            base = self.get_base_layer()
             plain = (
                 name is not None
                 and not (args or kwargs or self.disable_adapters or self.merged)
@@ -111,20 +159,22 @@ def fused_lora_linear_class():
                 and isinstance(self.lora_dropout[name], torch.nn.Identity)
                 and self.lora_B[name].bias is None
                 and x.dtype == self.lora_A[name].weight.dtype == self.lora_B[name].weight.dtype
-                and x.dtype == self.get_base_layer().weight.dtype
+                and x.dtype == base.weight.dtype
+                and not torch.is_autocast_enabled(x.device.type)  # autocast would cast inside the Function
+                # hooks (accelerate offload, user hooks) only run when the base layer is called
+                and not (base._forward_hooks or base._forward_pre_hooks or hasattr(base, "_hf_hook"))
             )
             if not plain:
                 return super().forward(x, *args, **kwargs)
-            result = self.base_layer(x)  # (..., out)
-            lora_a, lora_b = self.lora_A[name], self.lora_B[name]
-            xa = lora_a(x)  # (..., r)
-            out = torch.addmm(
-                result.reshape(-1, result.shape[-1]),  # (N, out)
-                xa.reshape(-1, xa.shape[-1]),  # (N, r)
-                lora_b.weight.t(),  # (r, out)
-                alpha=self.scaling[name],
-            )
-            return out.view(result.shape)
+            out = _lora_linear_function().apply(
+                x.reshape(-1, x.shape[-1]),  # (N, in)
+                base.weight,
+                base.bias,
+                self.lora_A[name].weight,
+                self.lora_B[name].weight,
+                self.scaling[name],
+            )  # (N, out)
+            return out.view(*x.shape[:-1], out.shape[-1])
 
     return FusedLoraLinear
 
