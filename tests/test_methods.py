@@ -85,3 +85,9 @@ def test_fused_lora_falls_back_to_peft_where_it_does_not_apply(case, monkeypatch
         model(input_ids=ids)
     # 14 layers: with dropout or autocast every call goes to PEFT; otherwise only the disabled-adapter pass does
     assert len(calls) == (14 if case == "no dropout" else 28)
+
+
+def test_compile_keeps_peft_layers():
+    # dynamo compiles PEFT's layers into one graph but recompiles the fused layer per block: compile skips it
+    model = _lora(True, "train.lora_dropout=0", "train.compile=true")
+    assert not any(isinstance(m, fused_lora_linear_class()) for m in model.modules())

@@ -141,7 +141,8 @@ class TrainConfig(_Section):
         True,
         description="Method lora: each LoRA layer runs as one autograd Function that adds the scaled low-rank "
         "update in place into the frozen layer's output (shelley.finetune.methods.fused_lora_linear_class) "
-        "instead of PEFT's multiply-then-add. Same math, same saved adapter; false runs PEFT's own forward.",
+        "instead of PEFT's multiply-then-add. Same math, same saved adapter; false (or train.compile) runs PEFT's "
+        "own forward.",
     )
     fused_loss: bool | None = Field(
         None,

@@ -76,7 +76,9 @@ def peft_config(cfg: ShelleyConfig, model) -> Any | None:
         bias="none",
         task_type="CAUSAL_LM",
     )
-    if cfg.train.method == "lora" and cfg.train.fused_lora:
+    # Not under train.compile: dynamo recompiles the fused layer's Python checks per layer until it hits its
+    # recompile limit and falls back to eager, while PEFT's own layers compile into one graph (measured).
+    if cfg.train.method == "lora" and cfg.train.fused_lora and not cfg.train.compile:
         import torch
 
         # PEFT's documented hook for custom LoRA layers. Only plain nn.Linear under method lora: qlora's
