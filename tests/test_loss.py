@@ -89,8 +89,9 @@ def test_causal_lm_loss_through_peft_lora():
     got.backward()
     torch.testing.assert_close(got, ref)
     assert len(ref_grads) == 8
+    params = dict(model.named_parameters())
     for n, g in ref_grads.items():
-        torch.testing.assert_close(dict(model.named_parameters())[n].grad, g, msg=f"gradient of {n}")
+        torch.testing.assert_close(params[n].grad, g, msg=f"gradient of {n}")
 
 
 def test_can_fuse_refuses_heads_it_would_get_wrong():

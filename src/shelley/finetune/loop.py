@@ -458,12 +458,13 @@ def train(
             step_times.append(time.perf_counter() - step_start)
             recent = step_times[-PACE_WINDOW:]
             pace = sum(recent) / len(recent)
-            spent = elapsed if tc.budget_clock == "wall" else sum(step_times)  # what time_budget_s counts
+            train_s = sum(step_times)  # optimizer-step time only (no evals, samples, checkpoints)
+            spent = elapsed if tc.budget_clock == "wall" else train_s  # what time_budget_s counts
             if tc.time_budget_s is not None and ckpt is None and step - start_step >= CALIBRATION_STEPS:
                 left = tc.time_budget_s - spent
                 horizon["steps"] = max(step + 1, min(tc.steps, step + int(left / pace)))
                 progress.update(task, total=horizon["steps"])
-            tps = (tokens_seen - tokens_before) / max(sum(step_times), 1e-9)
+            tps = (tokens_seen - tokens_before) / max(train_s, 1e-9)
             lr = scheduler.get_last_lr()[0]
             _log(
                 metrics_path,
@@ -475,7 +476,7 @@ def train(
                     "tokens_seen": tokens_seen,
                     "tokens_per_s": tps,
                     "elapsed_s": elapsed,
-                    "train_s": sum(step_times),  # optimizer-step time only (no evals, samples, checkpoints)
+                    "train_s": train_s,
                 },
                 accelerator,
             )
