@@ -5,7 +5,10 @@
 * train: the plain-Trainer reference (bench/reference.py), run stock, vs shelley full vs shelley LoRA, each in
   its own process for the same optimizer-step time (``--tuned-reference`` adds the reference with shelley's
   allocator tuning); real tokens/s, peak RSS, validation perplexity by one function
-  on the same tokens, and how long shelley takes to reach the reference's final perplexity.
+  on the same tokens, and how long shelley takes to reach the reference's final perplexity. Each tokens/s is
+  also put against this machine's limit, measured in the same sitting: the fp32 matmul rate (``matmul_peak``)
+  over the FLOPs one token costs (6 per parameter for a full fine-tune, 4 for LoRA, whose frozen weights need
+  only the forward and the input gradient; the adapters' own small products are left out, as in issue 6).
 * write: the eval workload (5 prompts x 4 samples x 120 new tokens, temperature 0.8): Hugging Face
   ``generate`` one sample at a time vs shelley's batched ``generate_texts``.
 * data: ingest + clean + tokenize + pack of the novel and of larger synthetic corpora (the novel repeated
@@ -31,8 +34,53 @@ HERE = Path(__file__).resolve().parent
 DATA = Path(os.environ.get("SHELLEY_DATA_DIR") or HERE.parents[1] / "shared" / "data")
 
 
+# The GEMM shapes of one 1,024-token micro-batch through SmolLM2-135M (hidden 576, MLP 1,536, a 2,048-column
+# slice of the 49,152-word head), (M, K, N): the shapes training spends its time in.
+PEAK_SHAPES = ((1024, 576, 1536), (1024, 1536, 576), (1024, 576, 576), (1024, 576, 2048))
+
+
+def matmul_peak(seconds_per_shape: float = 1.0) -> dict:
+    """This machine's fp32 matmul rate now, with torch's default threads: the best GFLOP/s of PEAK_SHAPES,
+    each repeated for about ``seconds_per_shape`` after a warm-up."""
+    import torch
+
+    rates = {}
+    for m, k, n in PEAK_SHAPES:
+        a, b = torch.randn(m, k), torch.randn(k, n)
+        out = torch.empty(m, n)
+        for _ in range(3):
+            torch.mm(a, b, out=out)
+        reps, t0 = 0, time.perf_counter()
+        while (elapsed := time.perf_counter() - t0) < seconds_per_shape:
+            torch.mm(a, b, out=out)
+            reps += 1
+        rates[f"{m}x{k}x{n}"] = 2 * m * k * n * reps / elapsed / 1e9
+    return {"gflops": max(rates.values()), "by_shape": rates, "threads": torch.get_num_threads()}
+
+
+def parameter_count(model: str) -> int:
+    """Parameters of the base model (a tied head counted once, as it is multiplied once per token)."""
+    from shelley.config import load_config
+    from shelley.finetune.methods import load_base_model
+
+    net = load_base_model(load_config(overrides=[f"model.name={model}", "train.method=full"]), for_training=False)
+    return sum(p.numel() for p in net.parameters())
+
+
+FLOPS_PER_PARAM = {"reference": 6, "reference-tuned": 6, "full": 6, "lora": 4}
+
+
+def add_limits(results: dict, gflops: float, params: int) -> None:
+    """Each contestant's tokens/s limit on this machine and the fraction of it reached."""
+    for impl, r in results.items():
+        r["limit_tokens_per_s"] = gflops * 1e9 / (FLOPS_PER_PARAM[impl] * params)
+        r["fraction_of_limit"] = r["tokens_per_second"] / r["limit_tokens_per_s"]
+
+
 def bench_train(args, out: Path) -> dict:
     results = {}
+    peak = matmul_peak(0.2 if args.quick else 2.0)
+    print(f"[train] fp32 matmul peak now: {peak['gflops']:.0f} GFLOP/s", flush=True)
     contestants = ("reference", "full", "lora") + (("reference-tuned",) if args.tuned_reference else ())
     for impl in contestants:
         target = out / f"train-{impl}.json"
@@ -73,7 +121,9 @@ def bench_train(args, out: Path) -> dict:
         results["reference-tuned"]["speedup_tokens_per_s"] = (
             results["reference-tuned"]["tokens_per_second"] / ref["tokens_per_second"]
         )
-    return results
+    params = parameter_count(args.model)
+    add_limits(results, peak["gflops"], params)
+    return {"contestants": results, "matmul_peak": peak, "parameters": params}
 
 
 def bench_write(args) -> dict:
@@ -177,14 +227,20 @@ def bench_data(args) -> dict:
 def summary_md(train: dict | None, write: dict | None, data: dict | None) -> str:
     lines = ["# shelley bench", ""]
     if train:
+        peak = train["matmul_peak"]["gflops"]
         lines += [
-            "| train | steps | real tokens/s | x reference | peak RSS MB | val perplexity | s to reference ppl |",
-            "|---|---|---|---|---|---|---|",
+            f"fp32 matmul peak in this sitting: {peak:.0f} GFLOP/s; {train['parameters'] / 1e6:.1f}M parameters "
+            "(limit = peak / (6 x parameters) per token for a full fine-tune, / (4 x parameters) for LoRA)",
+            "",
+            "| train | steps | real tokens/s | x reference | of limit | peak RSS MB | val perplexity "
+            "| s to reference ppl |",
+            "|---|---|---|---|---|---|---|---|",
         ]
-        for impl, r in train.items():
+        for impl, r in train["contestants"].items():
             lines.append(
                 f"| {impl} | {r['steps']} | {r['tokens_per_second']:.1f} | {r.get('speedup_tokens_per_s', 1.0):.2f} "
-                f"| {r['peak_rss_mb']:.0f} | {r['val_perplexity']:.2f} | {r.get('seconds_to_reference_perplexity')} |"
+                f"| {r['fraction_of_limit']:.0%} of {r['limit_tokens_per_s']:.0f} | {r['peak_rss_mb']:.0f} "
+                f"| {r['val_perplexity']:.2f} | {r.get('seconds_to_reference_perplexity')} |"
             )
         lines.append("")
     if write:

@@ -34,13 +34,21 @@ def test_bench_quick_writes_every_figure(tmp_path, tiny_model_dir, novel_dir):
 
     train = json.loads((out / "train.json").read_text())
     assert train["quick"] is True and train["commit"]
+    contestants = train["train"]["contestants"]
+    keys = ("steps", "train_seconds", "real_tokens", "tokens_per_second", "peak_rss_mb", "val_perplexity")
+    keys += ("limit_tokens_per_s", "fraction_of_limit")
     for impl in ("reference", "full", "lora"):
-        r = train["train"][impl]
-        for key in ("steps", "train_seconds", "real_tokens", "tokens_per_second", "peak_rss_mb", "val_perplexity"):
+        r = contestants[impl]
+        for key in keys:
             assert isinstance(r[key], int | float) and r[key] > 0 and math.isfinite(r[key]), (impl, key, r[key])
     for impl in ("full", "lora"):
-        assert train["train"][impl]["speedup_tokens_per_s"] > 0
-        assert train["train"][impl]["timeline"], impl  # periodic evals give the time-to-perplexity curve
+        assert contestants[impl]["speedup_tokens_per_s"] > 0
+        assert contestants[impl]["timeline"], impl  # periodic evals give the time-to-perplexity curve
+    # The limit is the measured matmul rate over 6 (full) or 4 (LoRA) FLOPs per parameter and token.
+    peak, params = train["train"]["matmul_peak"], train["train"]["parameters"]
+    assert peak["gflops"] == max(peak["by_shape"].values()) > 0 and params > 0
+    assert math.isclose(contestants["lora"]["limit_tokens_per_s"] * 4 * params, peak["gflops"] * 1e9, rel_tol=1e-9)
+    assert math.isclose(contestants["full"]["limit_tokens_per_s"], contestants["lora"]["limit_tokens_per_s"] * 4 / 6)
 
     write = json.loads((out / "write.json").read_text())["write"]
     assert write["hf_one_at_a_time"]["tokens_per_second"] > 0 and write["shelley_batched"]["tokens_per_second"] > 0
