@@ -3,7 +3,9 @@ the plain Hugging Face ``Trainer``, each snippet truncated to ``max_length`` 128
 collator to the longest snippet of its batch of 8, lr 5e-5, fp32.
 
 It stops at a wall-clock budget (a ``TrainerCallback``) and counts real (non-pad) tokens, so its tokens/s is
-comparable with shelley's packed training, where every token is real.
+comparable with shelley's packed training, where every token is real. It counts the batches its steps trained
+on, not the batches collated: accelerate's data loader collates one batch ahead (to know which batch is the
+last), so the collator sees one batch more than the Trainer steps on.
 """
 
 from __future__ import annotations
@@ -35,11 +37,12 @@ def train_reference(
         remove_columns=["text"],
     )
     base_collator = DataCollatorForLanguageModeling(tokenizer, mlm=False)
-    seen = {"real_tokens": 0, "steps": 0, "train_s": 0.0}
+    seen = {"steps": 0, "train_s": 0.0}
+    batch_tokens: list[int] = []  # real tokens of each collated batch, in the order the steps consume them
 
     def collator(rows):
         batch = base_collator(rows)
-        seen["real_tokens"] += int(batch["attention_mask"].sum())
+        batch_tokens.append(int(batch["attention_mask"].sum()))
         return batch
 
     class Budget(TrainerCallback):
@@ -67,9 +70,11 @@ def train_reference(
     )
     trainer = Trainer(model=model, args=args, train_dataset=ds, data_collator=collator, callbacks=[Budget()])
     trainer.train()
+    real_tokens = sum(batch_tokens[: seen["steps"]])  # one batch per step (no gradient accumulation)
     return {
         "steps": seen["steps"],
         "train_seconds": seen["train_s"],
-        "real_tokens": seen["real_tokens"],
-        "tokens_per_second": seen["real_tokens"] / max(seen["train_s"], 1e-9),
+        "real_tokens": real_tokens,
+        "collated_batches": len(batch_tokens),
+        "tokens_per_second": real_tokens / max(seen["train_s"], 1e-9),
     }

@@ -59,3 +59,27 @@ def test_bench_quick_writes_every_figure(tmp_path, tiny_model_dir, novel_dir):
     assert all(s["tokens"] > 0 and s["seconds"]["total"] > 0 for s in data["sizes"])
     assert data["sizes"][1]["rows"] > data["sizes"][0]["rows"]  # the perturbed copy survives deduplication
     assert "| reference |" in (out / "summary.md").read_text()
+
+
+def test_reference_counts_only_the_batches_its_steps_trained_on(tmp_path, tiny_model_dir, monkeypatch):
+    """accelerate's data loader collates one batch ahead; that batch is never trained on, so it must not count
+    toward the reference's real tokens (it inflated the reference's tokens/s by one batch in ~60)."""
+    from bench.reference import train_reference
+    from transformers import AutoModelForCausalLM, AutoTokenizer, DataCollatorForLanguageModeling
+
+    collated: list[int] = []
+    stock = DataCollatorForLanguageModeling.__call__
+
+    def spy(self, rows):
+        batch = stock(self, rows)
+        collated.append(int(batch["attention_mask"].sum()))
+        return batch
+
+    monkeypatch.setattr(DataCollatorForLanguageModeling, "__call__", spy)
+    tok = AutoTokenizer.from_pretrained(tiny_model_dir)
+    model = AutoModelForCausalLM.from_pretrained(tiny_model_dir)
+    texts = [" ".join(["word"] * (3 + i % 40)) for i in range(64)]  # unequal lengths: padding varies per batch
+    stats = train_reference(model, tok, texts, budget_s=0.2, out_dir=tmp_path / "trainer", max_length=32)
+    assert stats["steps"] >= 1 and stats["collated_batches"] == len(collated) >= stats["steps"]
+    assert stats["real_tokens"] == sum(collated[: stats["steps"]])
+    assert math.isclose(stats["tokens_per_second"], stats["real_tokens"] / stats["train_seconds"])
