@@ -30,6 +30,8 @@ import tempfile
 import time
 from pathlib import Path
 
+from shelley.io import atomic_write_text, write_json
+
 HERE = Path(__file__).resolve().parent
 DATA = Path(os.environ.get("SHELLEY_DATA_DIR") or HERE.parents[1] / "shared" / "data")
 
@@ -224,8 +226,18 @@ def bench_data(args) -> dict:
     return {"sizes": rows, "seconds_per_megabyte": slope, "novel_seconds": rows[0]["seconds"]["total"]}
 
 
-def summary_md(train: dict | None, write: dict | None, data: dict | None) -> str:
-    lines = ["# shelley bench", ""]
+def _time_to_reference(r: dict) -> str:
+    """The "time to the reference's perplexity" cell: seconds and the ratio to the reference's time."""
+    seconds = r.get("seconds_to_reference_perplexity")
+    if "speedup_tokens_per_s" not in r:  # the reference itself
+        return "-"
+    if seconds is None:
+        return "not reached"
+    return f"{seconds:.1f} s ({r['time_ratio_to_reference']:.2f}x)"
+
+
+def summary_md(train: dict | None, write: dict | None, data: dict | None, commit: str = "") -> str:
+    lines = ["# shelley bench", "", f"commit {commit or 'unknown'}", ""]
     if train:
         peak = train["matmul_peak"]["gflops"]
         lines += [
@@ -233,20 +245,22 @@ def summary_md(train: dict | None, write: dict | None, data: dict | None) -> str
             "(limit = peak / (6 x parameters) per token for a full fine-tune, / (4 x parameters) for LoRA)",
             "",
             "| train | steps | real tokens/s | x reference | of limit | peak RSS MB | val perplexity "
-            "| s to reference ppl |",
+            "| time to reference ppl |",
             "|---|---|---|---|---|---|---|---|",
         ]
         for impl, r in train["contestants"].items():
             lines.append(
                 f"| {impl} | {r['steps']} | {r['tokens_per_second']:.1f} | {r.get('speedup_tokens_per_s', 1.0):.2f} "
                 f"| {r['fraction_of_limit']:.0%} of {r['limit_tokens_per_s']:.0f} | {r['peak_rss_mb']:.0f} "
-                f"| {r['val_perplexity']:.2f} | {r.get('seconds_to_reference_perplexity')} |"
+                f"| {r['val_perplexity']:.2f} | {_time_to_reference(r)} |"
             )
         lines.append("")
     if write:
         lines += [
-            f"write ({write['workload']}): HF one at a time {write['hf_one_at_a_time']['seconds']:.1f} s, "
-            f"shelley {write['shelley_batched']['seconds']:.1f} s (x{write['time_ratio']:.2f})",
+            f"write ({write['workload']}): HF one at a time {write['hf_one_at_a_time']['seconds']:.1f} s "
+            f"({write['hf_one_at_a_time']['tokens_per_second']:.1f} tokens/s), shelley "
+            f"{write['shelley_batched']['seconds']:.1f} s ({write['shelley_batched']['tokens_per_second']:.1f} "
+            f"tokens/s): x{write['time_ratio']:.2f} the time",
             "",
         ]
     if data:
@@ -285,9 +299,9 @@ def main(argv: list[str] | None = None) -> int:
             "data": lambda a, _o: bench_data(a),
         }[part](args, args.out)
         seconds = {"bench_seconds": time.perf_counter() - t0}
-        (args.out / f"{part}.json").write_text(json.dumps(meta | seconds | {part: results[part]}, indent=2) + "\n")
-    md = summary_md(results["train"], results["write"], results["data"])
-    (args.out / "summary.md").write_text(md)
+        write_json(args.out / f"{part}.json", meta | seconds | {part: results[part]})
+    md = summary_md(results["train"], results["write"], results["data"], meta["commit"])
+    atomic_write_text(args.out / "summary.md", md)
     print(md)
     return 0
 

@@ -61,6 +61,32 @@ def test_bench_quick_writes_every_figure(tmp_path, tiny_model_dir, novel_dir):
     assert "| reference |" in (out / "summary.md").read_text()
 
 
+def test_summary_table_formats_time_to_the_reference_perplexity():
+    """The summary reads as a table: seconds with the ratio, "not reached" for a contestant that never got
+    there, and the commit the numbers belong to (it once printed raw floats and None)."""
+    from bench.__main__ import summary_md
+
+    row = {"steps": 10, "tokens_per_second": 100.0, "fraction_of_limit": 0.5, "limit_tokens_per_s": 200.0}
+    row |= {"peak_rss_mb": 4000.0, "val_perplexity": 40.0}
+    train = {
+        "matmul_peak": {"gflops": 180.0},
+        "parameters": 134_515_008,
+        "contestants": {
+            "reference": row,
+            "full": row
+            | {"speedup_tokens_per_s": 1.6, "seconds_to_reference_perplexity": 38.61234}
+            | {"time_ratio_to_reference": 0.1281},
+            "lora": row | {"speedup_tokens_per_s": 2.1, "seconds_to_reference_perplexity": None},
+        },
+    }
+    md = summary_md(train, None, None, "abc1234")
+    rows = {line.split("|")[1].strip(): line.split("|")[-2].strip() for line in md.splitlines() if line[:2] == "| "}
+    assert rows["reference"] == "-"
+    assert rows["full"] == "38.6 s (0.13x)"
+    assert rows["lora"] == "not reached"
+    assert "commit abc1234" in md and "None" not in md
+
+
 def test_reference_counts_only_the_batches_its_steps_trained_on(tmp_path, tiny_model_dir, monkeypatch):
     """accelerate's data loader collates one batch ahead; that batch is never trained on, so it must not count
     toward the reference's real tokens (it inflated the reference's tokens/s by one batch in ~60)."""
