@@ -66,6 +66,10 @@ def test_full_finetune_changes_every_param_and_loss_falls(tmp_path, tiny_tokeniz
     assert result.evals[-1]["val_loss"] < result.evals[0]["val_loss"] + 1e-6
     assert (tmp_path / "run" / "model" / "model.safetensors").exists()
     assert (tmp_path / "run" / "loss.png").read_bytes()[:4] == b"\x89PNG"
+    # the summary eval reports and the pipeline read; written atomically, so no temp file is left beside it
+    summary = json.loads((tmp_path / "run" / "train_summary.json").read_text())
+    assert summary["steps"] == result.steps == 20 and summary["tokens_per_second"] > 0
+    assert not [f.name for f in (tmp_path / "run").iterdir() if f.name.startswith(".")]
 
 
 @pytest.mark.parametrize("kind", ["gpt2", "llama"])

@@ -258,7 +258,7 @@ def train(
         from shelley.gpt.setup import check_scratch_config
 
         check_scratch_config(cfg, tokenizer_given=tokenizer is not None)  # before anything is written
-    from shelley.io import check_output_dir
+    from shelley.io import check_output_dir, write_json
 
     check_output_dir(run_dir, overwrite=True, flag="--run-dir")  # writable? (existing runs are handled below)
     ckpt = None
@@ -521,7 +521,7 @@ def train(
     result = TrainResult(run_dir, step, stopped_early, elapsed, tokens_seen, tps, last_loss, evals, output_dir)
     if accelerator.is_main_process:
         summary = {k: (str(v) if isinstance(v, Path) else v) for k, v in result.__dict__.items()}
-        (run_dir / "train_summary.json").write_text(json.dumps(summary, indent=2))
+        write_json(run_dir / "train_summary.json", summary)
     return result
 
 
