@@ -228,12 +228,12 @@ def bench_data(args) -> dict:
 
 def _time_to_reference(r: dict) -> str:
     """The "time to the reference's perplexity" cell: seconds and the ratio to the reference's time."""
-    seconds = r.get("seconds_to_reference_perplexity")
-    if "speedup_tokens_per_s" not in r:  # the reference itself
+    if "seconds_to_reference_perplexity" not in r:  # not timed: the reference, and its tuned variant
         return "-"
+    seconds, ratio = r["seconds_to_reference_perplexity"], r["time_ratio_to_reference"]
     if seconds is None:
         return "not reached"
-    return f"{seconds:.1f} s ({r['time_ratio_to_reference']:.2f}x)"
+    return f"{seconds:.1f} s" + (f" ({ratio:.2f}x)" if ratio is not None else "")
 
 
 def summary_md(train: dict | None, write: dict | None, data: dict | None, commit: str = "") -> str:

@@ -73,15 +73,17 @@ def test_summary_table_formats_time_to_the_reference_perplexity():
         "parameters": 134_515_008,
         "contestants": {
             "reference": row,
+            "reference-tuned": row | {"speedup_tokens_per_s": 1.1},  # a multiple, but never timed to the perplexity
             "full": row
             | {"speedup_tokens_per_s": 1.6, "seconds_to_reference_perplexity": 38.61234}
             | {"time_ratio_to_reference": 0.1281},
-            "lora": row | {"speedup_tokens_per_s": 2.1, "seconds_to_reference_perplexity": None},
+            "lora": row
+            | {"speedup_tokens_per_s": 2.1, "seconds_to_reference_perplexity": None, "time_ratio_to_reference": None},
         },
     }
     md = summary_md(train, None, None, "abc1234")
     rows = {line.split("|")[1].strip(): line.split("|")[-2].strip() for line in md.splitlines() if line[:2] == "| "}
-    assert rows["reference"] == "-"
+    assert rows["reference"] == rows["reference-tuned"] == "-"
     assert rows["full"] == "38.6 s (0.13x)"
     assert rows["lora"] == "not reached"
     assert "commit abc1234" in md and "None" not in md
