@@ -3,7 +3,9 @@ the plain Hugging Face ``Trainer``, each snippet truncated to ``max_length`` 128
 collator to the longest snippet of its batch of 8, lr 5e-5, fp32.
 
 It stops at a wall-clock budget (a ``TrainerCallback``) and counts real (non-pad) tokens, so its tokens/s is
-comparable with shelley's packed training, where every token is real. It counts the batches its steps trained
+comparable with shelley's packed training, where every token is real. It also counts the padded tokens it
+computes on: on a CPU where its GEMMs already run near the matmul peak, padding is what it wastes, and the
+real share bounds how far ahead a padding-free trainer can get. It counts the batches its steps trained
 on, not the batches collated: accelerate's data loader collates one batch ahead (to know which batch is the
 last), so the collator sees one batch more than the Trainer steps on.
 """
@@ -39,10 +41,12 @@ def train_reference(
     base_collator = DataCollatorForLanguageModeling(tokenizer, mlm=False)
     seen = {"steps": 0, "train_s": 0.0}
     batch_tokens: list[int] = []  # real tokens of each collated batch, in the order the steps consume them
+    batch_padded: list[int] = []  # all positions of each collated batch, padding included (B x longest)
 
     def collator(rows):
         batch = base_collator(rows)
         batch_tokens.append(int(batch["attention_mask"].sum()))
+        batch_padded.append(batch["input_ids"].numel())
         return batch
 
     class Budget(TrainerCallback):
@@ -71,10 +75,13 @@ def train_reference(
     trainer = Trainer(model=model, args=args, train_dataset=ds, data_collator=collator, callbacks=[Budget()])
     trainer.train()
     real_tokens = sum(batch_tokens[: seen["steps"]])  # one batch per step (no gradient accumulation)
+    padded_tokens = sum(batch_padded[: seen["steps"]])
     return {
         "steps": seen["steps"],
         "train_seconds": seen["train_s"],
         "real_tokens": real_tokens,
+        "padded_tokens": padded_tokens,
         "collated_batches": len(batch_tokens),
         "tokens_per_second": real_tokens / max(seen["train_s"], 1e-9),
+        "padded_tokens_per_second": padded_tokens / max(seen["train_s"], 1e-9),
     }

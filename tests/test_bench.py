@@ -41,6 +41,8 @@ def test_bench_quick_writes_every_figure(tmp_path, tiny_model_dir, novel_dir):
         r = contestants[impl]
         for key in keys:
             assert isinstance(r[key], int | float) and r[key] > 0 and math.isfinite(r[key]), (impl, key, r[key])
+    ref = contestants["reference"]
+    assert ref["padded_tokens"] >= ref["real_tokens"] and ref["padded_fraction_of_limit"] >= ref["fraction_of_limit"]
     for impl in ("full", "lora"):
         assert contestants[impl]["speedup_tokens_per_s"] > 0
         assert contestants[impl]["timeline"], impl  # periodic evals give the time-to-perplexity curve
@@ -58,7 +60,8 @@ def test_bench_quick_writes_every_figure(tmp_path, tiny_model_dir, novel_dir):
     assert [s["copies"] for s in data["sizes"]] == [1, 2]
     assert all(s["tokens"] > 0 and s["seconds"]["total"] > 0 for s in data["sizes"])
     assert data["sizes"][1]["rows"] > data["sizes"][0]["rows"]  # the perturbed copy survives deduplication
-    assert "| reference |" in (out / "summary.md").read_text()
+    summary = (out / "summary.md").read_text()
+    assert "| reference |" in summary and "reference padding: " in summary
 
 
 def test_summary_table_formats_time_to_the_reference_perplexity():
@@ -68,11 +71,12 @@ def test_summary_table_formats_time_to_the_reference_perplexity():
 
     row = {"steps": 10, "tokens_per_second": 100.0, "fraction_of_limit": 0.5, "limit_tokens_per_s": 200.0}
     row |= {"peak_rss_mb": 4000.0, "val_perplexity": 40.0}
+    padding = {"real_tokens": 1000, "padded_tokens": 1600, "padded_fraction_of_limit": 0.8}
     train = {
         "matmul_peak": {"gflops": 180.0},
         "parameters": 134_515_008,
         "contestants": {
-            "reference": row,
+            "reference": row | padding,
             "reference-tuned": row | {"speedup_tokens_per_s": 1.1},  # a multiple, but never timed to the perplexity
             "full": row
             | {"speedup_tokens_per_s": 1.6, "seconds_to_reference_perplexity": 38.61234}
@@ -87,6 +91,9 @@ def test_summary_table_formats_time_to_the_reference_perplexity():
     assert rows["full"] == "38.6 s (0.13x)"
     assert rows["lora"] == "not reached"
     assert "commit abc1234" in md and "None" not in md
+    # 600 of 1,600 positions are padding; at 80% of the limit counting them, dropping them is worth 1.60x
+    assert "reference padding: 38% of the positions it computes on" in md
+    assert "runs at 80% of its limit" in md and "would be 1.60x its real tokens/s" in md
 
 
 def test_reference_counts_only_the_batches_its_steps_trained_on(tmp_path, tiny_model_dir, monkeypatch):
@@ -96,11 +103,13 @@ def test_reference_counts_only_the_batches_its_steps_trained_on(tmp_path, tiny_m
     from transformers import AutoModelForCausalLM, AutoTokenizer, DataCollatorForLanguageModeling
 
     collated: list[int] = []
+    padded: list[int] = []
     stock = DataCollatorForLanguageModeling.__call__
 
     def spy(self, rows):
         batch = stock(self, rows)
         collated.append(int(batch["attention_mask"].sum()))
+        padded.append(batch["input_ids"].shape[0] * batch["input_ids"].shape[1])
         return batch
 
     monkeypatch.setattr(DataCollatorForLanguageModeling, "__call__", spy)
@@ -110,4 +119,5 @@ def test_reference_counts_only_the_batches_its_steps_trained_on(tmp_path, tiny_m
     stats = train_reference(model, tok, texts, budget_s=0.2, out_dir=tmp_path / "trainer", max_length=32)
     assert stats["steps"] >= 1 and stats["collated_batches"] == len(collated) >= stats["steps"]
     assert stats["real_tokens"] == sum(collated[: stats["steps"]])
+    assert stats["padded_tokens"] == sum(padded[: stats["steps"]]) > stats["real_tokens"]  # texts of unequal length
     assert math.isclose(stats["tokens_per_second"], stats["real_tokens"] / stats["train_seconds"])
