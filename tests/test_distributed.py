@@ -3,6 +3,7 @@ batch, and the shipped accelerate configs."""
 
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
 from pathlib import Path
@@ -108,6 +109,41 @@ def test_two_processes_match_one_with_the_same_global_batch(launcher, tmp_path, 
     extra = _files(two) - _files(one)
     assert extra and all(x.startswith("checkpoints/") and x.endswith("random_states_1.pkl") for x in extra), extra
     assert _files(one) - _files(two) == set()
+
+
+def test_a_time_budget_stops_every_rank_at_the_same_step(tmp_path, corpus, tiny_model_dir):
+    # Rank 0 alone writes samples (every 2 steps here) while rank 1 waits for it. Before the ranks agreed on one
+    # clock, rank 1 counted that wait as training time, stopped on its budget first, and rank 0 then waited
+    # forever in its next all-reduce.
+    two, budget = tmp_path / "two", 3.0
+    sets = _sets(
+        "train.grad_accum=1",
+        "train.steps=100000",
+        f"train.time_budget_s={budget}",
+        "train.budget_clock=train",
+        "train.sample_every=2",
+        "train.eval_every=100000",
+        "train.checkpoint_every=100000",
+    )
+    cmd = [*_launcher("torchrun"), "train", str(corpus), "--model", str(tiny_model_dir), "--run-dir", str(two), *sets]
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        _, err = proc.communicate(timeout=240)
+    except subprocess.TimeoutExpired:
+        import psutil
+
+        # torchrun starts its ranks in sessions of their own: kill them by name, or they would hold the pipes.
+        launcher = psutil.Process(proc.pid)
+        for p in [*launcher.children(recursive=True), launcher]:
+            p.kill()
+        proc.communicate()
+        pytest.fail("a rank hung: the ranks did not stop at the same step")
+    assert proc.returncode == 0, err[-3000:]
+    rows = [json.loads(x) for x in (two / "metrics.jsonl").read_text().splitlines()]
+    train = [r for r in rows if r["kind"] == "train"]
+    assert 4 <= len(train) < 100000  # it trained, then stopped on the budget, not on train.steps
+    assert train[-1]["train_s"] <= budget
+    assert (two / "model" / "model.safetensors").exists()  # rank 0 got through to saving the model
 
 
 @pytest.mark.parametrize("path", ACCELERATE_CONFIGS, ids=lambda p: p.name)

@@ -460,6 +460,12 @@ def train(
             pace = sum(recent) / len(recent)
             train_s = sum(step_times)  # optimizer-step time only (no evals, samples, checkpoints)
             spent = elapsed if tc.budget_clock == "wall" else train_s  # what time_budget_s counts
+            if world > 1 and tc.time_budget_s is not None:
+                # Each rank times itself, so near the end of the budget one rank could stop while another starts
+                # a step and waits forever in its all-reduce, and their cosine horizons (so learning rates)
+                # could drift apart. All ranks go by the slowest clock.
+                clocks = torch.tensor([[spent, pace]], dtype=torch.float64, device=accelerator.device)
+                spent, pace = (float(x) for x in accelerator.gather(clocks).max(dim=0).values)
             if tc.time_budget_s is not None and ckpt is None and step - start_step >= CALIBRATION_STEPS:
                 left = tc.time_budget_s - spent
                 horizon["steps"] = max(step + 1, min(tc.steps, step + int(left / pace)))
@@ -491,8 +497,12 @@ def train(
             last_step = step == tc.steps or out_of_time
             if step % tc.eval_every == 0 or (last_step and final_eval):
                 evaluate(step)
-            if accelerator.is_main_process and (step % tc.sample_every == 0):
-                write_samples(step)
+            if step % tc.sample_every == 0:
+                if accelerator.is_main_process:
+                    write_samples(step)
+                # The other ranks wait here, not inside their next step, so rank 0's samples do not count as
+                # their training time.
+                accelerator.wait_for_everyone()
             if step % tc.checkpoint_every == 0 or out_of_time or interrupted or step == tc.steps:
                 _save_checkpoint(
                     accelerator,
