@@ -75,6 +75,23 @@ def _launcher(name: str) -> list[str]:
     ]
 
 
+def _launch(cmd: list[str], timeout: float) -> subprocess.CompletedProcess:
+    """Run a launcher; on timeout kill it and its ranks (torchrun starts them in sessions of their own, so a
+    plain ``subprocess.run`` timeout would leave them running and holding the pipes) and fail the test."""
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        out, err = proc.communicate(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        import psutil
+
+        launcher = psutil.Process(proc.pid)
+        for p in [*launcher.children(recursive=True), launcher]:
+            p.kill()
+        proc.communicate()
+        pytest.fail(f"a rank hung: no exit after {timeout:.0f} s")
+    return subprocess.CompletedProcess(cmd, proc.returncode, out, err)
+
+
 @pytest.fixture(scope="module")
 def one_process(tmp_path_factory, corpus, tiny_model_dir) -> Path:
     one = tmp_path_factory.mktemp("one") / "run"
@@ -93,12 +110,7 @@ def one_process(tmp_path_factory, corpus, tiny_model_dir) -> Path:
 def test_two_processes_match_one_with_the_same_global_batch(launcher, tmp_path, corpus, tiny_model_dir, one_process):
     one, two = one_process, tmp_path / "two"
     base = ["train", str(corpus), "--model", str(tiny_model_dir)]
-    res = subprocess.run(
-        [*_launcher(launcher), *base, "--run-dir", str(two), *_sets("train.grad_accum=1")],
-        capture_output=True,
-        text=True,
-        timeout=600,
-    )
+    res = _launch([*_launcher(launcher), *base, "--run-dir", str(two), *_sets("train.grad_accum=1")], timeout=600)
     assert res.returncode == 0, res.stderr[-3000:]
     a, b = train_losses(one), train_losses(two)
     assert len(a) == len(b) == 6
@@ -126,19 +138,8 @@ def test_a_time_budget_stops_every_rank_at_the_same_step(tmp_path, corpus, tiny_
         "train.checkpoint_every=100000",
     )
     cmd = [*_launcher("torchrun"), "train", str(corpus), "--model", str(tiny_model_dir), "--run-dir", str(two), *sets]
-    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    try:
-        _, err = proc.communicate(timeout=240)
-    except subprocess.TimeoutExpired:
-        import psutil
-
-        # torchrun starts its ranks in sessions of their own: kill them by name, or they would hold the pipes.
-        launcher = psutil.Process(proc.pid)
-        for p in [*launcher.children(recursive=True), launcher]:
-            p.kill()
-        proc.communicate()
-        pytest.fail("a rank hung: the ranks did not stop at the same step")
-    assert proc.returncode == 0, err[-3000:]
+    res = _launch(cmd, timeout=240)  # before the fix: a hang, so a failure here
+    assert res.returncode == 0, res.stderr[-3000:]
     rows = [json.loads(x) for x in (two / "metrics.jsonl").read_text().splitlines()]
     train = [r for r in rows if r["kind"] == "train"]
     assert 4 <= len(train) < 100000  # it trained, then stopped on the budget, not on train.steps
