@@ -6,8 +6,9 @@
   its own process for the same optimizer-step time (``--tuned-reference`` adds the reference with shelley's
   allocator tuning); real tokens/s, peak RSS, validation perplexity by one function
   on the same tokens, and how long shelley takes to reach the reference's final perplexity. Each tokens/s is
-  also put against this machine's limit, measured in the same sitting: the fp32 matmul rate (``matmul_peak``)
-  over the FLOPs one token costs (6 per parameter for a full fine-tune, 4 for LoRA, whose frozen weights need
+  also put against this machine's limit, measured in the same sitting: the matmul rate (``matmul_peak``) in
+  the precision the contestant trained in (fp32, or bf16 where the CPU has it in hardware) over the FLOPs one
+  token costs (6 per parameter for a full fine-tune, 4 for LoRA, whose frozen weights need
   only the forward and the input gradient; the adapters' own small products are left out, as in issue 6).
 * write: the eval workload (5 prompts x 4 samples x 120 new tokens, temperature 0.8): Hugging Face
   ``generate`` one sample at a time vs shelley's batched ``generate_texts``.
@@ -41,15 +42,16 @@ DATA = Path(os.environ.get("SHELLEY_DATA_DIR") or HERE.parents[1] / "shared" / "
 PEAK_SHAPES = ((1024, 576, 1536), (1024, 1536, 576), (1024, 576, 576), (1024, 576, 2048))
 
 
-def matmul_peak(seconds_per_shape: float = 1.0) -> dict:
-    """This machine's fp32 matmul rate now, with torch's default threads: the best GFLOP/s of PEAK_SHAPES,
-    each repeated for about ``seconds_per_shape`` after a warm-up."""
+def matmul_peak(seconds_per_shape: float = 1.0, dtype: str = "fp32") -> dict:
+    """This machine's matmul rate now in ``dtype`` (fp32 or bf16), with torch's default threads: the best
+    GFLOP/s of PEAK_SHAPES, each repeated for about ``seconds_per_shape`` after a warm-up."""
     import torch
 
+    torch_dtype = {"fp32": torch.float32, "bf16": torch.bfloat16}[dtype]
     rates = {}
     for m, k, n in PEAK_SHAPES:
-        a, b = torch.randn(m, k), torch.randn(k, n)
-        out = torch.empty(m, n)
+        a, b = torch.randn(m, k, dtype=torch_dtype), torch.randn(k, n, dtype=torch_dtype)
+        out = torch.empty(m, n, dtype=torch_dtype)
         for _ in range(3):
             torch.mm(a, b, out=out)
         reps, t0 = 0, time.perf_counter()
@@ -57,7 +59,7 @@ def matmul_peak(seconds_per_shape: float = 1.0) -> dict:
             torch.mm(a, b, out=out)
             reps += 1
         rates[f"{m}x{k}x{n}"] = 2 * m * k * n * reps / elapsed / 1e9
-    return {"gflops": max(rates.values()), "by_shape": rates, "threads": torch.get_num_threads()}
+    return {"gflops": max(rates.values()), "by_shape": rates, "threads": torch.get_num_threads(), "dtype": dtype}
 
 
 def parameter_count(model: str) -> int:
@@ -72,10 +74,12 @@ def parameter_count(model: str) -> int:
 FLOPS_PER_PARAM = {"reference": 6, "reference-tuned": 6, "full": 6, "lora": 4}
 
 
-def add_limits(results: dict, gflops: float, params: int) -> None:
-    """Each contestant's tokens/s limit on this machine and the fraction of it reached. For a padding
-    contestant (the stock recipe) also the fraction reached counting the padded positions it computes on."""
+def add_limits(results: dict, peaks: dict[str, float], params: int) -> None:
+    """Each contestant's tokens/s limit on this machine and the fraction of it reached, at the matmul peak of
+    the precision it trained in (``peaks``: GFLOP/s by "fp32" / "bf16"). For a padding contestant (the stock
+    recipe) also the fraction reached counting the padded positions it computes on."""
     for impl, r in results.items():
+        gflops = peaks[r.get("precision", "fp32")]
         r["limit_tokens_per_s"] = gflops * 1e9 / (FLOPS_PER_PARAM[impl] * params)
         r["fraction_of_limit"] = r["tokens_per_second"] / r["limit_tokens_per_s"]
         if "padded_tokens_per_second" in r:
@@ -84,8 +88,15 @@ def add_limits(results: dict, gflops: float, params: int) -> None:
 
 def bench_train(args, out: Path) -> dict:
     results = {}
+    from shelley.finetune.loop import cpu_has_fast_bf16
+
     peak = matmul_peak(0.2 if args.quick else 2.0)
     print(f"[train] fp32 matmul peak now: {peak['gflops']:.0f} GFLOP/s", flush=True)
+    # Where the CPU multiplies bf16 in hardware shelley trains in bf16 autocast (train.precision auto), so its
+    # limit is the bf16 peak; elsewhere bf16 is emulated and nobody would train in it.
+    peak_bf16 = matmul_peak(0.2 if args.quick else 2.0, "bf16") if cpu_has_fast_bf16() else None
+    if peak_bf16:
+        print(f"[train] bf16 matmul peak now: {peak_bf16['gflops']:.0f} GFLOP/s", flush=True)
     contestants = ("reference", "full", "lora") + (("reference-tuned",) if args.tuned_reference else ())
     for impl in contestants:
         target = out / f"train-{impl}.json"
@@ -127,8 +138,9 @@ def bench_train(args, out: Path) -> dict:
             results["reference-tuned"]["tokens_per_second"] / ref["tokens_per_second"]
         )
     params = parameter_count(args.model)
-    add_limits(results, peak["gflops"], params)
-    return {"contestants": results, "matmul_peak": peak, "parameters": params}
+    peaks = {"fp32": peak["gflops"]} | ({"bf16": peak_bf16["gflops"]} if peak_bf16 else {})
+    add_limits(results, peaks, params)
+    return {"contestants": results, "matmul_peak": peak, "matmul_peak_bf16": peak_bf16, "parameters": params}
 
 
 def bench_write(args) -> dict:
@@ -243,17 +255,21 @@ def summary_md(train: dict | None, write: dict | None, data: dict | None, commit
     lines = ["# shelley bench", "", f"commit {commit or 'unknown'}", ""]
     if train:
         peak = train["matmul_peak"]["gflops"]
+        bf16 = train.get("matmul_peak_bf16")
         lines += [
-            f"fp32 matmul peak in this sitting: {peak:.0f} GFLOP/s; {train['parameters'] / 1e6:.1f}M parameters "
-            "(limit = peak / (6 x parameters) per token for a full fine-tune, / (4 x parameters) for LoRA)",
+            f"fp32 matmul peak in this sitting: {peak:.0f} GFLOP/s"
+            + (f", bf16 {bf16['gflops']:.0f} GFLOP/s" if bf16 else " (bf16 not in hardware)")
+            + f"; {train['parameters'] / 1e6:.1f}M parameters (limit = the peak of the contestant's precision / "
+            "(6 x parameters) per token for a full fine-tune, / (4 x parameters) for LoRA)",
             "",
-            "| train | steps | real tokens/s | x reference | of limit | peak RSS MB | val perplexity "
+            "| train | precision | steps | real tokens/s | x reference | of limit | peak RSS MB | val perplexity "
             "| time to reference ppl |",
-            "|---|---|---|---|---|---|---|---|",
+            "|---|---|---|---|---|---|---|---|---|",
         ]
         for impl, r in train["contestants"].items():
             lines.append(
-                f"| {impl} | {r['steps']} | {r['tokens_per_second']:.1f} | {r.get('speedup_tokens_per_s', 1.0):.2f} "
+                f"| {impl} | {r.get('precision', 'fp32')} | {r['steps']} | {r['tokens_per_second']:.1f} "
+                f"| {r.get('speedup_tokens_per_s', 1.0):.2f} "
                 f"| {r['fraction_of_limit']:.0%} of {r['limit_tokens_per_s']:.0f} | {r['peak_rss_mb']:.0f} "
                 f"| {r['val_perplexity']:.2f} | {_time_to_reference(r)} |"
             )

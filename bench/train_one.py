@@ -67,10 +67,10 @@ def run(
             cfg.train.method = "full"
             net = load_base_model(cfg)
             stats = train_reference(net, tok, train_texts, budget_s=budget_s, out_dir=work / "trainer")
-            result = stats | {"timeline": [], "val_perplexity": score(net, stream)}
+            result = stats | {"timeline": [], "val_perplexity": score(net, stream), "precision": "fp32"}
         else:
             from shelley.config import load_config
-            from shelley.finetune.loop import train
+            from shelley.finetune.loop import mixed_precision, train
 
             preset = Path(__file__).resolve().parents[1] / "configs" / f"smollm2-135m_{impl}_cpu.yaml"
             run_cfg = load_config(
@@ -107,6 +107,7 @@ def run(
                 "tokens_per_second": res.tokens_per_second,
                 "timeline": timeline,
                 "val_perplexity": timeline[-1]["val_perplexity"] if timeline else float("nan"),
+                "precision": {"no": "fp32"}.get(p := mixed_precision(run_cfg.train.precision), p),
             }
         result["wall_seconds"] = time.perf_counter() - t0
     result["peak_rss_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024

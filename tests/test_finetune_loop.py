@@ -234,3 +234,42 @@ def test_budget_clock_decides_whether_evaluations_count(tmp_path, tiny_tokenizer
         assert result.steps == 8
     else:
         assert 1 <= result.steps <= 5
+
+
+def test_bf16_training_is_validated_in_the_saved_weights_precision(tmp_path, tiny_tokenizer_dir):
+    """Mixed precision trains in bf16 autocast, but the logged validation perplexity is the saved fp32 model's:
+    accelerate's autocast wrapper is lifted while evaluating, and put back for the steps after."""
+    from transformers import AutoModelForCausalLM
+
+    from shelley.eval.perplexity import perplexity
+    from shelley.finetune.packing import encode_stream
+
+    tok = _tokenizer(tiny_tokenizer_dir)
+    runs = {}
+    for precision in ("bf16", "fp32"):
+        cfg = _cfg("full", **{"train.precision": precision, "train.steps": 8, "train.eval_every": 4})
+        runs[precision] = _train(cfg, tmp_path / precision, _tiny_model("llama", len(tok)), tok)
+    bf16 = runs["bf16"]
+    # bf16 really trained: the same seed and data in fp32 end elsewhere (after step 4's evaluation too, so the
+    # autocast wrapper came back)
+    assert bf16.evals[0]["val_loss"] != runs["fp32"].evals[0]["val_loss"]
+    assert bf16.evals[-1]["val_loss"] != runs["fp32"].evals[-1]["val_loss"]
+
+    saved = AutoModelForCausalLM.from_pretrained(tmp_path / "bf16" / "model").eval()
+    assert saved.dtype == torch.float32
+    stream = encode_stream(TEXTS[:6], tok, tmp_path / "cache", "validation")
+    expected = perplexity(saved, stream, max_length=32, stride=16, batch_size=4)
+    assert bf16.evals[-1]["val_perplexity"] == pytest.approx(expected["perplexity"], rel=1e-7)
+    with torch.autocast("cpu", dtype=torch.bfloat16):  # what the logged figure would be if scored in bf16
+        in_bf16 = perplexity(saved, stream, max_length=32, stride=16, batch_size=4)
+    # (a tiny random model's logits are small, so bf16 moves its perplexity only in the 6th digit)
+    assert in_bf16["perplexity"] != pytest.approx(expected["perplexity"], rel=1e-7)
+
+
+def test_runs_in_one_process_may_each_have_their_own_precision(tmp_path, tiny_tokenizer_dir):
+    # accelerate refuses a second Accelerator with another mixed precision in the same process (a notebook
+    # training bf16 then fp32 would stop with "AcceleratorState has already been initialized")
+    tok = _tokenizer(tiny_tokenizer_dir)
+    for i, precision in enumerate(("bf16", "fp32", "bf16")):
+        cfg = _cfg("full", **{"train.precision": precision, "train.steps": 1})
+        assert _train(cfg, tmp_path / str(i), _tiny_model("llama", len(tok)), tok).steps == 1

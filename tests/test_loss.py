@@ -34,6 +34,29 @@ def test_linear_cross_entropy_matches_the_unfused_loss_and_gradients(head_trains
     assert got_grads[0][3].abs().sum() == 0  # an ignored position gets no gradient
 
 
+@pytest.mark.parametrize("head_trains", [True, False])
+def test_linear_cross_entropy_under_bf16_autocast_is_what_autocast_gives_the_unfused_head(head_trains):
+    # autocast runs nn.Linear in bf16 and cross_entropy in fp32: the fused loss must give the same numbers, and
+    # fp32 gradients for fp32 inputs
+    torch.manual_seed(2)
+    n, c, v = 50, 32, 300
+    hidden = torch.randn(n, c, requires_grad=True)
+    weight = torch.randn(v, c, requires_grad=head_trains)
+    targets = torch.randint(0, v, (n,))
+    inputs = [t for t in (hidden, weight) if t.requires_grad]
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        ref = torch.nn.functional.cross_entropy(torch.nn.functional.linear(hidden, weight), targets)
+        got = linear_cross_entropy(hidden, weight, None, targets, chunk=64)
+    ref_grads, got_grads = torch.autograd.grad(ref, inputs), torch.autograd.grad(got, inputs)
+    fp32 = linear_cross_entropy(hidden, weight, None, targets, chunk=64)
+
+    assert got.dtype == torch.float32 and got != fp32  # a fp32 loss from bf16 products
+    torch.testing.assert_close(got, ref, rtol=1e-3, atol=0)
+    for g, r in zip(got_grads, ref_grads, strict=True):
+        assert g.dtype == torch.float32
+        torch.testing.assert_close(g, r, atol=1e-2 * r.abs().max().item(), rtol=0)
+
+
 def test_linear_cross_entropy_with_every_target_ignored_is_zero():
     hidden = torch.randn(4, 8, requires_grad=True)
     loss = linear_cross_entropy(hidden, torch.randn(10, 8), None, torch.full((4,), IGNORE_INDEX))

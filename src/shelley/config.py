@@ -118,7 +118,9 @@ class TrainConfig(_Section):
     warmup_steps: int = Field(10, ge=0, description="Linear warmup steps before the cosine decay.")
     max_grad_norm: float = Field(1.0, gt=0, description="Gradient clipping norm.")
     precision: Literal["auto", "fp32", "bf16", "fp16"] = Field(
-        "auto", description="Autocast precision; `auto` uses bf16 on GPUs that support it, else fp32."
+        "auto",
+        description="Autocast precision of the training steps; `auto` uses bf16 on GPUs that support it and on"
+        " CPUs that multiply bf16 in hardware (AVX512-BF16 or AMX), else fp32. Validation runs without autocast.",
     )
     seed: int = Field(42, description="Seed for weights init, data order and dropout.")
     eval_every: int = Field(50, gt=0, description="Evaluate validation loss every N steps.")

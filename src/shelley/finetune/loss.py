@@ -75,7 +75,7 @@ def _two_sweeps(hidden, weight, bias, targets, valid, scale, chunk, acc, needs):
         lse_parts.append(torch.logsumexp(logits, dim=1))  # (N,)
         slices.append((start, logits))
     lse = torch.logsumexp(torch.stack(lse_parts), dim=0)  # (N,)
-    grad_hidden = torch.zeros_like(hidden) if grad_hidden_needed else None
+    grad_hidden = torch.zeros_like(hidden, dtype=acc) if grad_hidden_needed else None
     grad_weight = torch.empty_like(weight) if grad_weight_needed else None
     grad_bias = torch.empty_like(bias) if grad_bias_needed else None
     rows = torch.arange(n_rows, device=hidden.device)
@@ -87,7 +87,10 @@ def _two_sweeps(hidden, weight, bias, targets, valid, scale, chunk, acc, needs):
         g = g.to(hidden.dtype)
         w = weight[start : start + g.shape[1]]
         if grad_hidden is not None:
-            grad_hidden.addmm_(g, w)  # (N, c) @ (c, C)
+            if grad_hidden.dtype == g.dtype:
+                grad_hidden.addmm_(g, w)  # (N, c) @ (c, C)
+            else:  # bf16 products summed in fp32: 12 slices rounded into a bf16 sum would lose bits each time
+                grad_hidden.add_(torch.mm(g, w))
         if grad_weight is not None:
             torch.mm(g.t(), hidden, out=grad_weight[start : start + g.shape[1]])  # (c, N) @ (N, C)
         if grad_bias is not None:
@@ -117,6 +120,8 @@ def _linear_cross_entropy():
                 lse, grad_hidden, grad_weight, grad_bias = _two_sweeps(
                     hidden, weight, bias, targets, valid, scale, chunk or VOCAB_CHUNK, acc, needs
                 )
+                if grad_hidden is not None:
+                    grad_hidden = grad_hidden.to(hidden.dtype)
             else:  # frozen head (LoRA) or no gradient at all
                 lse, expected = _one_sweep(hidden, weight, bias, chunk or ONLINE_CHUNK, acc, grad_hidden_needed)
                 grad_hidden = None
@@ -124,7 +129,7 @@ def _linear_cross_entropy():
                     # d loss / d hidden = scale * (softmax @ W - W[target])
                     grad_hidden = expected.sub_(weight[safe].to(acc)).mul_(scale[:, None]).to(hidden.dtype)
 
-            target_logit = (hidden * weight[safe]).sum(dim=1).to(acc)  # (N,) the target's logit, without (N, V)
+            target_logit = (hidden.to(acc) * weight[safe].to(acc)).sum(dim=1)  # (N,) the target's logit, no (N, V)
             if bias is not None:
                 target_logit = target_logit + bias[safe].to(acc)
             loss = ((lse - target_logit) * valid).sum() / n_valid
@@ -143,7 +148,20 @@ def _linear_cross_entropy():
 def linear_cross_entropy(hidden, weight, bias, targets, *, chunk: int | None = None):
     """Mean cross-entropy of ``hidden @ weight.T + bias`` against ``targets`` (IGNORE_INDEX skipped), computed
     in vocabulary slices of ``chunk`` columns (None: VOCAB_CHUNK when the head trains, else ONLINE_CHUNK)
-    without keeping the logits."""
+    without keeping the logits.
+
+    Under autocast the head's products run in the autocast dtype, as ``nn.Linear`` would: the inputs are cast
+    before the Function (so autograd casts their gradients back to fp32) and the softmax and the loss stay in
+    fp32."""
+    import torch
+
+    device = hidden.device.type
+    if torch.is_autocast_enabled(device):
+        low = torch.get_autocast_dtype(device)
+        hidden, weight = hidden.to(low), weight.to(low)
+        bias = None if bias is None else bias.to(low)
+        with torch.autocast(device, enabled=False):
+            return _linear_cross_entropy().apply(hidden, weight, bias, targets, chunk)
     return _linear_cross_entropy().apply(hidden, weight, bias, targets, chunk)
 
 

@@ -3,6 +3,7 @@ and ``get_peft_model`` (a ``quantization_config``, a ``peft_config``); the train
 
 from __future__ import annotations
 
+import contextlib
 import functools
 from typing import Any
 
@@ -144,7 +145,9 @@ def fused_lora_linear_class():
     backward adds the base's and the adapter's input gradients in yet another. The Function writes one output
     and one input gradient. Same weights, same names, same merge/save: a saved adapter loads with plain PEFT.
     Anything but the plain case (several or disabled adapters, dropout, DoRA and other variants, a LoRA bias,
-    mixed dtypes, autocast, hooks on the base layer) takes PEFT's forward.
+    mixed dtypes outside autocast, hooks on the base layer) takes PEFT's forward. Under autocast the inputs are
+    cast to the autocast dtype before the Function, as ``nn.Linear`` would cast them, so autograd casts the
+    adapters' gradients back to their fp32 weights.
     """
     import torch
     from peft.tuners.lora.layer import Linear
@@ -154,6 +157,8 @@ def fused_lora_linear_class():
             active = self.active_adapters
             name = active[0] if len(active) == 1 else None
             base = self.get_base_layer()
+            device = x.device.type
+            low = torch.get_autocast_dtype(device) if torch.is_autocast_enabled(device) else None
             plain = (
                 name is not None
                 and not (args or kwargs or self.disable_adapters or self.merged)
@@ -161,22 +166,19 @@ def fused_lora_linear_class():
                 and name not in self.lora_variant
                 and isinstance(self.lora_dropout[name], torch.nn.Identity)
                 and self.lora_B[name].bias is None
-                and x.dtype == self.lora_A[name].weight.dtype == self.lora_B[name].weight.dtype
-                and x.dtype == base.weight.dtype
-                and not torch.is_autocast_enabled(x.device.type)  # autocast would cast inside the Function
+                and (low is not None or x.dtype == self.lora_A[name].weight.dtype == self.lora_B[name].weight.dtype)
+                and (low is not None or x.dtype == base.weight.dtype)
                 # hooks (accelerate offload, user hooks) only run when the base layer is called
                 and not (base._forward_hooks or base._forward_pre_hooks or hasattr(base, "_hf_hook"))
             )
             if not plain:
                 return super().forward(x, *args, **kwargs)
-            out = _lora_linear_function().apply(
-                x.reshape(-1, x.shape[-1]),  # (N, in)
-                base.weight,
-                base.bias,
-                self.lora_A[name].weight,
-                self.lora_B[name].weight,
-                self.scaling[name],
-            )  # (N, out)
+            tensors = (x.reshape(-1, x.shape[-1]), base.weight, base.bias, self.lora_A[name].weight)
+            tensors += (self.lora_B[name].weight,)  # x (N, in), W, b, A, B
+            if low is not None:
+                tensors = tuple(None if t is None else t.to(low) for t in tensors)
+            with torch.autocast(device, enabled=False) if low is not None else contextlib.nullcontext():
+                out = _lora_linear_function().apply(*tensors, self.scaling[name])  # (N, out)
             return out.view(*x.shape[:-1], out.shape[-1])
 
     return FusedLoraLinear
