@@ -87,14 +87,15 @@ def add_limits(results: dict, peaks: dict[str, float], params: int) -> None:
 
 
 def bench_train(args, out: Path) -> dict:
-    results = {}
     from shelley.finetune.loop import cpu_has_fast_bf16
 
-    peak = matmul_peak(0.2 if args.quick else 2.0)
+    results = {}
+    seconds_per_shape = 0.2 if args.quick else 2.0
+    peak = matmul_peak(seconds_per_shape)
     print(f"[train] fp32 matmul peak now: {peak['gflops']:.0f} GFLOP/s", flush=True)
     # Where the CPU multiplies bf16 in hardware shelley trains in bf16 autocast (train.precision auto), so its
     # limit is the bf16 peak; elsewhere bf16 is emulated and nobody would train in it.
-    peak_bf16 = matmul_peak(0.2 if args.quick else 2.0, "bf16") if cpu_has_fast_bf16() else None
+    peak_bf16 = matmul_peak(seconds_per_shape, "bf16") if cpu_has_fast_bf16() else None
     if peak_bf16:
         print(f"[train] bf16 matmul peak now: {peak_bf16['gflops']:.0f} GFLOP/s", flush=True)
     contestants = ("reference", "full", "lora") + (("reference-tuned",) if args.tuned_reference else ())

@@ -18,6 +18,8 @@ from __future__ import annotations
 import functools
 from contextlib import contextmanager
 
+from shelley.finetune.autocast import apply_in_autocast_dtype
+
 IGNORE_INDEX = -100
 # Columns per head slice, measured on SmolLM2's head on 2 cores: the two-sweep path (logits kept) is fastest at
 # 4k of 4k/8k/16k/all; the one-sweep path (one reused buffer) at 2k of 1k-16k (3% faster than 4k).
@@ -153,16 +155,7 @@ def linear_cross_entropy(hidden, weight, bias, targets, *, chunk: int | None = N
     Under autocast the head's products run in the autocast dtype, as ``nn.Linear`` would: the inputs are cast
     before the Function (so autograd casts their gradients back to fp32) and the softmax and the loss stay in
     fp32."""
-    import torch
-
-    device = hidden.device.type
-    if torch.is_autocast_enabled(device):
-        low = torch.get_autocast_dtype(device)
-        hidden, weight = hidden.to(low), weight.to(low)
-        bias = None if bias is None else bias.to(low)
-        with torch.autocast(device, enabled=False):
-            return _linear_cross_entropy().apply(hidden, weight, bias, targets, chunk)
-    return _linear_cross_entropy().apply(hidden, weight, bias, targets, chunk)
+    return apply_in_autocast_dtype(_linear_cross_entropy(), hidden, weight, bias, targets, chunk)
 
 
 def can_fuse(model) -> bool:

@@ -3,12 +3,12 @@ and ``get_peft_model`` (a ``quantization_config``, a ``peft_config``); the train
 
 from __future__ import annotations
 
-import contextlib
 import functools
 from typing import Any
 
 from shelley.config import ShelleyConfig
 from shelley.errors import ShelleyError
+from shelley.finetune.autocast import apply_in_autocast_dtype
 
 
 def linear_layer_names(model) -> list[str]:
@@ -157,8 +157,7 @@ def fused_lora_linear_class():
             active = self.active_adapters
             name = active[0] if len(active) == 1 else None
             base = self.get_base_layer()
-            device = x.device.type
-            low = torch.get_autocast_dtype(device) if torch.is_autocast_enabled(device) else None
+            autocast = torch.is_autocast_enabled(x.device.type)  # then the Function gets everything cast alike
             plain = (
                 name is not None
                 and not (args or kwargs or self.disable_adapters or self.merged)
@@ -166,19 +165,24 @@ def fused_lora_linear_class():
                 and name not in self.lora_variant
                 and isinstance(self.lora_dropout[name], torch.nn.Identity)
                 and self.lora_B[name].bias is None
-                and (low is not None or x.dtype == self.lora_A[name].weight.dtype == self.lora_B[name].weight.dtype)
-                and (low is not None or x.dtype == base.weight.dtype)
+                and (
+                    autocast
+                    or x.dtype == self.lora_A[name].weight.dtype == self.lora_B[name].weight.dtype == base.weight.dtype
+                )
                 # hooks (accelerate offload, user hooks) only run when the base layer is called
                 and not (base._forward_hooks or base._forward_pre_hooks or hasattr(base, "_hf_hook"))
             )
             if not plain:
                 return super().forward(x, *args, **kwargs)
-            tensors = (x.reshape(-1, x.shape[-1]), base.weight, base.bias, self.lora_A[name].weight)
-            tensors += (self.lora_B[name].weight,)  # x (N, in), W, b, A, B
-            if low is not None:
-                tensors = tuple(None if t is None else t.to(low) for t in tensors)
-            with torch.autocast(device, enabled=False) if low is not None else contextlib.nullcontext():
-                out = _lora_linear_function().apply(*tensors, self.scaling[name])  # (N, out)
+            out = apply_in_autocast_dtype(
+                _lora_linear_function(),
+                x.reshape(-1, x.shape[-1]),  # (N, in)
+                base.weight,
+                base.bias,
+                self.lora_A[name].weight,
+                self.lora_B[name].weight,
+                self.scaling[name],
+            )  # (N, out)
             return out.view(*x.shape[:-1], out.shape[-1])
 
     return FusedLoraLinear
