@@ -148,13 +148,14 @@ def bench_write(args) -> dict:
     import torch
 
     from shelley.config import GenerationConfig, load_config
+    from shelley.data.books import BY_KEY
     from shelley.finetune.methods import load_base_model, load_tokenizer_for_training
     from shelley.generate import generate_texts
 
     cfg = load_config(overrides=[f"model.name={args.model}", "train.method=full"])
     model = load_base_model(cfg, for_training=False).eval()
     tok = load_tokenizer_for_training(cfg)
-    prompts = cfg.eval.prompts[: 2 if args.quick else 5]
+    prompts = list(cfg.eval.prompts or BY_KEY["shelley"].prompts)[: 2 if args.quick else 5]  # the novel's
     samples, new = (2, 16) if args.quick else (4, 120)
     gen = GenerationConfig(max_new_tokens=new, min_new_tokens=new, num_samples=samples, temperature=0.8)
     sampling = {

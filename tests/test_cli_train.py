@@ -112,4 +112,7 @@ def test_run_end_to_end(cli, tmp_path, corpus, tiny_model_dir):
     ev = json.loads((run / "eval.json").read_text())
     assert ev["perplexity"]["ratio"] < 1
     assert ev["wall_seconds"] < 120
+    # The fixture book's validation split holds fewer words than one attribution bag: skipped, and said why.
+    assert "fewer than one bag" in ev["attribution_skipped"] and "Skipped:" in (run / "eval.md").read_text()
+    assert ev["corpus"] == {"author": "the author of book", "title": "book"}
     assert (run / "data" / "dataset_dict.json").exists() and (run / "train" / "model").exists()

@@ -123,16 +123,23 @@ def test_original_without_a_corpus(cli, tiny_model_dir):
 def test_style_of_a_text_against_a_corpus(cli, tmp_path):
     corpus = write(tmp_path / "book.txt", BOOK_BODY * 4)
     same = _json(
-        cli("style", "The storm broke at midnight; I ran out to see the old oak.", "--corpus", corpus, "--json")
+        cli(
+            "style",
+            "profile",
+            "The storm broke at midnight; I ran out to see the old oak.",
+            "--corpus",
+            corpus,
+            "--json",
+        )
     )
     assert same["groups"]["corpus_held_out"]["delta"] == 0.0
     assert same["groups"]["text"]["delta"] > 0 and same["features"]
     text_file = write(tmp_path / "mine.txt", "Okay so you've got your laptop, right? It's easy, you can do it.")
-    table = cli("style", text_file, "--corpus", corpus)
+    table = cli("style", "profile", text_file, "--corpus", corpus)
     assert table.exit_code == 0 and "Delta" in table.stdout
 
 
 def test_style_of_an_empty_text(cli, tmp_path):
     corpus = write(tmp_path / "book.txt", BOOK_BODY)
-    result = cli("style", "   ", "--corpus", corpus)
+    result = cli("style", "profile", "   ", "--corpus", corpus)
     assert result.exit_code == 2 and "empty" in result.stderr

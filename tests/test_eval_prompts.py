@@ -14,10 +14,11 @@ from shelley.eval.prompts import BUILTIN, Prompt, load_prompts, score_expectatio
 
 
 def test_builtin_sets():
-    for name in ("prose", "math", "code"):
+    for name in ("math", "code"):
         got, prompts = load_prompts(name)
         assert got == name and len(prompts) == 5
     assert all(p.expect for p in BUILTIN["math"])
+    assert load_prompts("prose") == ("prose", [])  # prose: the run's own corpus prompts, no author assumed
 
 
 def test_prompt_files(tmp_path):

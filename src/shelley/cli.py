@@ -35,6 +35,8 @@ app.add_typer(data_app, name="data")
 app.add_typer(config_app, name="config")
 app.add_typer(models_app, name="models")
 tokenizer_app = typer.Typer(help="Train a byte-level BPE tokenizer for a scratch GPT.", no_args_is_help=True)
+style_app = typer.Typer(help="Stylometry: who wrote a text, and how it compares with a corpus.", no_args_is_help=True)
+app.add_typer(style_app, name="style")
 app.add_typer(tokenizer_app, name="tokenizer")
 data_app.add_typer(fetch_app, name="fetch")
 
@@ -348,6 +350,26 @@ def data_fetch_gutenberg(
     console.print(f"saved ebook {ebook_id} to [bold]{out}[/bold]; next: shelley data inspect {out}")
 
 
+@fetch_app.command("reference")
+@user_errors
+def data_fetch_reference(
+    out: Annotated[
+        Path | None, typer.Option("--out", "-o", help="Folder to write (default: eval.reference_dir).")
+    ] = None,
+    overwrite: OverwriteOpt = False,
+    config: ConfigOpt = None,
+    sets: SetOpt = None,
+) -> None:
+    """Download the reference set for attribution: twelve period novels by other authors, from Project Gutenberg."""
+    from shelley.data.books import default_reference_dir, fetch_reference
+
+    cfg = _load(config, sets)
+    out = out or Path(cfg.eval.reference_dir or default_reference_dir())
+    with err_console.status("downloading") as status:
+        fetch_reference(out, overwrite=overwrite, on_book=lambda b: status.update(f"downloading {b.title}"))
+    console.print(f"reference set saved to [bold]{out}[/bold] (MANIFEST.json and 12 books)")
+
+
 # ------------------------------------------------------------------------------------- train / eval / run
 
 RunDirOpt = Annotated[Path | None, typer.Option("--run-dir", help="Run directory (default: train.run_dir).")]
@@ -380,7 +402,10 @@ def train_cmd(
     }
     cfg = _load(config, sets, **flags)
     train_texts, val_texts = _training_texts(dataset, cfg)
+    from shelley.data.books import describe_corpus
     from shelley.finetune.loop import train
+
+    describe_corpus(cfg, _identity_source(dataset, cfg), val_texts)  # recorded in the run's config.yaml
 
     result = train(cfg, train_texts, val_texts, Path(cfg.train.run_dir), resume=resume, overwrite=overwrite)
     last = result.evals[-1] if result.evals else {}
@@ -389,6 +414,14 @@ def train_cmd(
         f"validation perplexity {last.get('val_perplexity', float('nan')):.2f}; "
         f"outputs in [bold]{result.output_dir}[/bold]"
     )
+
+
+def _identity_source(dataset: Path | None, cfg) -> str | None:
+    """The corpus file behind a training argument: the file itself, or the source a dataset dir was built from."""
+    path = dataset or (Path(cfg.data.source) if cfg.data.source else None)
+    if path is not None and path.is_dir() and (path / "build.json").exists():
+        return json.loads((path / "build.json").read_text()).get("source")
+    return str(path) if path else None
 
 
 def _training_texts(dataset: Path | None, cfg) -> tuple[list[str], list[str]]:
@@ -408,6 +441,39 @@ def _training_texts(dataset: Path | None, cfg) -> tuple[list[str], list[str]]:
 PIPELINE_KEYS = ("time_budget_s", "wall_seconds", "train_budget_s", "seconds", "data")
 
 
+def _voice_progress():
+    """A rich progress bar for the attribution text generation, and the callback that drives it."""
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+    progress = Progress(
+        TextColumn("writing {task.description} text for attribution"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TextColumn("words"),
+        TimeElapsedColumn(),
+        console=err_console,
+    )
+    tasks: dict[str, Any] = {}
+
+    def on_progress(who: str, done: int, total: int) -> None:
+        if who not in tasks:
+            tasks[who] = progress.add_task(who, total=total)
+        progress.update(tasks[who], completed=done)
+
+    return progress, on_progress
+
+
+def _print_attribution(results: dict[str, Any]) -> None:
+    from shelley.eval.voice import summary_lines
+
+    if "attribution" in results:
+        labels = results.get("labels", {"base": "base", "finetuned": "fine-tuned"})
+        for line in summary_lines(results["attribution"], labels):
+            console.print(line, highlight=False, markup=False)
+    elif results.get("attribution_skipped"):
+        console.print(f"attribution skipped: {results['attribution_skipped']}", highlight=False, markup=False)
+
+
 @app.command("eval")
 @user_errors
 def eval_cmd(
@@ -416,20 +482,43 @@ def eval_cmd(
         str | None,
         typer.Option(
             "--prompts",
-            help="Prompt set: prose, math, code, or a .txt (one per line) / .jsonl ({prompt, expect}) file.",
+            help="Prompt set: prose (the corpus's own), math, code, or a .txt (one per line) / .jsonl file.",
         ),
+    ] = None,
+    attribution: Annotated[
+        bool, typer.Option("--attribution", help="Who-wrote-this test: base vs fine-tuned vs the author's text.")
+    ] = False,
+    bags: Annotated[
+        int | None, typer.Option("--bags", min=1, help="Bags of text per model for --attribution [default 20].")
+    ] = None,
+    reference: Annotated[
+        Path | None, typer.Option("--reference", help="Reference set of other authors (default: eval.reference_dir).")
+    ] = None,
+    bag_words: Annotated[
+        int | None, typer.Option("--bag-words", min=1, help="Words per attribution bag [default eval.bag_words].")
     ] = None,
 ) -> None:
     """Base vs trained perplexity on the same validation tokens, side-by-side generations -> eval.md/json/html."""
-    from shelley.eval.report import evaluate_run, write_eval
+    from shelley.eval.report import evaluate_run, load_run, write_eval
 
     prompt_set = None
     if prompts is not None:
         from shelley.eval.prompts import load_prompts
 
         prompt_set = load_prompts(prompts)
-    with err_console.status("evaluating base and trained models"):
-        results = evaluate_run(run_dir, prompts=prompt_set)
+    n_bags = None
+    if attribution:
+        n_bags = bags or load_run(run_dir)[0].eval.attribution_bags
+    progress, on_progress = _voice_progress()
+    with err_console.status("evaluating base and trained models"), progress:
+        results = evaluate_run(
+            run_dir,
+            prompts=prompt_set,
+            attribution_bags=n_bags,
+            reference_dir=str(reference) if reference else None,
+            bag_words=bag_words,
+            on_progress=on_progress,
+        )
     previous = run_dir / "eval.json"
     if previous.exists():  # keep what `shelley run` measured about the whole job (budget, wall time, data)
         try:
@@ -437,7 +526,7 @@ def eval_cmd(
         except (OSError, json.JSONDecodeError):
             old = {}
         results = {k: old[k] for k in PIPELINE_KEYS if k in old} | results
-    write_eval(run_dir, results)
+    results = write_eval(run_dir, results)
     p = results["perplexity"]
     lb = results.get("labels", {"base": "base", "finetuned": "fine-tuned"})
     console.print(
@@ -450,6 +539,7 @@ def eval_cmd(
             f"loss {p['finetuned']['nll']:.3f} nats/token vs unigram entropy {u['entropy']:.3f} "
             f"(train-fitted unigram {u['cross_entropy']:.3f})"
         )
+    _print_attribution(results)
 
 
 @app.command("run")
@@ -475,12 +565,17 @@ def run_cmd(
         config = _default_run_config()
     cfg = _load(config, sets, **{"train.method": ("--method", method), "model.name": ("--model", model)})
     source = _corpus_source(corpus, cfg)
-    results = run_pipeline(cfg, source, run_dir, time_budget_s=time_budget, overwrite=overwrite)
+    progress, on_progress = _voice_progress()
+    with progress:
+        results = run_pipeline(
+            cfg, source, run_dir, time_budget_s=time_budget, overwrite=overwrite, on_progress=on_progress
+        )
     p = results["perplexity"]
     console.print(
         f"validation perplexity: base {p['base']['perplexity']:.2f} -> fine-tuned {p['finetuned']['perplexity']:.2f} "
         f"(x{p['ratio']:.3f}) in {results['wall_seconds']:.0f} s; report in [bold]{run_dir / 'eval.md'}[/bold]"
     )
+    _print_attribution(results)
 
 
 # ----------------------------------------------------------------------------------------------- write
@@ -662,7 +757,102 @@ def chat_cmd(
     run_repl(session, read=input, say=lambda m: console.print(m, highlight=False, markup=False), write=write)
 
 
-@app.command("style")
+def _text_arg(text: str) -> tuple[str, str]:
+    """(name, body) of a TEXT argument: a file path, or the text itself in quotes."""
+    from shelley.data.ingest import read_text
+
+    path = Path(text)
+    is_file = len(text) < 4096 and "\n" not in text and path.is_file()
+    body = read_text(path) if is_file else text
+    if not body.strip():
+        raise ShelleyError(f"the text {path.name if is_file else 'given'} is empty; pass a file with text or the text")
+    return (path.name if is_file else f"text {len(body.split())} words"), body
+
+
+def _corpus_identity(corpus: Path, cfg, rows: list[dict]):
+    """The author of --corpus: a run's recorded author, else identified from the corpus file."""
+    from shelley.data.books import describe_corpus
+    from shelley.generate.load import find_train_run
+
+    source: str | None = str(corpus)
+    run = find_train_run(corpus) if corpus.is_dir() else None
+    if run is not None:
+        from shelley.eval.report import corpus_source, load_run
+
+        cfg = load_run(corpus)[0]
+        source = corpus_source(cfg, run)
+    elif corpus.is_dir():
+        source = _identity_source(corpus, cfg)
+    return describe_corpus(cfg, source, [r["text"] for r in rows if r["split"] == "validation"])
+
+
+@style_app.command("attribute")
+@user_errors
+def style_attribute(
+    texts: Annotated[list[str], typer.Argument(help="Text files (or texts in quotes) to attribute.")],
+    corpus: Annotated[Path, typer.Option("--corpus", help="Run dir, dataset dir or corpus file of the author.")],
+    reference: Annotated[
+        Path | None, typer.Option("--reference", help="Reference set of other authors (default: eval.reference_dir).")
+    ] = None,
+    bag_words: Annotated[int | None, typer.Option("--bag-words", min=1, help="Words per bag [default 1000].")] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Print JSON instead of tables.")] = False,
+    config: ConfigOpt = None,
+    sets: SetOpt = None,
+) -> None:
+    """Who wrote this? Attribute each text, bag by bag, among the corpus's author and the reference authors."""
+    from shelley.data.build import corpus_rows
+    from shelley.eval.attribution import describe, word_count
+    from shelley.eval.voice import build_attribution_test
+
+    cfg = _load(config, sets, **{"eval.bag_words": ("--bag-words", bag_words)})
+    named = [_text_arg(t) for t in texts]
+    for name, body in named:
+        if word_count(body) < cfg.eval.bag_words:
+            raise ShelleyError(
+                f"{name} has {word_count(body)} words, fewer than one bag of {cfg.eval.bag_words}; "
+                "pass a longer text or lower --bag-words"
+            )
+    rows = corpus_rows(corpus, cfg.data)
+    who = _corpus_identity(corpus, cfg, rows)
+    test = build_attribution_test(
+        who,
+        [r["text"] for r in rows if r["split"] == "train"],
+        [r["text"] for r in rows if r["split"] == "validation"],
+        str(reference) if reference else cfg.eval.reference_dir,
+        bag_words=cfg.eval.bag_words,
+    )
+    results = [{"text": name} | test.attribute(body) for name, body in named]
+    if as_json:
+        doc = {"author": who.author, "validity": test.validity, "candidates": test.candidates, "texts": results}
+        sys.stdout.write(json.dumps(doc, indent=2, ensure_ascii=False) + "\n")
+        return
+    v = test.validity
+    console.print(
+        f"validity: {'valid' if v['valid'] else '[red]NOT VALID[/red]'}; {who.author}'s held-out text "
+        f"{describe(v['own_held_out'])} to {who.author}; at most {100 * v['impostor_max_share']:.0f}% of another "
+        f"author's held-out bags ({v['impostor_max_author']}) to {who.author}",
+        highlight=False,
+    )
+    from rich.table import Table
+
+    names = {c["key"]: c["name"] for c in test.candidates}
+    t = Table(title=f"who wrote this? {who.author} among {len(test.candidates)} authors")
+    for col in ("text", "bags", f"to {who.author}", "95% interval", "most attributed author"):
+        t.add_column(col)
+    for r in results:
+        top = max(r["shares"], key=r["shares"].get)
+        lo, hi = r["interval"]
+        t.add_row(
+            r["text"],
+            str(r["bags"]),
+            f"{100 * r['target_share']:.0f}%",
+            f"{100 * lo:.0f}–{100 * hi:.0f}%",
+            f"{names[top]} {100 * r['shares'][top]:.0f}%",
+        )
+    console.print(t)
+
+
+@style_app.command("profile")
 @user_errors
 def style_cmd(
     text: Annotated[str, typer.Argument(help="A text file, or the text itself in quotes.")],
@@ -674,14 +864,10 @@ def style_cmd(
 ) -> None:
     """Stylometry of a text against a corpus: Burrows' Delta, sentence length, punctuation, MATTR, unseen words."""
     from shelley.data.build import corpus_rows
-    from shelley.data.ingest import read_text
     from shelley.eval.style import StyleModel, compare
 
     cfg = _load(config, sets)
-    path = Path(text)
-    body = read_text(path) if len(text) < 4096 and "\n" not in text and path.exists() else text
-    if not body.strip():
-        raise ShelleyError("the text to analyse is empty; pass a file with text or the text itself")
+    _name, body = _text_arg(text)
     rows = corpus_rows(corpus, cfg.data, split=False)
     fit_on = [r["text"] for r in rows if r["split"] == "train"] or [r["text"] for r in rows]
     style = StyleModel.fit(fit_on, n_features=features)
@@ -709,6 +895,72 @@ def style_cmd(
             f"{100 * g['unseen_word_share']:.1f}%",
         )
     console.print(t)
+
+
+@app.command("ab")
+@user_errors
+def ab_cmd(
+    target: Annotated[
+        list[str], typer.Argument(help="RUN (write the page), or `score ANSWERS.json` (reveal and tally).")
+    ],
+    out: Annotated[Path | None, typer.Option("--out", help="The page to write [default RUN/ab.html].")] = None,
+    pairs: Annotated[int, typer.Option("--pairs", min=2, help="Pairs on the page.")] = 30,
+    words: Annotated[int, typer.Option("--words", min=5, help="Words per passage (both sides equal).")] = 120,
+    seed: Annotated[int, typer.Option("--seed", help="Seed that shuffles passages and sides.")] = 0,
+    key: Annotated[Path | None, typer.Option("--key", help="With score: the page's key (RUN/ab-key.json).")] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="With score: print JSON.")] = False,
+    overwrite: OverwriteOpt = False,
+) -> None:
+    """Blind A/B page for human readers ("which sounds more like the author?"); `ab score` reveals the answers."""
+    from shelley.eval import ab
+
+    if target[0] == "score":
+        if len(target) != 2 or key is None:
+            raise ShelleyError("usage: shelley ab score ANSWERS.json --key RUN/ab-key.json")
+        answers, the_key = _read_json(Path(target[1]), "answers"), _read_json(key, "key")
+        tally = ab.score(answers, the_key)
+        if as_json:
+            sys.stdout.write(json.dumps(tally, indent=2, ensure_ascii=False) + "\n")
+            return
+        for c in tally["comparisons"].values():
+            lo, hi = c["interval"]
+            ci = f"95% CI {100 * lo:.0f}–{100 * hi:.0f}%"
+            console.print(
+                f"{c['label']}: fine-tuned picked {c['finetuned_picked']}/{c['answered']} "
+                f"({100 * c['share']:.0f}%, {ci}, two-sided p = {c['p_two_sided']:.2g})",
+                highlight=False,
+            )
+        return
+    if len(target) != 1:
+        raise ShelleyError("usage: shelley ab RUN [--out ab.html]  or  shelley ab score ANSWERS.json --key KEY")
+    from shelley.eval.report import VOICE_TEXTS
+    from shelley.io import atomic_write_text, check_output_file, write_json
+
+    run = Path(target[0])
+    texts_path = run / VOICE_TEXTS
+    if not texts_path.exists():
+        raise ShelleyError(f"{run} has no {VOICE_TEXTS}; run `shelley eval {run} --attribution` first")
+    page_path = out or run / "ab.html"
+    key_path = run / "ab-key.json"
+    check_output_file(page_path, overwrite=overwrite)
+    check_output_file(key_path, overwrite=overwrite, flag="--overwrite (the key)")
+    doc = _read_json(texts_path, "texts")
+    ev = run / "eval.json"
+    title = json.loads(ev.read_text()).get("corpus", {}).get("title", "the corpus") if ev.exists() else "the corpus"
+    html, the_key = ab.build_page(doc["texts"], doc["author"], title, pairs=pairs, words=words, seed=seed)
+    write_json(key_path, the_key)
+    atomic_write_text(page_path, html)
+    console.print(f"A/B page with {pairs} pairs: [bold]{page_path}[/bold]; key: {key_path} (keep it from the readers)")
+    console.print(f"then: shelley ab score ab-answers.json --key {key_path}", highlight=False)
+
+
+def _read_json(path: Path, what: str) -> Any:
+    if not path.is_file():
+        raise ShelleyError(f"{what} file not found: {path}; check the path")
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError):
+        raise ShelleyError(f"{what} file {path} is not valid JSON; download or write it again") from None
 
 
 def _default_run_config() -> Path | None:

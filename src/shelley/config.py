@@ -14,15 +14,6 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from shelley.errors import ShelleyError
 
-# The default eval prompts, also the built-in `prose` set of `shelley eval --prompts`.
-PROSE_PROMPTS = (
-    "It was on a dreary night of November",
-    "I beheld the wretch",
-    "My dear Elizabeth,",
-    "The moon rose over the glacier, and",
-    "When I awoke, the creature",
-)
-
 
 class _Section(BaseModel):
     # extra="forbid": a typo such as `lerning_rate` must fail loudly, not be ignored silently.
@@ -75,6 +66,12 @@ class DataConfig(_Section):
         " (CodeAlpaca), prose (wikitext) from the Hub while online, or arithmetic (synthetic, offline).",
     )
     source_max_rows: int = Field(2000, gt=0, description="Row cap per extra source.")
+    author: str | None = Field(
+        None,
+        description="The corpus's author, as reports and attribution name it. null: from the Gutenberg header, an "
+        "`author__title.txt` file name or a known book, else `the author of <file name>`; a run records it.",
+    )
+    title: str | None = Field(None, description="The corpus's title (null: found like data.author).")
     synthetic_fallback: bool = Field(
         False, description="When a Hub source cannot be fetched (offline), use synthetic arithmetic in its place."
     )
@@ -180,8 +177,10 @@ class TrainConfig(_Section):
 
 
 class EvalConfig(_Section):
-    prompts: list[str] = Field(
-        default_factory=lambda: list(PROSE_PROMPTS), description="Prompts for side-by-side generations."
+    prompts: list[str] | None = Field(
+        None,
+        description="Prompts for side-by-side generations. null: a known book's own prompts, else the first 8 words"
+        " of 5 validation paragraphs; a run records the prompts it used.",
     )
     samples_per_prompt: int = Field(4, gt=0, description="Samples per prompt in the side-by-side report.")
     full_length: bool = Field(
@@ -193,6 +192,18 @@ class EvalConfig(_Section):
         12, gt=0, description="Originality threshold: longest span (words) a sample may copy from the corpus."
     )
     style_features: int = Field(50, gt=1, description="Most frequent function words used by Burrows' Delta.")
+    reference_dir: str | None = Field(
+        None,
+        description="Reference set of other authors' books for attribution (MANIFEST.json + texts). null:"
+        " $SHELLEY_DATA_DIR/reference, else $SHELLEY_HOME/reference (`shelley data fetch reference`).",
+    )
+    attribution_bags: int = Field(
+        20, gt=0, description="Bags of generated text per model for `shelley eval --attribution` (--bags)."
+    )
+    run_attribution_bags: int = Field(
+        4, ge=0, description="Bags per model for the reduced attribution inside `shelley run` (0: skip it)."
+    )
+    bag_words: int = Field(1000, gt=0, description="Words per bag for attribution (~1,000 is the tested minimum).")
     stride: int = Field(128, gt=0, description="Sliding-window stride (tokens) for perplexity of long texts.")
     max_eval_tokens: int | None = Field(
         None, gt=0, description="Cap on validation tokens used for perplexity (None: all of them)."

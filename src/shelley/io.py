@@ -18,6 +18,11 @@ from typing import Any
 from shelley.errors import ShelleyError
 
 
+def shelley_home() -> Path:
+    """shelley's cache: converted models, originality indexes, the reference set (``$SHELLEY_HOME``)."""
+    return Path(os.environ.get("SHELLEY_HOME") or Path.home() / ".cache" / "shelley")
+
+
 def check_output_dir(out: Path, *, overwrite: bool, flag: str = "--out") -> None:
     """Fail early, before any work, if ``out`` cannot be (re)written."""
     if out.exists() and not overwrite:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -18,11 +19,36 @@ SAVE_MARGIN_S = 25.0  # final checkpoint, saving the model, the loss plot and th
 SCORING_SLACK = 1.15  # the fine-tuned model is scored like the base one; allow for jitter
 
 
+def _reduced_attribution_test(cfg: ShelleyConfig, who, train_texts: list[str], val_texts: list[str]):
+    """(the attribution test, None), or (None, why it is skipped): without a reference set the run goes on and
+    its report says how to get one."""
+    if not cfg.eval.run_attribution_bags:
+        return None, "eval.run_attribution_bags is 0"
+    from shelley.eval.voice import build_attribution_test
+
+    try:
+        return build_attribution_test(
+            who, train_texts, val_texts, cfg.eval.reference_dir, bag_words=cfg.eval.bag_words
+        ), None
+    except ShelleyError as exc:
+        return None, str(exc)
+
+
 def run_pipeline(
-    cfg: ShelleyConfig, source: Path, run_dir: Path, *, time_budget_s: float, overwrite: bool = False
+    cfg: ShelleyConfig,
+    source: Path,
+    run_dir: Path,
+    *,
+    time_budget_s: float,
+    overwrite: bool = False,
+    on_progress: Callable[[str, int, int], None] | None = None,
 ) -> dict[str, Any]:
+    """Everything inside ``time_budget_s``. The report includes a reduced attribution test
+    (``eval.run_attribution_bags`` bags per model) when a reference set is there; ``on_progress(model, words,
+    needed)`` follows its generation."""
+    from shelley.data.books import describe_corpus
     from shelley.data.build import prepare_splits, save_dataset
-    from shelley.eval.report import combine, judge, score_model, write_eval
+    from shelley.eval.report import attribution_results, combine, judge, score_model, voice_text, write_eval
     from shelley.finetune.loop import train
     from shelley.finetune.methods import load_base_model, load_tokenizer_for_training
     from shelley.finetune.packing import encode_stream
@@ -42,11 +68,18 @@ def run_pipeline(
     save_dataset(splits, report, run_dir / "data", overwrite=True)
     train_texts = [s.text for s in splits["train"]]
     val_texts = [s.text for s in splits["validation"]]
+    cfg = cfg.model_copy(deep=True)
+    who = describe_corpus(cfg, source, val_texts)  # author, title and prompts, recorded in the run's config
+    voice, skipped = _reduced_attribution_test(cfg, who, train_texts, val_texts)
 
     tokenizer = load_tokenizer_for_training(cfg)
     model = load_base_model(cfg)
     stream = encode_stream(val_texts, tokenizer, run_dir / "cache", "validation")
     base = score_model(model, tokenizer, stream, cfg)
+    written = {}
+    if voice:
+        written["base"] = voice_text(model, tokenizer, cfg, cfg.eval.run_attribution_bags, "base", on_progress)
+        base["generation_seconds"] += written["base"]["seconds"]  # so the same time is reserved for the tuned model
     scoring_s = base["perplexity"]["seconds"] + base["generation_seconds"]
     remaining = time_budget_s - (time.perf_counter() - t0)
     train_budget = remaining - scoring_s * SCORING_SLACK - SAVE_MARGIN_S
@@ -56,15 +89,22 @@ def run_pipeline(
             f"the base model ({scoring_s:.0f}s); raise --time-budget or lower eval.max_eval_tokens"
         )
     t_base = time.perf_counter() - t0
-    cfg = cfg.model_copy(deep=True)
     cfg.train.time_budget_s = train_budget
     cfg.train.run_dir = str(run_dir / "train")
     result = train(cfg, train_texts, val_texts, run_dir / "train", model=model, tokenizer=tokenizer, final_eval=False)
     t_train = time.perf_counter() - t0 - t_base
     # `model` was trained in place (full) or wrapped with the trained adapter (LoRA): score it as it is.
     tuned = score_model(model, tokenizer, stream, cfg)
+    if voice:
+        written["finetuned"] = voice_text(
+            model, tokenizer, cfg, cfg.eval.run_attribution_bags, "finetuned", on_progress
+        )
     training = json.loads((run_dir / "train" / "train_summary.json").read_text())
     results = judge(combine(cfg, base, tuned, training), run_dir / "train", cfg)
+    if voice:
+        results["attribution"] = attribution_results(voice, written, val_texts, cfg.eval.run_attribution_bags)
+    elif skipped:
+        results["attribution_skipped"] = skipped
     results |= {
         "run_dir": str(run_dir),
         "time_budget_s": time_budget_s,
@@ -77,6 +117,6 @@ def run_pipeline(
         },
         "data": {"rows": report["split"]["rows"], "overlap": report["overlap"]},
     }
-    write_eval(run_dir, results)
+    results = write_eval(run_dir, results)
     del result
     return results

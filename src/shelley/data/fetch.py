@@ -17,14 +17,10 @@ def gutenberg_url(ebook_id: int) -> str:
     return os.environ.get("SHELLEY_GUTENBERG_MIRROR", DEFAULT_MIRROR).format(id=ebook_id)
 
 
-def fetch_gutenberg(ebook_id: int, out: Path, *, overwrite: bool = False, timeout: float = 30.0) -> Path:
-    """Download ebook ``ebook_id`` as UTF-8 text to ``out`` (written atomically)."""
-    from shelley.io import atomic_write_bytes, check_output_file
-
+def download_gutenberg(ebook_id: int, *, timeout: float = 30.0) -> bytes:
+    """The raw bytes of ebook ``ebook_id`` from the mirror, or a one-line error."""
     if ebook_id <= 0:
         raise ShelleyError(f"ebook id must be a positive number, got {ebook_id}; e.g. 84 for Frankenstein")
-    out = Path(out)
-    check_output_file(out, overwrite=overwrite)
     url = gutenberg_url(ebook_id)
     request = urllib.request.Request(url, headers={"User-Agent": "shelley (https://pypi.org/project/shelley)"})
     try:
@@ -40,5 +36,16 @@ def fetch_gutenberg(ebook_id: int, out: Path, *, overwrite: bool = False, timeou
         ) from None
     if not data.strip():
         raise ShelleyError(f"Gutenberg sent an empty file for ebook {ebook_id}; try again later")
-    atomic_write_bytes(out, data)
+    return data
+
+
+def fetch_gutenberg(ebook_id: int, out: Path, *, overwrite: bool = False, timeout: float = 30.0) -> Path:
+    """Download ebook ``ebook_id`` as UTF-8 text to ``out`` (written atomically)."""
+    from shelley.io import atomic_write_bytes, check_output_file
+
+    if ebook_id <= 0:
+        raise ShelleyError(f"ebook id must be a positive number, got {ebook_id}; e.g. 84 for Frankenstein")
+    out = Path(out)
+    check_output_file(out, overwrite=overwrite)
+    atomic_write_bytes(out, download_gutenberg(ebook_id, timeout=timeout))
     return out

@@ -13,7 +13,6 @@ import json
 from dataclasses import dataclass
 from pathlib import Path
 
-from shelley.config import PROSE_PROMPTS
 from shelley.data.sources import ASSISTANT, USER
 from shelley.errors import ShelleyError
 
@@ -29,7 +28,8 @@ def _ask(q: str) -> str:
 
 
 BUILTIN: dict[str, list[Prompt]] = {
-    "prose": [Prompt(p) for p in PROSE_PROMPTS],
+    # `prose`: the corpus's own prompts (eval.prompts, a known book's, or openings of validation paragraphs).
+    "prose": [],
     # The answers are plain numbers, so "contains the expected string" is a fair check for any model.
     "math": [
         Prompt(_ask("What is 23 + 45?"), "68"),
@@ -52,7 +52,8 @@ BUILTIN: dict[str, list[Prompt]] = {
 
 
 def load_prompts(ref: str) -> tuple[str, list[Prompt]]:
-    """(name, prompts) for a built-in set name or a .txt / .jsonl file path."""
+    """(name, prompts) for a built-in set name or a .txt / .jsonl file path; ``prose`` has no prompts of its
+    own (an empty list): the run's corpus prompts are used."""
     if ref in BUILTIN:
         return ref, BUILTIN[ref]
     path = Path(ref)

@@ -3,8 +3,10 @@ generations with the same seeds and settings, timing and hyperparameters -> eval
 
 from __future__ import annotations
 
+import base64
 import json
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -67,12 +69,14 @@ def score_model(model, tokenizer, stream: np.ndarray, cfg: ShelleyConfig) -> dic
 def combine(
     cfg: ShelleyConfig, base: dict[str, Any], tuned: dict[str, Any], training: dict[str, Any]
 ) -> dict[str, Any]:
+    """The report's core: perplexity, the side-by-side generations, training figures and the corpus's author."""
     n = cfg.eval.samples_per_prompt
     ppl = {"base": base["perplexity"], "finetuned": tuned["perplexity"]}
     ppl["ratio"] = ppl["finetuned"]["perplexity"] / ppl["base"]["perplexity"]
     return {
         "model": cfg.model.name,
         "method": cfg.train.method,
+        "corpus": {"author": cfg.data.author or "the author", "title": cfg.data.title or "the corpus"},
         "perplexity": ppl,
         "generations": [
             {
@@ -119,7 +123,7 @@ def judge(results: dict[str, Any], train_dir: Path, cfg: ShelleyConfig) -> dict[
     # Real Shelley text as long as the generations: how close a perfect imitator of the book would get.
     target = len(words(" ".join(groups["finetuned"])))
     first = window_spans(train_texts, target, k=1)  # the opening of the train split; all of it if shorter
-    groups["shelley_train_sample"] = train_texts[slice(*first[0])] if first else train_texts
+    groups["author_train_sample"] = train_texts[slice(*first[0])] if first else train_texts
     groups["held_out"] = held_out
     table = compare(style, groups, reference="held_out")
     base_d, ft_d = table["base"]["delta"], table["finetuned"]["delta"]
@@ -129,7 +133,7 @@ def judge(results: dict[str, Any], train_dir: Path, cfg: ShelleyConfig) -> dict[
         # when that share is small, the sample is too short for Delta to tell a perfect imitator from the base.
         floor["share_below_70pct_of_base"] = float(np.mean([v <= 0.7 * base_d for v in floor["values"]]))
     results["style"] = {
-        "reference": "held-out validation text of the corpus",
+        "reference": f"held-out validation text of {cfg.data.title or 'the corpus'}",
         "features": style.features,
         "groups": table,
         "delta_reduction": (base_d - ft_d) / base_d if base_d else 0.0,
@@ -138,24 +142,66 @@ def judge(results: dict[str, Any], train_dir: Path, cfg: ShelleyConfig) -> dict[
     return results
 
 
-def evaluate_run(run_dir: Path, prompts: tuple[str, list] | None = None) -> dict[str, Any]:
+def corpus_source(cfg: ShelleyConfig, train_dir: Path) -> str | None:
+    """The corpus file a run was built from: data.source, else what its build report recorded."""
+    if cfg.data.source:
+        return cfg.data.source
+    for build in (train_dir.parent / "data" / "build.json", train_dir / "data" / "build.json"):
+        if build.exists():
+            return json.loads(build.read_text()).get("source")
+    return None
+
+
+def evaluate_run(
+    run_dir: Path,
+    prompts: tuple[str, list] | None = None,
+    *,
+    attribution_bags: int | None = None,
+    reference_dir: str | None = None,
+    bag_words: int | None = None,
+    on_progress: Callable[[str, int, int], None] | None = None,
+) -> dict[str, Any]:
     """Evaluate a finished ``shelley train`` (or ``shelley run``) dir: base and trained models on the run's
     validation tokens, then originality and style of their generations.
 
-    ``prompts`` is ``(name, [Prompt, ...])`` from ``eval.prompts.load_prompts`` and replaces ``eval.prompts``.
-    For a scratch run the "base" is the same GPT before training (same seed), and the report adds the unigram
-    baselines of its tokenizer on the same validation tokens.
+    ``prompts`` is ``(name, [Prompt, ...])`` from ``eval.prompts.load_prompts`` and replaces ``eval.prompts``
+    (an empty list keeps the run's own prompts). For a scratch run the "base" is the same GPT before training
+    (same seed), and the report adds the unigram baselines of its tokenizer on the same validation tokens.
+    ``attribution_bags`` adds the who-wrote-this test on that many bags of text from each model;
+    ``on_progress(model, words, words_needed)`` follows its generation.
     """
+    from shelley.data.books import describe_corpus
+    from shelley.eval.originality import run_corpus_rows
     from shelley.generate.load import load_model_dir
 
     cfg, out, train_dir = load_run(Path(run_dir))
-    if prompts is not None:
+    if bag_words:
+        cfg.eval.bag_words = bag_words
+    rows = run_corpus_rows(train_dir)
+    train_texts = [r["text"] for r in rows if r["split"] == "train"]
+    val_texts = [r["text"] for r in rows if r["split"] == "validation"]
+    who = describe_corpus(cfg, corpus_source(cfg, train_dir), val_texts)
+    if prompts is not None and prompts[1]:
         cfg.eval.prompts = [p.prompt for p in prompts[1]]
+    voice = None
+    if attribution_bags:
+        from shelley.eval.voice import build_attribution_test
+
+        # Before any generation: a missing reference set must fail in a second, not after minutes of sampling.
+        voice = build_attribution_test(
+            who, train_texts, val_texts, reference_dir or cfg.eval.reference_dir, bag_words=cfg.eval.bag_words
+        )
     stream = cached_stream(train_dir)
     base_model, tokenizer = _base_for_eval(cfg, out)
     base = score_model(base_model, tokenizer, stream, cfg)
+    written = {}
+    if voice:
+        written["base"] = voice_text(base_model, tokenizer, cfg, attribution_bags, "base", on_progress)
     del base_model
-    tuned = score_model(load_model_dir(out, trust_remote_code=cfg.model.trust_remote_code), tokenizer, stream, cfg)
+    tuned_model = load_model_dir(out, trust_remote_code=cfg.model.trust_remote_code)
+    tuned = score_model(tuned_model, tokenizer, stream, cfg)
+    if voice:
+        written["finetuned"] = voice_text(tuned_model, tokenizer, cfg, attribution_bags, "finetuned", on_progress)
     summary = train_dir / "train_summary.json"
     training = json.loads(summary.read_text()) if summary.exists() else {}
     results = combine(cfg, base, tuned, training) | {"run_dir": str(run_dir)}
@@ -169,7 +215,36 @@ def evaluate_run(run_dir: Path, prompts: tuple[str, list] | None = None) -> dict
         from shelley.eval.prompts import score_expectations
 
         results["prompt_set"] = {"name": prompts[0]} | score_expectations(results, prompts[1])
-    return judge(results, train_dir, cfg)
+    results = judge(results, train_dir, cfg)
+    if voice:
+        results["attribution"] = attribution_results(voice, written, val_texts, attribution_bags)
+    return results
+
+
+def voice_text(model, tokenizer, cfg: ShelleyConfig, bags: int, who: str, on_progress=None) -> dict[str, Any]:
+    """Enough of ``model``'s text for ``bags`` attribution bags (the eval prompts, sampled as in the report)."""
+    from shelley.eval.voice import generate_for_bags
+
+    def on_round(done: int, total: int) -> None:
+        if on_progress:
+            on_progress(who, done, total)
+
+    return generate_for_bags(
+        model, tokenizer, cfg.eval.prompts, cfg.generation, bags * cfg.eval.bag_words, on_round=on_round
+    )
+
+
+def attribution_results(voice, written: dict[str, dict], held_out: list[str], bags: int) -> dict[str, Any]:
+    """The attribution block of the report; the generated texts ride along under ``texts`` for `shelley ab`
+    (``write_eval`` stores them in their own file, not in eval.json)."""
+    from shelley.eval.voice import judge_voice
+
+    out = judge_voice(voice, {k: v["text"] for k, v in written.items()}, "\n".join(held_out), bags)
+    out["generation"] = {
+        k: {kk: v[kk] for kk in ("samples", "words")} | {"seconds": round(v["seconds"], 1)} for k, v in written.items()
+    }
+    out["texts"] = {k: v["text"] for k, v in written.items()} | {"held_out": "\n".join(held_out)}
+    return out
 
 
 def _base_for_eval(cfg: ShelleyConfig, out: Path):
@@ -189,12 +264,73 @@ def _base_for_eval(cfg: ShelleyConfig, out: Path):
     return export_hf(GPT(gpt_config(cfg, len(tokenizer))), tokenizer), tokenizer
 
 
-STYLE_LABELS = {
-    "base": "base model",
-    "finetuned": "fine-tuned model",
-    "shelley_train_sample": "Shelley (train, same length)",
-    "held_out": "Shelley (held out, reference)",
-}
+def author_of(r: dict[str, Any]) -> str:
+    return (r.get("corpus") or {}).get("author") or "the author"
+
+
+def style_labels(r: dict[str, Any]) -> dict[str, str]:
+    """Row labels of the style table, naming the corpus's own author (older reports: shelley_train_sample)."""
+    a = author_of(r)
+    labels = {
+        "base": "base model",
+        "finetuned": "fine-tuned model",
+        "author_train_sample": f"{a} (train, same length)",
+        "shelley_train_sample": f"{a} (train, same length)",
+        "held_out": f"{a} (held out, reference)",
+    }
+    groups = (r.get("style") or {}).get("groups", {})
+    return {k: v for k, v in labels.items() if k in groups}
+
+
+def style_sentences(r: dict[str, Any]) -> list[str]:
+    """What the Delta figures say, with the sign of the change spelled out and the noise floor beside it."""
+    st = r["style"]
+    change = st["delta_reduction"]
+    verb = "lowered" if change >= 0 else "raised"
+    out = [
+        f"Burrows' Delta to the held-out text over the corpus's {len(st['features'])} most frequent function words "
+        f"(lower is closer; a secondary measure, noisy at this length). Fine-tuning {verb} Delta by "
+        f"{100 * abs(change):.0f}%."
+    ]
+    fl = st.get("delta_floor") or {}
+    if fl.get("windows"):
+        below = 100 * fl.get("share_below_70pct_of_base", 0)
+        out.append(
+            f"{author_of(r)}'s own text cut to the same length ({fl['words']} words, {fl['windows']} windows through "
+            f"the train split) scores Delta {fl['median']:.3f} (median; range {fl['min']:.3f}–{fl['max']:.3f}): the "
+            f"floor a perfect imitator would reach with this much text. {below:.0f}% "
+            "of those windows are 30% or more below the base model."
+        )
+    return out
+
+
+def attribution_sentences(r: dict[str, Any]) -> list[str]:
+    from shelley.eval.voice import summary_lines
+
+    return summary_lines(r["attribution"], {**r.get("labels", DEFAULT_LABELS), "held_out": "held out"})
+
+
+def attribution_rows(r: dict[str, Any]) -> list[dict[str, str]]:
+    """One row per text of the attribution table: bags, share to the author with its interval, the runner-up."""
+    a = r["attribution"]
+    names = {c["key"]: c["name"] for c in a["candidates"]}
+    lb = {**r.get("labels", DEFAULT_LABELS), "held_out": f"{a['author']} (held out)"}
+    rows = []
+    for who, x in a["results"].items():
+        others = sorted(((v, k) for k, v in x["shares"].items() if k != a["target"]), reverse=True)
+        top = f"{names.get(others[0][1], others[0][1])} {100 * others[0][0]:.0f}%" if others and others[0][0] else "—"
+        lo, hi = x["interval"]
+        rows.append(
+            {
+                "text": lb.get(who, who),
+                "bags": str(x["bags"]),
+                "share": f"{100 * x['target_share']:.0f}%",
+                "interval": f"{100 * lo:.0f}–{100 * hi:.0f}%",
+                "centroid": f"{100 * x['centroid']['target_share']:.0f}%",
+                "runner_up": top,
+            }
+        )
+    return rows
 
 
 def _cell(t: str) -> str:
@@ -216,6 +352,8 @@ def render_eval_md(r: dict[str, Any]) -> str:
     lb = r.get("labels", DEFAULT_LABELS)
     lines = [
         f"# Evaluation: {r['model']} ({r['method']})",
+        "",
+        f"Corpus: *{(r.get('corpus') or {}).get('title', 'the corpus')}* by {author_of(r)}.",
         "",
         "| model | validation perplexity | loss (nats/token) | tokens | seconds |",
         "|---|---|---|---|---|",
@@ -275,31 +413,40 @@ def render_eval_md(r: dict[str, Any]) -> str:
                 f"| {100 * s['ngram_share_mean']:.1f}% | {s['over_threshold']} |"
             )
         lines.append("")
-    if "style" in r:
-        st = r["style"]
+    if "attribution" in r:
+        a = r["attribution"]
         lines += [
-            "## Style",
+            f"## Who wrote this? {a['author']} among {len(a['candidates'])} authors",
             "",
-            f"Burrows' Delta to the held-out text over the corpus's {len(st['features'])} most frequent function "
-            f"words (lower is closer). Fine-tuning lowered Delta by **{100 * st['delta_reduction']:.0f}%**.",
+            f"Each text is cut into bags of {a['bag_words']} words; a linear SVM over the {a['bag_words']}-word bags' "
+            "300 most frequent words and punctuation marks (z-scored, cosine-normalised) names the author of each bag; "
+            "the nearest author centroid (cosine Delta) is shown beside it.",
+            "",
+            *[f"- {line}" for line in attribution_sentences(r)],
+            "",
+            f"| text | bags | to {a['author']} | 95% interval | centroid | most attributed other author |",
+            "|---|---|---|---|---|---|",
+            *[
+                f"| {x['text']} | {x['bags']} | {x['share']} | {x['interval']} | {x['centroid']} | {x['runner_up']} |"
+                for x in attribution_rows(r)
+            ],
+            "",
+            "![attribution](attribution.png)",
             "",
         ]
-        fl = st.get("delta_floor") or {}
-        if fl.get("windows"):
-            lines += [
-                f"Shelley's own text cut to the same length ({fl['words']} words, {fl['windows']} windows through the "
-                f"train split) scores Delta **{fl['median']:.3f}** (median; range {fl['min']:.3f}–{fl['max']:.3f}): "
-                "the floor a perfect imitator would reach with this much text. "
-                f"{100 * fl.get('share_below_70pct_of_base', 0):.0f}% of those windows are 30% or more below the base "
-                "model.",
-                "",
-            ]
+        if a.get("dropped"):
+            lines += [f"Left out of the other authors (the corpus's own author): {'; '.join(a['dropped'])}.", ""]
+    elif r.get("attribution_skipped"):
+        lines += ["## Who wrote this?", "", f"Skipped: {r['attribution_skipped']}", ""]
+    if "style" in r:
+        st = r["style"]
+        lines += ["## Style", "", *style_sentences(r), ""]
         lines += [
             "| text | words | Delta | Delta per sample | sentence length | ; per 1k | — per 1k | , per 1k "
             "| MATTR | unseen words |",
             "|---|---|---|---|---|---|---|---|---|---|",
         ]
-        for key, label in STYLE_LABELS.items():
+        for key, label in style_labels(r).items():
             g = st["groups"][key]
             pk = g["per_1000_words"]
             lines.append(
@@ -323,8 +470,9 @@ def render_eval_md(r: dict[str, Any]) -> str:
     return "\n".join(lines) + "\n"
 
 
-def render_eval_html(r: dict[str, Any]) -> str:
-    """The same report as HTML (a jinja2 template in the package), to read the generations side by side."""
+def render_eval_html(r: dict[str, Any], images: dict[str, bytes] | None = None) -> str:
+    """The same report as HTML (a jinja2 template in the package), to read the generations side by side; the
+    ``images`` (PNG bytes: the loss curve, the attribution chart) are embedded, so the file stands alone."""
     from importlib.resources import files
 
     import jinja2
@@ -333,12 +481,48 @@ def render_eval_html(r: dict[str, Any]) -> str:
     template = env.from_string(files("shelley.eval").joinpath("templates/eval.html.j2").read_text("utf-8"))
     hyper = yaml.safe_dump(r["hyperparameters"], sort_keys=False)
     labels = r.get("labels", DEFAULT_LABELS)
-    return template.render(r=r, describe_copy=describe_copy, style_labels=STYLE_LABELS, hyper=hyper, lb=labels)
+    uris = {k: "data:image/png;base64," + base64.b64encode(v).decode() for k, v in (images or {}).items()}
+    return template.render(
+        r=r,
+        describe_copy=describe_copy,
+        style_labels=style_labels(r),
+        style_sentences=style_sentences(r) if "style" in r else [],
+        attribution_sentences=attribution_sentences(r) if "attribution" in r else [],
+        attribution_rows=attribution_rows(r) if "attribution" in r else [],
+        author=author_of(r),
+        title=(r.get("corpus") or {}).get("title", "the corpus"),
+        hyper=hyper,
+        lb=labels,
+        images=uris,
+    )
 
 
-def write_eval(run_dir: Path, results: dict[str, Any]) -> None:
+VOICE_TEXTS = "voice-texts.json"  # the attribution's generated texts, for `shelley ab`
+
+
+def write_eval(run_dir: Path, results: dict[str, Any]) -> dict[str, Any]:
+    """eval.json, eval.md, eval.html (with the loss curve and attribution chart embedded), attribution.png and
+    the attribution's texts; returns the results as eval.json holds them (without the texts)."""
+    from shelley.generate.load import find_train_run
     from shelley.io import atomic_write_text, write_json
 
-    write_json(Path(run_dir) / "eval.json", results)
-    atomic_write_text(Path(run_dir) / "eval.md", render_eval_md(results))
-    atomic_write_text(Path(run_dir) / "eval.html", render_eval_html(results))
+    run_dir = Path(run_dir)
+    results = dict(results)
+    images = {}
+    train_dir = find_train_run(run_dir)
+    if train_dir is not None and (train_dir / "loss.png").exists():
+        images["loss"] = (train_dir / "loss.png").read_bytes()
+    if "attribution" in results:
+        from shelley.eval.voice import plot_attribution
+
+        a = dict(results["attribution"])
+        texts = a.pop("texts", None)
+        results["attribution"] = a
+        if texts:
+            write_json(run_dir / VOICE_TEXTS, {"author": a["author"], "bag_words": a["bag_words"], "texts": texts})
+        labels = {**results.get("labels", DEFAULT_LABELS), "held_out": f"{a['author']} (held out)"}
+        images["attribution"] = plot_attribution(a, labels, run_dir / "attribution.png").read_bytes()
+    write_json(run_dir / "eval.json", results)
+    atomic_write_text(run_dir / "eval.md", render_eval_md(results))
+    atomic_write_text(run_dir / "eval.html", render_eval_html(results, images))
+    return results

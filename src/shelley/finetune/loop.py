@@ -422,15 +422,17 @@ def train(
         return row
 
     def write_samples(at_step: int) -> None:
+        from shelley.data.books import corpus_prompts
         from shelley.generate import generate_texts
 
         gen = cfg.generation.model_copy(
             # At most half the context, so the prompts keep room (a tiny scratch model may see 64 tokens).
             update={"max_new_tokens": min(60, cfg.generation.max_new_tokens, max(1, block // 2)), "num_samples": 1}
         )
-        texts = generate_texts(_inference_model(accelerator, model, tokenizer), tokenizer, cfg.eval.prompts, gen)
+        prompts = cfg.eval.prompts or corpus_prompts(val_texts)
+        texts = generate_texts(_inference_model(accelerator, model, tokenizer), tokenizer, prompts, gen)
         with (run_dir / "samples.jsonl").open("a") as fh:
-            for p, t in zip(cfg.eval.prompts, texts, strict=True):
+            for p, t in zip(prompts, texts, strict=True):
                 fh.write(json.dumps({"step": at_step, "prompt": p, "text": t}) + "\n")
 
     progress = _progress(show_progress and accelerator.is_main_process)

@@ -16,12 +16,6 @@ import yaml
 
 from shelley.errors import ShelleyError
 
-STYLE_ROWS = [
-    ("base", "base model"),
-    ("finetuned", "this model"),
-    ("shelley_train_sample", "Shelley (train text, same length)"),
-    ("held_out", "Shelley (held out, the reference)"),
-]
 GUTENBERG_ID = re.compile(r"(?:EBook|eBook|ebook)\s*#?\s*(\d+)")
 
 
@@ -54,14 +48,17 @@ def load_results(run_dir: Path) -> tuple[dict[str, Any], Any, Path, Path]:
 
 def gutenberg_provenance(path: Path) -> tuple[int | None, bool]:
     """(Gutenberg ebook id, whether the text names Project Gutenberg), read from the first 4,000 characters of
-    ``path``. A file named after Frankenstein counts as ebook 84: the fetch command and the shared data name
-    their copies so, and the snippet CSV carries no header."""
+    ``path``. A file named after a known Gutenberg book (``shelley.data.books``) counts as that ebook: a snippet
+    CSV carries no header."""
+    from shelley.data.books import known_book
+
     head = ""
     if path.is_file():
         with path.open(encoding="utf-8", errors="replace") as fh:
             head = fh.read(4000)
     m = GUTENBERG_ID.search(head)
-    gid = int(m.group(1)) if m else (84 if "frankenstein" in path.name.lower() else None)
+    book = known_book(path)
+    gid = int(m.group(1)) if m else (book.gutenberg_id if book else None)
     return gid, "Project Gutenberg" in head
 
 
@@ -116,6 +113,7 @@ def base_model_id(cfg) -> str | None:
 def card_metadata(results: dict[str, Any], cfg, out: Path, name: str, corpus: dict[str, Any]):
     from huggingface_hub import EvalResult, ModelCardData
 
+    from shelley.data.books import slug
     from shelley.models.registry import PRESETS
 
     ppl = results["perplexity"]
@@ -140,6 +138,17 @@ def card_metadata(results: dict[str, Any], cfg, out: Path, name: str, corpus: di
             dataset_split="validation",
         ),
     ]
+    if "attribution" in results:
+        a = results["attribution"]
+        evals.append(
+            EvalResult(
+                **metric,
+                metric_type="attribution_share",
+                metric_value=a["results"]["finetuned"]["target_share"],
+                metric_name=f"Share of generated 1,000-word bags attributed to {a['author']}",
+                dataset_split="validation",
+            )
+        )
     if "originality" in results:
         evals.append(
             EvalResult(
@@ -158,8 +167,8 @@ def card_metadata(results: dict[str, Any], cfg, out: Path, name: str, corpus: di
         "style-transfer",
         {"scratch": "from-scratch"}.get(method, method),
     ]
-    if "frankenstein" in corpus["source"].lower():
-        tags.append("frankenstein")
+    if cfg.data.title:
+        tags.append(slug(cfg.data.title).replace("_", "-"))
     return ModelCardData(
         model_name=name,
         language="en",
@@ -189,7 +198,7 @@ def render_model_card(run_dir: Path, *, name: str | None = None) -> str:
     from huggingface_hub import ModelCard
 
     from shelley import __version__
-    from shelley.eval.report import DEFAULT_LABELS
+    from shelley.eval.report import DEFAULT_LABELS, style_labels
 
     results, cfg, out, train_dir = load_results(run_dir)
     name = name or Path(run_dir).resolve().name
@@ -204,7 +213,10 @@ def render_model_card(run_dir: Path, *, name: str | None = None) -> str:
         "qlora": "a QLoRA adapter",
     }[method]
     base = base_model_id(cfg)
-    summary = f"{what.capitalize()}{f' of {base}' if base else ''} that writes in the voice of its training text" + (
+    author = results.get("corpus", {}).get("author") or cfg.data.author
+    title = results.get("corpus", {}).get("title") or cfg.data.title
+    voice = f"the voice of {author}, trained on *{title}*" if author and title else "the voice of its training text"
+    summary = f"{what.capitalize()}{f' of {base}' if base else ''} that writes in {voice}" + (
         f" ({corpus['source']})." if corpus["source"] else "."
     )
     command = "shelley run" if (Path(run_dir) / "train").is_dir() else "shelley train"
@@ -220,7 +232,8 @@ def render_model_card(run_dir: Path, *, name: str | None = None) -> str:
         unigram=results.get("unigram"),
         originality=results.get("originality"),
         style=results.get("style"),
-        style_rows=[(k, lbl) for k, lbl in STYLE_ROWS if k in results.get("style", {}).get("groups", {})],
+        style_rows=list(style_labels(results).items()) if "style" in results else [],
+        attribution=_attribution(results),
         gen_tokens=cfg.generation.max_new_tokens,
         samples=sample_rows(results),
         corpus=corpus,
@@ -231,6 +244,16 @@ def render_model_card(run_dir: Path, *, name: str | None = None) -> str:
         hyper=yaml.safe_dump(results["hyperparameters"], sort_keys=False).strip(),
     )
     return str(card)
+
+
+def _attribution(results: dict[str, Any]) -> dict[str, Any] | None:
+    """The who-wrote-this result for the card: its sentences and the verdict."""
+    if "attribution" not in results:
+        return None
+    from shelley.eval.report import attribution_sentences
+
+    a = results["attribution"]
+    return {"author": a["author"], "authors": len(a["candidates"]), "lines": attribution_sentences(results)}
 
 
 def _training(results: dict[str, Any]) -> dict[str, Any]:

@@ -8,13 +8,13 @@ or save it), so shelley converts it once into a plain safetensors checkpoint und
 from __future__ import annotations
 
 import importlib.util
-import os
 import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from shelley.errors import ShelleyError
+from shelley.io import shelley_home
 
 
 @dataclass(frozen=True)
@@ -66,10 +66,6 @@ PRESETS: dict[str, ModelPreset] = {
         ),
     ]
 }
-
-
-def shelley_home() -> Path:
-    return Path(os.environ.get("SHELLEY_HOME") or Path.home() / ".cache" / "shelley")
 
 
 def cache_dir(name: str) -> Path:

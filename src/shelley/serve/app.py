@@ -30,6 +30,7 @@ class Demo:
     index: Any = None  # originality index over the training corpus (None: the toggle is hidden)
     max_span: int = 12
     facts: str = ""  # markdown: the run's measured numbers
+    placeholder: str = "Write the opening of a scene"  # the run's first eval prompt, when it has one
 
     def clamp(self, max_tokens: float | int | None) -> tuple[int, list[str]]:
         from shelley.generate import context_window
@@ -125,6 +126,10 @@ def run_facts(run_dir: Path | None) -> str:
     ]
     if "originality" in ev:
         parts.append(f"longest copied span in eval samples: {ev['originality']['finetuned']['longest_span_max']} words")
+    if "attribution" in ev:
+        a = ev["attribution"]
+        ft = a["results"]["finetuned"]
+        parts.append(f"{100 * ft['target_share']:.0f}% of {ft['bags']} generated bags attributed to {a['author']}")
     return " · ".join(parts)
 
 
@@ -135,9 +140,7 @@ def build_app(demo: Demo, *, title: str = "shelley", concurrency: int = 1):
         gr.Markdown(f"# {title}\nWrite the opening of a scene; the model carries it on.")
         if demo.facts:
             gr.Markdown(demo.facts, elem_id="facts")
-        prompt = gr.Textbox(
-            label="Prompt", lines=3, placeholder="It was on a dreary night of November", elem_id="prompt"
-        )
+        prompt = gr.Textbox(label="Prompt", lines=3, placeholder=demo.placeholder, elem_id="prompt")
         with gr.Row():
             temperature = gr.Slider(0.0, 2.0, value=demo.gen.temperature, step=0.05, label="Temperature")
             top_p = gr.Slider(0.05, 1.0, value=demo.gen.top_p, step=0.05, label="Top-p")
@@ -179,7 +182,14 @@ def load_demo(ref: str, gen: GenerationConfig, *, max_span: int = 12, base: str 
     loaded = load_for_generation(ref, base=base)
     index = run_index(loaded.run_dir) if loaded.run_dir is not None else None
     facts_dir = Path(ref) if Path(ref).is_dir() else None
-    return Demo(loaded.model, loaded.tokenizer, gen, index=index, max_span=max_span, facts=run_facts(facts_dir))
+    demo = Demo(loaded.model, loaded.tokenizer, gen, index=index, max_span=max_span, facts=run_facts(facts_dir))
+    if loaded.run_dir is not None and (loaded.run_dir / "config.yaml").exists():
+        import yaml
+
+        prompts = (yaml.safe_load((loaded.run_dir / "config.yaml").read_text()).get("eval") or {}).get("prompts")
+        if prompts and prompts[0]:
+            demo.placeholder = prompts[0]
+    return demo
 
 
 def serve(demo: Demo, *, host: str = "127.0.0.1", port: int = 7860, concurrency: int = 1, title: str = "shelley"):

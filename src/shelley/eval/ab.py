@@ -1,0 +1,117 @@
+"""A blind A/B test for human readers: which of two passages sounds more like the author?
+
+``build_page`` cuts passages of exactly the same number of words from the fine-tuned model's text, the base
+model's and the author's held-out text, pairs the fine-tuned model against each of the others, shuffles the
+sides with a seed and hides every label. The page is one self-contained HTML file (no server, no network);
+the reader's answers download as JSON. The key (which side was which) stays with the run, and ``score``
+reveals and tallies: how often the fine-tuned passage was picked, with a Wilson interval and a two-sided
+binomial test against 50%.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import random
+import re
+from typing import Any
+
+from shelley.errors import ShelleyError
+from shelley.eval.attribution import wilson
+
+KINDS = {"base": "fine-tuned vs base model", "held_out": "fine-tuned vs the author's own text"}
+_ENDS_SENTENCE = re.compile(r"[.!?][\"')\]]*$")
+
+
+def passages(text: str, words: int) -> list[str]:
+    """Non-overlapping passages of exactly ``words`` words, each starting at the start of a sentence (a passage
+    that stops mid-sentence ends with an ellipsis)."""
+    ws = text.split()
+    starts = [i for i in range(len(ws)) if (i == 0 or _ENDS_SENTENCE.search(ws[i - 1])) and ws[i][:1].isupper()]
+    out, free = [], 0
+    for i in starts:
+        if i < free or i + words > len(ws):
+            continue
+        chunk = ws[i : i + words]
+        out.append(" ".join(chunk) + ("" if _ENDS_SENTENCE.search(chunk[-1]) else " …"))
+        free = i + words
+    return out
+
+
+def build_page(
+    texts: dict[str, str], author: str, title: str, *, pairs: int = 30, words: int = 120, seed: int = 0
+) -> tuple[str, dict[str, Any]]:
+    """(the HTML page, its key). ``texts`` holds ``finetuned``, ``base`` and ``held_out``."""
+    missing = [k for k in ("finetuned", "base", "held_out") if not texts.get(k)]
+    if missing:
+        raise ShelleyError(f"no {', '.join(missing)} text for the A/B page; run `shelley eval RUN --attribution` first")
+    if pairs < 2:
+        raise ShelleyError(f"--pairs must be at least 2 (one of each comparison), got {pairs}")
+    rng = random.Random(seed)
+    pools = {k: passages(texts[k], words) for k in ("finetuned", "base", "held_out")}
+    per_kind = {"base": pairs // 2, "held_out": pairs - pairs // 2}
+    need_ft = pairs
+    short = {k: len(v) for k, v in pools.items() if len(v) < (need_ft if k == "finetuned" else per_kind[k])}
+    if short:
+        have = ", ".join(f"{k} {n}" for k, n in short.items())
+        raise ShelleyError(
+            f"not enough text for {pairs} pairs of {words}-word passages (passages available: {have}); "
+            "lower --pairs or --words, or generate more with `shelley eval RUN --attribution --bags N`"
+        )
+    for pool in pools.values():
+        rng.shuffle(pool)
+    ft = iter(pools["finetuned"])
+    items = [(kind, next(ft), pools[kind][i]) for kind, n in per_kind.items() for i in range(n)]
+    rng.shuffle(items)
+    page_pairs, key_pairs = [], []
+    for i, (kind, tuned, other) in enumerate(items, 1):
+        pid = f"p{i:02d}"
+        left_is_tuned = rng.random() < 0.5
+        sides = ("finetuned", kind) if left_is_tuned else (kind, "finetuned")
+        shown = (tuned, other) if left_is_tuned else (other, tuned)
+        page_pairs.append({"id": pid, "left": shown[0], "right": shown[1]})
+        key_pairs.append({"id": pid, "kind": kind, "left": sides[0], "right": sides[1]})
+    page_id = hashlib.sha256(json.dumps(page_pairs, sort_keys=True).encode()).hexdigest()[:16]
+    key = {"page": page_id, "author": author, "title": title, "seed": seed, "words": words, "pairs": key_pairs}
+    return _render(page_pairs, page_id, author, title), key
+
+
+def _render(pairs: list[dict[str, str]], page_id: str, author: str, title: str) -> str:
+    from importlib.resources import files
+
+    import jinja2
+
+    env = jinja2.Environment(autoescape=True, undefined=jinja2.StrictUndefined)
+    template = env.from_string(files("shelley.eval").joinpath("templates/ab.html.j2").read_text("utf-8"))
+    return template.render(pairs=pairs, page_id=page_id, author=author, title=title)
+
+
+def score(answers: dict[str, Any], key: dict[str, Any]) -> dict[str, Any]:
+    """Reveal the answers against the key: per comparison, how often the fine-tuned passage was picked."""
+    from scipy.stats import binomtest
+
+    if not isinstance(answers, dict) or not isinstance(answers.get("answers"), dict):
+        raise ShelleyError('the answers file must be {"page": ..., "answers": {"p01": "left", ...}}: download it again')
+    if answers.get("page") != key.get("page"):
+        raise ShelleyError(
+            f"the answers are for page {answers.get('page')!r} but the key is for page {key.get('page')!r}; "
+            "pass the ab-key.json written with that page"
+        )
+    picks = answers["answers"]
+    out: dict[str, Any] = {"page": key["page"], "author": key.get("author"), "comparisons": {}}
+    for kind, label in KINDS.items():
+        rows = [p for p in key["pairs"] if p["kind"] == kind]
+        answered = [p for p in rows if picks.get(p["id"]) in ("left", "right")]
+        k = sum(p[picks[p["id"]]] == "finetuned" for p in answered)
+        n = len(answered)
+        out["comparisons"][kind] = {
+            "label": label,
+            "pairs": len(rows),
+            "answered": n,
+            "finetuned_picked": k,
+            "share": k / n if n else 0.0,
+            "interval": wilson(k, n),
+            "p_two_sided": float(binomtest(k, n).pvalue) if n else 1.0,
+        }
+    out["answered"] = sum(c["answered"] for c in out["comparisons"].values())
+    return out

@@ -1,0 +1,181 @@
+"""Proof of the voice for a run: generate enough text from the base and the trained model to fill N bags each,
+attribute every bag among the corpus's author and the reference authors, and apply the pre-registered rule.
+
+The classifier never sees the corpus's validation split or the last 20% of a reference book while it is
+fitted; those are its validity set (``shelley.eval.attribution.build_test``).
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from shelley.config import GenerationConfig
+from shelley.data.books import Identity, ReferenceBook, default_reference_dir, load_reference, slug
+from shelley.errors import ShelleyError
+from shelley.eval.attribution import (
+    BAG_WORDS,
+    TRAIN_SHARE,
+    AttributionTest,
+    Candidate,
+    build_test,
+    describe,
+    verdict,
+    word_count,
+)
+
+FULL_BAGS = 20  # `shelley eval --attribution` default
+REDUCED_BAGS = 4  # inside `shelley run`'s budget: indicative only
+SAMPLE_TOKENS = 256  # tokens per generated sample; samples are joined in order into the bags
+WORDS_PER_TOKEN = 0.7  # a first guess of words per generated token, corrected after each round
+
+
+def split_book(text: str, share: float = TRAIN_SHARE) -> tuple[str, str]:
+    """(first ``share`` of the words, the rest), cut at a line break near the boundary so no word is split."""
+    cut = int(len(text) * share)
+    nl = text.find("\n", cut)
+    cut = nl if 0 <= nl < cut + 2000 else cut
+    return text[:cut], text[cut:]
+
+
+def same_author(book: ReferenceBook, who: Identity) -> bool:
+    return book.key == who.key or slug(book.author) == slug(who.author) or slug(book.title) == slug(who.title)
+
+
+def build_attribution_test(
+    who: Identity,
+    train_texts: list[str],
+    held_out_texts: list[str],
+    reference_dir: str | Path | None = None,
+    *,
+    bag_words: int = BAG_WORDS,
+) -> AttributionTest:
+    """The attribution test for the corpus's author against every other author of the reference set."""
+    books = load_reference(reference_dir or default_reference_dir())
+    dropped = [f"{b.author}, {b.title}" for b in books if same_author(b, who)]
+    impostors = [Candidate(b.key, b.author, b.title, *split_book(b.text)) for b in books if not same_author(b, who)]
+    target = Candidate(who.key, who.author, who.title, "\n".join(train_texts), "\n".join(held_out_texts))
+    held = word_count(target.held_out)
+    if held < bag_words:
+        raise ShelleyError(
+            f"the corpus's validation split has {held} words, fewer than one bag of {bag_words}; "
+            "lower --bag-words or raise data.validation_fraction"
+        )
+    return build_test(target, impostors, bag_words=bag_words, dropped=dropped)
+
+
+def generate_for_bags(
+    model,
+    tokenizer,
+    prompts: list[str],
+    gen: GenerationConfig,
+    words_needed: int,
+    *,
+    on_round: Callable[[int, int], None] | None = None,
+    max_rounds: int = 50,
+) -> dict[str, Any]:
+    """Continuations of ``prompts`` (prompts removed), in rounds with fresh seeds, until they hold
+    ``words_needed`` words. Each round is one left-padded batch of every prompt x ``gen.num_samples``."""
+    from shelley.generate import generate_texts
+
+    gen = gen.model_copy(update={"max_new_tokens": SAMPLE_TOKENS, "min_new_tokens": SAMPLE_TOKENS})
+    samples: list[str] = []
+    words = 0
+    t0 = time.perf_counter()
+    for r in range(max_rounds):
+        if words >= words_needed:
+            break
+        per_row = words / len(samples) if samples else SAMPLE_TOKENS * WORDS_PER_TOKEN
+        rows_needed = max(1, round((words_needed - words) / max(per_row, 1.0) * 1.05))
+        gen.num_samples = max(1, min(8, -(-rows_needed // len(prompts))))
+        batch = generate_texts(model, tokenizer, prompts, gen, seed=gen.seed + r)
+        samples += batch
+        words += sum(word_count(t) for t in batch)
+        if on_round:
+            on_round(min(words, words_needed), words_needed)
+    if words < words_needed:
+        raise ShelleyError(
+            f"the model wrote only {words} of the {words_needed} words needed in {max_rounds} rounds; "
+            "lower --bags or check its generations"
+        )
+    return {"text": "\n\n".join(samples), "samples": len(samples), "words": words, "seconds": time.perf_counter() - t0}
+
+
+def judge_voice(test: AttributionTest, texts: dict[str, str], held_out: str, bags: int) -> dict[str, Any]:
+    """Attribution of base, fine-tuned and held-out author text, with validity and the pass rule."""
+    rows = {who: test.attribute(text) for who, text in texts.items()}
+    rows["held_out"] = test.attribute(held_out)
+    for r in rows.values():
+        r["shares"] = {k: round(v, 4) for k, v in r["shares"].items()}
+    out = {
+        "target": test.target,
+        "author": test.target_name,
+        "bag_words": test.bag_words,
+        "bags_requested": bags,
+        "reduced": bags < FULL_BAGS,
+        "candidates": test.candidates,
+        "dropped": test.dropped,
+        "validity": test.validity,
+        "results": rows,
+    }
+    if "base" in rows and "finetuned" in rows:
+        out["verdict"] = verdict(test.validity, rows["finetuned"], rows["base"])
+    return out
+
+
+def summary_lines(a: dict[str, Any], labels: dict[str, str]) -> list[str]:
+    """The attribution result in a few plain sentences (for the terminal and the reports)."""
+    v = a["validity"]
+    own = v["own_held_out"]
+    lines = [
+        f"validity ({'valid' if v['valid'] else 'NOT VALID'}): {a['author']}'s held-out text {describe(own)} "
+        f"to {a['author']}; most of another author's held-out bags given to {a['author']}: "
+        f"{100 * v['impostor_max_share']:.0f}% ({v['impostor_max_author']})",
+    ]
+    for who, r in a["results"].items():
+        if who == "held_out":
+            continue
+        lines.append(f"{labels.get(who, who)}: {describe(r)} attributed to {a['author']}")
+    if "verdict" in a:
+        vd = a["verdict"]
+        word = "PASS" if vd["passed"] else "FAIL"
+        reduced = " (reduced run: indicative only; `shelley eval RUN --attribution` runs the full test)" * a["reduced"]
+        lines.append(f"{word}: one-sided Fisher exact p = {vd['fisher_p']:.2g}{reduced}")
+    return lines
+
+
+def plot_attribution(a: dict[str, Any], labels: dict[str, str], path: Path) -> Path:
+    """Share of bags attributed to each author, one bar group per text (PNG)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    import numpy as np
+
+    from shelley.io import atomic_write_bytes
+
+    rows = [(who, r) for who, r in a["results"].items()]
+    authors = [c["key"] for c in a["candidates"]]
+    names = {c["key"]: c["name"] for c in a["candidates"]}
+    fig, ax = plt.subplots(figsize=(10, 0.45 * len(authors) + 1.8))
+    y = np.arange(len(authors))
+    height = 0.8 / max(1, len(rows))
+    for i, (who, r) in enumerate(rows):
+        label = labels.get(who, who) + f" ({r['bags']} bags)"
+        ax.barh(y + i * height, [r["shares"].get(k, 0) for k in authors], height, label=label)
+    ax.set_yticks(y + 0.4 - height / 2, [names[k] + (" (target)" if k == a["target"] else "") for k in authors])
+    ax.invert_yaxis()
+    ax.set_xlim(0, 1)
+    ax.set_xlabel("share of 1,000-word bags attributed (linear SVM)")
+    ax.set_title(f"Who wrote this? Attribution among {len(authors)} authors")
+    ax.legend(loc="lower right", fontsize=8)
+    fig.tight_layout()
+    import io
+
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=110)
+    plt.close(fig)
+    atomic_write_bytes(path, buf.getvalue())
+    return path

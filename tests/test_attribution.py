@@ -1,0 +1,267 @@
+"""Who wrote this? The attributor on real books, an exact synthetic case, the corpus's identity, the CLI's bad
+inputs, `shelley eval --attribution` on a tiny run, and the blind A/B page answered in Chromium."""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import shutil
+from pathlib import Path
+
+import pytest
+
+from conftest import write
+from shelley.data.books import corpus_prompts, identify, load_reference
+from shelley.errors import ShelleyError
+from shelley.eval.attribution import (
+    Candidate,
+    build_test,
+    fisher_greater,
+    make_bags,
+    tokens,
+    verdict,
+    wilson,
+)
+from shelley.eval.voice import split_book
+
+
+def _reference_dir() -> Path:
+    path = Path(os.environ.get("SHELLEY_DATA_DIR") or Path(__file__).resolve().parents[2] / "shared" / "data")
+    ref = path / "reference"
+    if not (ref / "MANIFEST.json").exists():
+        if os.environ.get("CI"):
+            pytest.fail(f"the reference set is missing at {ref}; CI must set SHELLEY_DATA_DIR")
+        pytest.skip(f"reference set not found at {ref}; set SHELLEY_DATA_DIR")
+    return ref
+
+
+def _author_text(vocab: list[str], n_words: int, seed: int, punct: str) -> str:
+    """Synthetic prose of one 'author': words drawn with that author's own frequencies and punctuation."""
+    rng = random.Random(seed)
+    weights = [1 / (i + 1) for i in range(len(vocab))]
+    words = rng.choices(vocab, weights=weights, k=n_words)
+    out = []
+    for i, w in enumerate(words):
+        out.append(w + (punct if i % 9 == 8 else ""))
+    return " ".join(out)
+
+
+VOCAB_A = ["the", "of", "and", "to", "a", "in", "that", "it", "was", "he", "i", "his", "with", "had", "as", "for"]
+VOCAB_B = ["upon", "which", "whom", "whilst", "thy", "thee", "but", "not", "shall", "yet", "nor", "hath", "ere", "unto"]
+
+
+def test_bags_count_words_and_normalise_typography():
+    text = "“Yes,” she said -- and left; he stayed—alone. " * 30
+    toks = tokens(text)
+    assert toks[:4] == ['"', "yes", ",", '"'] and toks.count("—") == 60  # `--` and — are one dash
+    bags = make_bags(text, bag_words=50)
+    assert len(bags) == 4  # 7 words x 30 = 210 words -> 4 full bags, the 10-word tail dropped
+    assert all(sum(t[0].isalpha() for t in b) == 50 for b in bags)
+
+
+def test_two_synthetic_authors_are_told_apart_exactly():
+    a = Candidate("a", "Author A", "Book A", _author_text(VOCAB_A, 6000, 1, ","), _author_text(VOCAB_A, 2000, 2, ","))
+    b = Candidate("b", "Author B", "Book B", _author_text(VOCAB_B, 6000, 3, ";"), _author_text(VOCAB_B, 2000, 4, ";"))
+    test = build_test(a, [b], bag_words=200, n_features=20)
+    v = test.validity
+    assert v["valid"] and v["own_held_out"]["target_share"] == 1.0 and v["own_held_out"]["bags"] == 10
+    assert v["impostor_max_share"] == 0.0 and v["self_attribution"] == {"a": 1.0, "b": 1.0}
+    ft = test.attribute(_author_text(VOCAB_A, 2000, 5, ","))
+    base = test.attribute(_author_text(VOCAB_B, 2000, 6, ";"))
+    assert (ft["target_bags"], ft["bags"], base["target_bags"]) == (10, 10, 0)
+    assert ft["centroid"]["target_share"] == 1.0 and base["shares"] == {"a": 0.0, "b": 1.0}
+    out = verdict(v, ft, base)
+    assert out["passed"] and out["fisher_p"] == pytest.approx(1 / 184756)  # 1 / C(20, 10)
+    assert not verdict(v, ft, ft)["passed"]  # base text attributed like the tuned one: no pass
+
+
+def test_wilson_and_fisher_known_values():
+    lo, hi = wilson(14, 15)
+    assert lo == pytest.approx(0.702, abs=1e-3) and hi == pytest.approx(0.988, abs=1e-3)
+    assert wilson(0, 0) == [0.0, 1.0]
+    assert fisher_greater(4, 4, 0, 4) == pytest.approx(1 / 70)
+
+
+def test_reference_authors_attributed_to_themselves():
+    """Held-out bags (last 20% of each book) of at least 10 of the 12 reference authors go to their author >= 70%."""
+    books = load_reference(_reference_dir())
+    assert len(books) == 12
+    target, *others = books
+    test = build_test(
+        Candidate(target.key, target.author, target.title, *split_book(target.text)),
+        [Candidate(b.key, b.author, b.title, *split_book(b.text)) for b in others],
+    )
+    own = test.validity["self_attribution"]
+    assert len(own) == 12
+    assert sum(share >= 0.7 for share in own.values()) >= 10, own
+    assert test.validity["valid"]
+
+
+def test_identify_the_corpus_author(tmp_path):
+    gut = write(tmp_path / "pg1342.txt", "Title: Pride and Prejudice\nAuthor: Jane Austen\n\n*** START ***\nIt is.")
+    who = identify(gut)
+    assert (who.key, who.author, who.title) == ("austen", "Jane Austen", "Pride and Prejudice")
+    assert who.found_by == "Gutenberg header"
+    named = identify(tmp_path / "gaskell__north_and_south.txt")
+    assert (named.key, named.author, named.title) == ("gaskell", "Elizabeth Gaskell", "North and South")
+    frank = identify(tmp_path / "frankenstein_chunks.csv")
+    assert frank.author == "Mary Shelley" and len(frank.prompts) == 5
+    plain = identify(tmp_path / "my_story.txt")
+    assert plain.author == "the author of my story" and plain.prompts == []
+    forced = identify(tmp_path / "frankenstein_chunks.csv", author="Percy Shelley", title="Zastrozzi")
+    assert (forced.author, forced.title, forced.prompts) == ("Percy Shelley", "Zastrozzi", [])
+
+
+def test_corpus_prompts_are_paragraph_openings():
+    texts = ["Short.", *(f"Paragraph {i} opens with these words and then goes on for a while." for i in range(10))]
+    prompts = corpus_prompts(texts)
+    assert len(prompts) == 5 and prompts[0] == "Paragraph 0 opens with these words and then"
+    assert all(len(p.split()) == 8 for p in prompts)
+
+
+# ------------------------------------------------------------------------------------------------ the CLI
+
+
+def _synthetic_reference(folder: Path, authors: dict[str, list[str]], words: int = 3000) -> Path:
+    folder.mkdir(parents=True, exist_ok=True)
+    rows = []
+    for i, (key, vocab) in enumerate(authors.items()):
+        name = f"{key}__book.txt"
+        write(folder / name, _author_text(vocab, words, 10 + i, ";" if i % 2 else ","))
+        rows.append({"file": name, "author": key, "title": f"Book of {key}"})
+    write(folder / "MANIFEST.json", json.dumps(rows))
+    return folder
+
+
+@pytest.fixture
+def author_corpus(tmp_path) -> Path:
+    """A corpus by 'Author A' with a validation split big enough for 200-word bags."""
+    lines = [_author_text(VOCAB_A, 60, s, ",") + "." for s in range(120)]
+    return write(tmp_path / "a__the_book.txt", "\n\n".join(lines))
+
+
+def test_style_attribute_cli(cli, tmp_path, author_corpus):
+    ref = _synthetic_reference(tmp_path / "ref", {"b": VOCAB_B, "c": VOCAB_B[::-1] + VOCAB_A[:3]})
+    mine = write(tmp_path / "mine.txt", _author_text(VOCAB_A, 1200, 77, ","))
+    theirs = write(tmp_path / "theirs.txt", _author_text(VOCAB_B, 1200, 78, ";"))
+    args = ["--corpus", author_corpus, "--reference", ref, "--bag-words", "200", "--set", "data.split=block"]
+    result = cli("style", "attribute", mine, theirs, *args, "--json")
+    assert result.exit_code == 0, result.stderr
+    doc = json.loads(result.stdout)
+    assert doc["validity"]["valid"] and [c["key"] for c in doc["candidates"]] == ["a", "b", "c"]
+    first, second = doc["texts"]
+    assert first["target"] == "a" and first["bags"] == 6 and first["target_share"] == 1.0
+    assert second["target_share"] == 0.0 and len(first["interval"]) == 2 and set(first["shares"]) == {"a", "b", "c"}
+    table = cli("style", "attribute", mine, *args)
+    assert table.exit_code == 0 and "validity: valid" in table.stdout and "12/12 bags" in table.stdout
+
+
+@pytest.mark.parametrize("case", ["missing", "empty", "binary", "short_text", "one_author"])
+def test_style_attribute_bad_input(cli, tmp_path, author_corpus, case):
+    ref = tmp_path / "ref"
+    text = write(tmp_path / "mine.txt", _author_text(VOCAB_A, 1200, 77, ","))
+    expect = {
+        "missing": "reference set not found",
+        "empty": "is empty",
+        "binary": "is not text",
+        "short_text": "fewer than one bag",
+        "one_author": "at least one other author",
+    }[case]
+    if case == "empty":
+        ref.mkdir()
+    elif case == "binary":
+        _synthetic_reference(ref, {"b": VOCAB_B})
+        (ref / "b__book.txt").write_bytes(b"\x00\x01\x02" * 100)
+    elif case == "short_text":
+        _synthetic_reference(ref, {"b": VOCAB_B})
+        text = write(tmp_path / "mine.txt", "Too short to judge.")
+    elif case == "one_author":  # the set holds only the corpus's own author, who leaves the impostors
+        _synthetic_reference(ref, {"a": VOCAB_A})
+    result = cli("style", "attribute", text, "--corpus", author_corpus, "--reference", ref, "--bag-words", "200")
+    assert result.exit_code == 2, result.stdout
+    assert expect in result.stderr and "Traceback" not in result.stderr
+    assert len(result.stderr.strip().splitlines()) <= 2  # one message (rich may wrap it)
+
+
+def test_eval_attribution_then_ab_page(cli, tmp_path, tiny_run, tiny_model_dir):
+    """The whole path on a tiny run: generation for bags, the report with its chart, then the blind A/B page
+    answered in headless Chromium and scored."""
+    run = tmp_path / "run"
+    shutil.copytree(tiny_run, run)
+    ref = _synthetic_reference(tmp_path / "ref", {"b": VOCAB_B, "c": VOCAB_A[::-1]})
+    result = cli("eval", run, "--attribution", "--bags", "2", "--bag-words", "20", "--reference", ref)
+    assert result.exit_code == 0, result.stderr
+    ev = json.loads((run / "eval.json").read_text())
+    a = ev["attribution"]
+    assert set(a["results"]) == {"base", "finetuned", "held_out"} and a["results"]["base"]["bags"] >= 2
+    assert a["bag_words"] == 20 and a["reduced"] and "verdict" in a and "texts" not in a
+    assert a["author"] == ev["corpus"]["author"] == "the author of corpus"
+    assert (run / "attribution.png").read_bytes()[:4] == b"\x89PNG"
+    html = (run / "eval.html").read_text()
+    assert html.count("data:image/png;base64,") == 2  # the loss curve and the attribution chart, embedded
+    md = (run / "eval.md").read_text()
+    assert "Who wrote this?" in md and ("PASS" in md or "FAIL" in md) and "Shelley" not in md
+    assert "validity" in result.stdout
+
+    result = cli("ab", run, "--pairs", "4", "--words", "8")
+    assert result.exit_code == 0, result.stderr
+    key = json.loads((run / "ab-key.json").read_text())
+    page = (run / "ab.html").read_text()
+    assert "finetuned" not in page and "held_out" not in page  # labels hidden
+    assert result.exit_code == 0 and cli("ab", run).exit_code == 2  # the page exists: refuse to overwrite
+    answers = _answer_in_chromium(run / "ab.html", key, tmp_path)
+    scored = cli("ab", "score", answers, "--key", run / "ab-key.json", "--json")
+    assert scored.exit_code == 0, scored.stderr
+    tally = json.loads(scored.stdout)
+    assert tally["answered"] == 4
+    assert tally["comparisons"]["base"]["finetuned_picked"] == 2  # the reader always picked the tuned side
+    assert tally["comparisons"]["held_out"]["finetuned_picked"] == 0  # ...except against the author: never
+    bad = cli("ab", "score", answers, "--key", write(tmp_path / "k.json", '{"page": "other", "pairs": []}'))
+    assert bad.exit_code == 2 and "key is for page" in bad.stderr
+
+
+def _answer_in_chromium(page: Path, key: dict, tmp_path: Path) -> Path:
+    """Click the answers a reader who prefers the fine-tuned text against the base model, and the author's own
+    text against the fine-tuned one, would click; download them; return the downloaded file."""
+    from playwright.sync_api import sync_playwright
+
+    from test_serve import _chromium
+
+    with sync_playwright() as pw:
+        browser = pw.chromium.launch(executable_path=_chromium(), headless=True, args=["--no-sandbox"])
+        try:
+            tab = browser.new_page()
+            tab.goto(page.as_uri())
+            for p in key["pairs"]:
+                want = "finetuned" if p["kind"] == "base" else "held_out"
+                side = "left" if p["left"] == want else "right"
+                tab.check(f'input[name="{p["id"]}"][value="{side}"]')
+            assert tab.inner_text("#status") == "4 of 4 pairs answered"
+            with tab.expect_download() as dl:
+                tab.click("#download")
+            out = tmp_path / "ab-answers.json"
+            dl.value.save_as(out)
+        finally:
+            browser.close()
+    return out
+
+
+def test_load_reference_rejects_a_bad_manifest(tmp_path):
+    write(tmp_path / "MANIFEST.json", "{not json")
+    with pytest.raises(ShelleyError, match="not valid JSON"):
+        load_reference(tmp_path)
+
+
+def test_delta_sentence_says_raised_or_lowered():
+    from shelley.eval.report import style_labels, style_sentences
+
+    r = {"corpus": {"author": "Jane Austen"}, "style": {"features": ["the"], "delta_reduction": -0.05, "groups": {}}}
+    assert "raised Delta by 5%" in style_sentences(r)[0]
+    r["style"]["delta_reduction"] = 0.2
+    assert "lowered Delta by 20%" in style_sentences(r)[0]
+    r["style"]["groups"] = {"held_out": {}, "author_train_sample": {}}
+    assert style_labels(r) == {
+        "author_train_sample": "Jane Austen (train, same length)",
+        "held_out": "Jane Austen (held out, reference)",
+    }
