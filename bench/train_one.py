@@ -72,9 +72,8 @@ def run(
             from shelley.config import load_config
             from shelley.finetune.loop import mixed_precision, train
 
-            preset = Path(__file__).resolve().parents[1] / "configs" / f"smollm2-135m_{impl}_cpu.yaml"
             run_cfg = load_config(
-                preset if preset.exists() else None,
+                f"smollm2-135m_{impl}_cpu",  # the packaged preset
                 [
                     f"model.name={model}",
                     f"train.method={impl}",

@@ -195,14 +195,14 @@ NOTEBOOKS: dict[str, list[tuple[str, str]]] = {
             "# 20 · Full fine-tune of DistilGPT-2 on CPU\n\nDistilGPT-2 (82M weights) is small enough to fine-tune "
             "every weight on a laptop. It needs the Hub once to download `distilbert/distilgpt2`; the test suite "
             "runs this notebook with a tiny GPT-2 instead. The same thing from the command line:\n\n"
-            "```\nshelley train data/frankenstein-chunks --config configs/distilgpt2_full_cpu.yaml\n```",
+            "```\nshelley train data/frankenstein-chunks --config distilgpt2_full_cpu\n```",
         ),
         ("code", SETUP.format(default_model="distilgpt2")),
         (
             "code",
             "from shelley.config import load_config\nfrom shelley.data.build import train_val_texts\n"
             "from shelley.finetune.loop import train\n\n"
-            "cfg = load_config('../configs/distilgpt2_full_cpu.yaml' if Path('../configs').exists() else None,\n"
+            "cfg = load_config('distilgpt2_full_cpu',  # a preset shipped inside the shelley package\n"
             "                  [f'model.name={MODEL}', 'train.method=full'] + (['train.steps=3', 'model.max_length=64',\n"
             "                   'train.eval_every=3', 'train.checkpoint_every=3'] if QUICK else []))\n"
             "train_texts, val_texts = train_val_texts(DATA / 'frankenstein_chunks.csv', cfg.data)\n"
@@ -259,7 +259,7 @@ NOTEBOOKS: dict[str, list[tuple[str, str]]] = {
         (
             "code",
             "from pathlib import Path\n\nfrom shelley.config import load_config\nfrom shelley.data.build import train_val_texts\n"
-            "from shelley.finetune.loop import train\n\ncfg = load_config('configs/mistral-7b_qlora_gpu.yaml')\n"
+            "from shelley.finetune.loop import train\n\ncfg = load_config('mistral-7b_qlora_gpu')  # a preset shipped inside the shelley package\n"
             "train_texts, val_texts = train_val_texts(Path('data/frankenstein'), cfg.data)\n"
             "result = train(cfg, train_texts, val_texts, Path('runs/mistral-qlora'))\n"
             "print(result.steps, 'steps', result.tokens_per_second, 'tokens/s', torch.cuda.max_memory_allocated() / 2**30, 'GiB peak')",

@@ -8,7 +8,7 @@ from conftest import REPO, write
 from shelley.config import ShelleyConfig, apply_overrides, describe_fields, load_config
 from shelley.errors import ShelleyError
 
-PRESETS = sorted((REPO / "configs").glob("*.yaml"))
+PRESETS = sorted((REPO / "src" / "shelley" / "configs").glob("*.yaml"))
 
 
 def test_defaults_load_without_a_file():
@@ -22,13 +22,25 @@ def test_every_preset_loads_and_opens_with_its_command(preset: Path):
     cfg = load_config(preset)
     assert isinstance(cfg, ShelleyConfig)
     first = preset.read_text().splitlines()[0]
-    assert first.startswith("# shelley ") and preset.name in first
+    assert first.startswith("# shelley ") and preset.stem in first
     # torchtune naming: <model-or-corpus>_<method>_<device>.yaml
     assert len(preset.stem.split("_")) == 3
 
 
 def test_presets_exist():
     assert len(PRESETS) >= 2
+
+
+def test_presets_resolve_by_name_from_anywhere(tmp_path, monkeypatch):
+    from shelley.config import DEFAULT_RUN_PRESET, presets, resolve_config
+
+    monkeypatch.chdir(tmp_path)  # no configs/ folder here: the packaged presets must still be found
+    assert set(presets()) == {p.stem for p in PRESETS}
+    for ref in ("smollm2-135m_lora_cpu", "smollm2-135m_lora_cpu.yaml", "configs/smollm2-135m_lora_cpu.yaml"):
+        assert load_config(ref).train.method == "lora"
+    assert resolve_config(DEFAULT_RUN_PRESET).name == "smollm2-135m_full_cpu.yaml"
+    with pytest.raises(ShelleyError, match="pass a YAML file or a preset name"):
+        load_config("no-such-preset")
 
 
 def test_every_field_is_documented():

@@ -43,7 +43,10 @@ data_app.add_typer(fetch_app, name="fetch")
 F = TypeVar("F", bound=Callable[..., Any])
 
 ConfigOpt = Annotated[
-    Path | None, typer.Option("--config", "-c", help="YAML config file (see configs/).", show_default=False)
+    Path | None,
+    typer.Option(
+        "--config", "-c", help="YAML config file or preset name (`shelley config presets`).", show_default=False
+    ),
 ]
 SetOpt = Annotated[
     list[str] | None,
@@ -526,6 +529,8 @@ def eval_cmd(
         except (OSError, json.JSONDecodeError):
             old = {}
         results = {k: old[k] for k in PIPELINE_KEYS if k in old} | results
+        if "attribution" not in results and "attribution" in old:  # same model: an earlier attribution still holds
+            results["attribution"] = old["attribution"]
     results = write_eval(run_dir, results)
     p = results["perplexity"]
     lb = results.get("labels", {"base": "base", "finetuned": "fine-tuned"})
@@ -963,10 +968,11 @@ def _read_json(path: Path, what: str) -> Any:
         raise ShelleyError(f"{what} file {path} is not valid JSON; download or write it again") from None
 
 
-def _default_run_config() -> Path | None:
-    """The CPU preset `shelley run` uses when no --config is given (it ships inside the repo's configs/)."""
-    here = Path(__file__).resolve().parents[2] / "configs" / "smollm2-135m_full_cpu.yaml"
-    return here if here.exists() else None
+def _default_run_config() -> Path:
+    """The CPU preset `shelley run` uses when no --config is given (package data: it ships with the wheel)."""
+    from shelley.config import DEFAULT_RUN_PRESET, resolve_config
+
+    return resolve_config(DEFAULT_RUN_PRESET)
 
 
 # ---------------------------------------------------------------------------------------------- config
@@ -975,11 +981,30 @@ def _default_run_config() -> Path | None:
 @config_app.command("show")
 @user_errors
 def config_show(config: ConfigOpt = None, sets: SetOpt = None) -> None:
-    """Print the effective configuration (defaults + file + --set) as YAML."""
+    """Print the effective configuration (preset or file + --set) as YAML; with no --config, the preset
+    `shelley run` uses by default."""
     import yaml
 
+    if config is None:
+        config = _default_run_config()
+        err_console.print(f"# no --config: the preset `shelley run` uses by default ({config.stem})", highlight=False)
     cfg = _load(config, sets)
     typer.echo(yaml.safe_dump(cfg.model_dump(mode="json"), sort_keys=False))
+
+
+@config_app.command("presets")
+@user_errors
+def config_presets() -> None:
+    """List the presets that ship with shelley (`--config NAME` takes any of them)."""
+    from rich.table import Table
+
+    from shelley.config import presets
+
+    t = Table("preset", "what it is")
+    for name, path in sorted(presets().items()):
+        lines = [x.lstrip("# ").strip() for x in path.read_text("utf-8").splitlines()[:4] if x.startswith("#")]
+        t.add_row(name, next((x for x in lines[1:] if x), ""))
+    console.print(t)
 
 
 @config_app.command("keys")

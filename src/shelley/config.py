@@ -294,10 +294,36 @@ def _format_validation_error(exc: ValidationError, origin: str) -> str:
     return f"invalid value for {key!r} in {origin}: {err['msg']} (got {err.get('input')!r})"
 
 
+DEFAULT_RUN_PRESET = "smollm2-135m_full_cpu"  # what `shelley run` trains with when no --config is given
+
+
+def presets() -> dict[str, Any]:
+    """The presets shipped inside the package (``shelley/configs/*.yaml``), by name; they travel with the wheel."""
+    from importlib.resources import files
+
+    folder = files("shelley").joinpath("configs")
+    return {p.name.removesuffix(".yaml"): p for p in folder.iterdir() if p.name.endswith(".yaml")}
+
+
+def resolve_config(ref: str | Path) -> Path:
+    """A config file: ``ref`` itself when it exists, else the packaged preset named by its stem, so
+    ``smollm2-135m_lora_cpu``, ``smollm2-135m_lora_cpu.yaml`` and the old ``configs/smollm2-135m_lora_cpu.yaml``
+    all work from any directory and from an installed wheel."""
+    path = Path(ref)
+    if path.exists():
+        return path
+    shipped = presets().get(path.name.removesuffix(".yaml"))
+    if shipped is not None:
+        return Path(str(shipped))
+    raise ShelleyError(
+        f"config file not found: {ref}; pass a YAML file or a preset name ({', '.join(sorted(presets()))})"
+    )
+
+
 def load_config(path: str | Path | None = None, overrides: list[str] | None = None) -> ShelleyConfig:
-    """Load a config: defaults, then the YAML file (if any), then ``--set`` overrides."""
+    """Load a config: defaults, then the YAML file or preset (if any), then ``--set`` overrides."""
     overrides = overrides or []
-    data = _read_yaml(Path(path)) if path else {}
+    data = _read_yaml(resolve_config(path)) if path else {}
     origin = str(path) if path else "the defaults"
     if overrides:
         data = apply_overrides(data, overrides)

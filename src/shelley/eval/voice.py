@@ -168,7 +168,7 @@ def plot_attribution(a: dict[str, Any], labels: dict[str, str], path: Path) -> P
     ax.set_yticks(y + 0.4 - height / 2, [names[k] + (" (target)" if k == a["target"] else "") for k in authors])
     ax.invert_yaxis()
     ax.set_xlim(0, 1)
-    ax.set_xlabel("share of 1,000-word bags attributed (linear SVM)")
+    ax.set_xlabel(f"share of {a['bag_words']:,}-word bags attributed (linear SVM)")
     ax.set_title(f"Who wrote this? Attribution among {len(authors)} authors")
     ax.legend(loc="lower right", fontsize=8)
     fig.tight_layout()
