@@ -4,7 +4,7 @@
         [--model M] [--corpus C]
 
 Every contestant trains the same base model on the same corpus split for the same optimizer-step wall time,
-and is scored by the same function (``shelley.eval.perplexity.perplexity``) on the same validation tokens.
+and is scored by the same function (``shelley.models.perplexity.perplexity``) on the same validation tokens.
 
 ``reference`` is the stock recipe as a user would run it. ``reference-tuned`` is the same recipe with shelley's
 process tuning (``shelley.runtime.tune_allocator``) applied first, to show how much of shelley's lead is that
@@ -37,7 +37,7 @@ def _setup(model: str, corpus: Path, eval_tokens: int, work: Path):
 
 
 def score(model, stream) -> float:
-    from shelley.eval.perplexity import perplexity
+    from shelley.models.perplexity import perplexity
 
     return perplexity(model, stream, batch_size=8, **EVAL)["perplexity"]
 

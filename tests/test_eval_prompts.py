@@ -9,8 +9,8 @@ import pytest
 
 from conftest import write
 from shelley.errors import ShelleyError
-from shelley.eval.perplexity import unigram_baselines
 from shelley.eval.prompts import BUILTIN, Prompt, load_prompts, score_expectations
+from shelley.models.perplexity import unigram_baselines
 
 
 def test_builtin_sets():

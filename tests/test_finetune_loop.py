@@ -222,7 +222,7 @@ def test_adamw_is_fused_on_cpu_and_matches_the_foreach_kernel():
 def test_budget_clock_decides_whether_evaluations_count(tmp_path, tiny_tokenizer_dir, monkeypatch, clock):
     import time
 
-    import shelley.eval.perplexity as ppl
+    import shelley.models.perplexity as ppl
 
     scored = ppl.perplexity
     monkeypatch.setattr(ppl, "perplexity", lambda *a, **k: time.sleep(0.5) or scored(*a, **k))  # a slow eval
@@ -241,8 +241,8 @@ def test_bf16_training_is_validated_in_the_saved_weights_precision(tmp_path, tin
     accelerate's autocast wrapper is lifted while evaluating, and put back for the steps after."""
     from transformers import AutoModelForCausalLM
 
-    from shelley.eval.perplexity import perplexity
     from shelley.finetune.packing import encode_stream
+    from shelley.models.perplexity import perplexity
 
     tok = _tokenizer(tiny_tokenizer_dir)
     runs = {}

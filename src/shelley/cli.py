@@ -213,7 +213,8 @@ def data_build(
     source = _corpus_source(corpus, cfg)
     out = out or Path(cfg.data.out)
     check_output_dir(out, overwrite=overwrite)
-    from shelley.data.build import prepare_splits, push_dataset, save_dataset
+    from shelley.data.build import prepare_splits, save_dataset
+    from shelley.hub.push import push_dataset
 
     with err_console.status("reading, cleaning and splitting"):
         splits, report = prepare_splits(source, cfg.data)
@@ -410,7 +411,10 @@ def train_cmd(
 
     describe_corpus(cfg, _identity_source(dataset, cfg), val_texts)  # recorded in the run's config.yaml
 
-    result = train(cfg, train_texts, val_texts, Path(cfg.train.run_dir), resume=resume, overwrite=overwrite)
+    from shelley.generate import generate_texts
+
+    run_dir = Path(cfg.train.run_dir)
+    result = train(cfg, train_texts, val_texts, run_dir, resume=resume, overwrite=overwrite, sampler=generate_texts)
     last = result.evals[-1] if result.evals else {}
     console.print(
         f"trained {result.steps} steps in {result.train_seconds:.0f} s ({result.tokens_per_second:.0f} tokens/s); "
@@ -593,7 +597,7 @@ def _index_for(loaded, corpus: Path | None, index_path: Path | None, cfg):
 
     if corpus is None and loaded.run_dir is None:
         raise ShelleyError("the originality check needs the training corpus: pass a run dir as MODEL or --corpus FILE")
-    from shelley.data.build import corpus_rows
+    from shelley.eval.originality import corpus_rows
 
     rows = corpus_rows(corpus or loaded.run_dir, cfg.data)
     if index_path is not None:
@@ -667,26 +671,16 @@ def write_cmd(
     cfg = _load(config, sets, **flags)
     prompts = list(prompts or [""])
     from shelley.generate import check_generation
-
-    check_generation(cfg.generation)  # before loading any model
     from shelley.generate.load import load_for_generation
     from shelley.generate.write import write
 
+    check_generation(cfg.generation)  # before loading any model
     with err_console.status(f"loading {model}"):
         loaded = load_for_generation(model, base=base, trust_remote_code=cfg.model.trust_remote_code)
     want_index = original or corpus is not None or index is not None or loaded.run_dir is not None
     idx = _index_for(loaded, corpus, index, cfg) if want_index else None
-
-    def note(msg: str) -> None:
-        err_console.print(f"[yellow]note:[/yellow] {msg}", highlight=False)
-
     single = len(prompts) * cfg.generation.num_samples == 1
-    streamer = None
-    if single and not as_json and not original:
-        from transformers import TextStreamer
-
-        console.print(prompts[0], end="", highlight=False)
-        streamer = TextStreamer(loaded.tokenizer, skip_prompt=True, skip_special_tokens=True)
+    streamer = _streamer(loaded.tokenizer, prompts[0]) if single and not as_json and not original else None
     results = write(
         loaded.model,
         loaded.tokenizer,
@@ -696,15 +690,32 @@ def write_cmd(
         original=original,
         max_span=cfg.eval.max_copied_span,
         tries=tries,
-        on_note=note,
+        on_note=_note,
         streamer=streamer,
     )
     if as_json:
         doc = {"model": loaded.source, "generation": cfg.generation.model_dump(mode="json"), "samples": results}
         sys.stdout.write(json.dumps(doc, ensure_ascii=False, indent=2) + "\n")
         return
+    _print_written(results, streamed=streamer is not None)
+
+
+def _note(msg: str) -> None:
+    err_console.print(f"[yellow]note:[/yellow] {msg}", highlight=False)
+
+
+def _streamer(tokenizer, prompt: str):
+    """Print the prompt, then the one sample token by token as it is generated."""
+    from transformers import TextStreamer
+
+    console.print(prompt, end="", highlight=False)
+    return TextStreamer(tokenizer, skip_prompt=True, skip_special_tokens=True)
+
+
+def _print_written(results: list[dict[str, Any]], *, streamed: bool) -> None:
+    """Each sample under a rule (unless it was streamed), with what it copied from the corpus."""
     for r in results:
-        if not streamer:
+        if not streamed:
             console.rule(f"{r['prompt'][:50]!r} · sample {r['sample']}", style="dim")
             console.print(r["prompt"] + r["text"], highlight=False, markup=False)
         if "originality" in r:
@@ -805,8 +816,8 @@ def style_attribute(
     sets: SetOpt = None,
 ) -> None:
     """Who wrote this? Attribute each text, bag by bag, among the corpus's author and the reference authors."""
-    from shelley.data.build import corpus_rows
     from shelley.eval.attribution import describe, word_count
+    from shelley.eval.originality import corpus_rows
     from shelley.eval.voice import build_attribution_test
 
     cfg = _load(config, sets, **{"eval.bag_words": ("--bag-words", bag_words)})
@@ -868,7 +879,7 @@ def style_cmd(
     sets: SetOpt = None,
 ) -> None:
     """Stylometry of a text against a corpus: Burrows' Delta, sentence length, punctuation, MATTR, unseen words."""
-    from shelley.data.build import corpus_rows
+    from shelley.eval.originality import corpus_rows
     from shelley.eval.style import StyleModel, compare
 
     cfg = _load(config, sets)

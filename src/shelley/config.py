@@ -149,6 +149,24 @@ class TrainConfig(_Section):
         "(shelley.finetune.loss). null: on CPU only, for the model types in loss.FUSABLE_MODEL_TYPES; other "
         "models always use their own loss.",
     )
+    keep_best: bool = Field(
+        True,
+        description="Save the weights (or adapter) of the best validation loss seen as the run's output, not the "
+        "last ones; the kept step is in train_summary.json, the reports and the loss plot.",
+    )
+    patience: int | None = Field(
+        None,
+        gt=0,
+        description="Stop after this many evaluations in a row without a validation loss at least "
+        "train.min_delta below the best (null: never stop early).",
+    )
+    min_delta: float = Field(0.0, ge=0, description="Validation-loss improvement (nats/token) that counts as better.")
+    max_epochs: float | None = Field(
+        None,
+        gt=0,
+        description="At most this many passes over the training tokens (null: no limit); the steps, the time "
+        "budget and this limit end training at whichever comes first, and the cosine schedule fits to it.",
+    )
     gradient_checkpointing: bool = Field(False, description="Trade compute for memory (recompute activations).")
     nan_policy: Literal["stop", "skip"] = Field(
         "stop",

@@ -6,7 +6,6 @@ generations, timed), the same time is reserved for scoring the fine-tuned model,
 
 from __future__ import annotations
 
-import json
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -34,6 +33,51 @@ def _reduced_attribution_test(cfg: ShelleyConfig, who, train_texts: list[str], v
         return None, str(exc)
 
 
+def _prepare(cfg: ShelleyConfig, source: Path, run_dir: Path, overwrite: bool):
+    """Clean and split the corpus into ``run_dir/data``; name its author. Returns (cfg, train, validation,
+    build report, identity), the cfg a copy that records the author, title and prompts."""
+    from shelley.data.books import describe_corpus
+    from shelley.data.build import prepare_splits, save_dataset
+    from shelley.io import check_output_dir
+
+    check_output_dir(run_dir, overwrite=overwrite, flag="--run-dir")
+    if run_dir.exists():
+        import shutil
+
+        shutil.rmtree(run_dir)
+    splits, report = prepare_splits(source, cfg.data)
+    save_dataset(splits, report, run_dir / "data", overwrite=True)
+    train_texts = [s.text for s in splits["train"]]
+    val_texts = [s.text for s in splits["validation"]]
+    cfg = cfg.model_copy(deep=True)
+    who = describe_corpus(cfg, source, val_texts)
+    return cfg, train_texts, val_texts, report, who
+
+
+def _score(model, tokenizer, stream, cfg: ShelleyConfig, voice, who: str, on_progress) -> dict[str, Any]:
+    """Perplexity and side-by-side generations, plus the attribution text when there is a test to run."""
+    from shelley.eval.report import score_model, voice_text
+
+    scored = score_model(model, tokenizer, stream, cfg)
+    if voice:
+        scored["voice"] = voice_text(model, tokenizer, cfg, cfg.eval.run_attribution_bags, who, on_progress)
+    return scored
+
+
+def _train_budget(scored: dict[str, Any], time_budget_s: float, used_s: float) -> float:
+    """What is left for training once the fine-tuned model's scoring (timed on the base model) is reserved."""
+    scoring_s = scored["perplexity"]["seconds"] + scored["generation_seconds"]
+    scoring_s += scored["voice"]["seconds"] if "voice" in scored else 0.0
+    train_budget = time_budget_s - used_s - scoring_s * SCORING_SLACK - SAVE_MARGIN_S
+    if train_budget < 30:
+        raise ShelleyError(
+            f"--time-budget {time_budget_s:.0f}s leaves {max(0.0, train_budget):.0f}s for training after scoring "
+            f"the base model ({scoring_s:.0f}s); raise --time-budget, lower eval.max_eval_tokens or set "
+            "eval.run_attribution_bags=0"
+        )
+    return train_budget
+
+
 def run_pipeline(
     cfg: ShelleyConfig,
     source: Path,
@@ -46,62 +90,35 @@ def run_pipeline(
     """Everything inside ``time_budget_s``. The report includes a reduced attribution test
     (``eval.run_attribution_bags`` bags per model) when a reference set is there; ``on_progress(model, words,
     needed)`` follows its generation."""
-    from shelley.data.books import describe_corpus
-    from shelley.data.build import prepare_splits, save_dataset
-    from shelley.eval.report import attribution_results, combine, judge, score_model, voice_text, write_eval
+    from shelley.eval.report import attribution_results, combine, judge, write_eval
     from shelley.finetune.loop import train
     from shelley.finetune.methods import load_base_model, load_tokenizer_for_training
     from shelley.finetune.packing import encode_stream
-    from shelley.io import check_output_dir
+    from shelley.generate import generate_texts
     from shelley.runtime import tune_allocator
 
     tune_allocator()
-
     t0 = time.perf_counter()
     run_dir = Path(run_dir)
-    check_output_dir(run_dir, overwrite=overwrite, flag="--run-dir")
-    if run_dir.exists():
-        import shutil
-
-        shutil.rmtree(run_dir)
-    splits, report = prepare_splits(source, cfg.data)
-    save_dataset(splits, report, run_dir / "data", overwrite=True)
-    train_texts = [s.text for s in splits["train"]]
-    val_texts = [s.text for s in splits["validation"]]
-    cfg = cfg.model_copy(deep=True)
-    who = describe_corpus(cfg, source, val_texts)  # author, title and prompts, recorded in the run's config
+    cfg, train_texts, val_texts, report, who = _prepare(cfg, source, run_dir, overwrite)
     voice, skipped = _reduced_attribution_test(cfg, who, train_texts, val_texts)
-
     tokenizer = load_tokenizer_for_training(cfg)
     model = load_base_model(cfg)
     stream = encode_stream(val_texts, tokenizer, run_dir / "cache", "validation")
-    base = score_model(model, tokenizer, stream, cfg)
-    written = {}
-    if voice:
-        written["base"] = voice_text(model, tokenizer, cfg, cfg.eval.run_attribution_bags, "base", on_progress)
-        base["generation_seconds"] += written["base"]["seconds"]  # so the same time is reserved for the tuned model
-    scoring_s = base["perplexity"]["seconds"] + base["generation_seconds"]
-    remaining = time_budget_s - (time.perf_counter() - t0)
-    train_budget = remaining - scoring_s * SCORING_SLACK - SAVE_MARGIN_S
-    if train_budget < 30:
-        raise ShelleyError(
-            f"--time-budget {time_budget_s:.0f}s leaves {max(0.0, train_budget):.0f}s for training after scoring "
-            f"the base model ({scoring_s:.0f}s); raise --time-budget or lower eval.max_eval_tokens"
-        )
+    base = _score(model, tokenizer, stream, cfg, voice, "base", on_progress)
     t_base = time.perf_counter() - t0
-    cfg.train.time_budget_s = train_budget
+    cfg.train.time_budget_s = _train_budget(base, time_budget_s, t_base)
     cfg.train.run_dir = str(run_dir / "train")
-    result = train(cfg, train_texts, val_texts, run_dir / "train", model=model, tokenizer=tokenizer, final_eval=False)
+    result = train(
+        cfg, train_texts, val_texts, run_dir / "train", model=model, tokenizer=tokenizer, final_eval=False,
+        sampler=generate_texts,
+    )  # fmt: skip
     t_train = time.perf_counter() - t0 - t_base
     # `model` was trained in place (full) or wrapped with the trained adapter (LoRA): score it as it is.
-    tuned = score_model(model, tokenizer, stream, cfg)
+    tuned = _score(model, tokenizer, stream, cfg, voice, "finetuned", on_progress)
+    results = judge(combine(cfg, base, tuned, result.summary()), run_dir / "train", cfg)
     if voice:
-        written["finetuned"] = voice_text(
-            model, tokenizer, cfg, cfg.eval.run_attribution_bags, "finetuned", on_progress
-        )
-    training = json.loads((run_dir / "train" / "train_summary.json").read_text())
-    results = judge(combine(cfg, base, tuned, training), run_dir / "train", cfg)
-    if voice:
+        written = {"base": base["voice"], "finetuned": tuned["voice"]}
         results["attribution"] = attribution_results(voice, written, val_texts, cfg.eval.run_attribution_bags)
     elif skipped:
         results["attribution_skipped"] = skipped
@@ -109,7 +126,7 @@ def run_pipeline(
         "run_dir": str(run_dir),
         "time_budget_s": time_budget_s,
         "wall_seconds": round(time.perf_counter() - t0, 1),
-        "train_budget_s": round(train_budget, 1),
+        "train_budget_s": round(cfg.train.time_budget_s, 1),
         "seconds": {
             "prepare_and_score_base": round(t_base, 1),
             "train_and_save": round(t_train, 1),
@@ -117,6 +134,4 @@ def run_pipeline(
         },
         "data": {"rows": report["split"]["rows"], "overlap": report["overlap"]},
     }
-    results = write_eval(run_dir, results)
-    del result
-    return results
+    return write_eval(run_dir, results)

@@ -32,3 +32,18 @@ def tune_allocator() -> bool:
         ok = False
     _applied = ok
     return ok
+
+
+def cpu_flags() -> frozenset[str]:
+    """The CPU's feature flags as the Linux kernel reports them (/proc/cpuinfo); empty elsewhere."""
+    from pathlib import Path
+
+    try:
+        text = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return frozenset()
+    for line in text.splitlines():
+        key, _, value = line.partition(":")
+        if key.strip() in ("flags", "Features"):  # x86 / Arm
+            return frozenset(value.split())
+    return frozenset()

@@ -123,33 +123,10 @@ def save_dataset(splits: dict[str, list[Snippet]], report: dict[str, Any], out: 
             enable_progress_bar()
         write_json(tmp / "build.json", report)
         atomic_write_text(tmp / "build.md", render_build_report(report))
-        from shelley.hub.card import render_dataset_card
+        from shelley.data.card import render_dataset_card
 
         atomic_write_text(tmp / "README.md", render_dataset_card(report))  # the dataset card the Hub shows
     return out
-
-
-def push_dataset(out: Path, repo: str, *, private: bool = True, dry_run: bool = False) -> list[tuple[str, int]]:
-    """Upload a built dataset folder to the Hub (private by default). Returns (path, bytes) of every file."""
-    files = sorted((str(p.relative_to(out)), p.stat().st_size) for p in out.rglob("*") if p.is_file())
-    if dry_run:
-        return files
-    from huggingface_hub import HfApi
-
-    from shelley.hub.push import hf_token
-
-    token = hf_token()
-    if not token:
-        raise ShelleyError("no Hugging Face token: set HF_TOKEN or run `hf auth login`, or use --dry-run")
-    api = HfApi(token=token)
-    try:
-        api.create_repo(repo, repo_type="dataset", private=private, exist_ok=True)
-        api.upload_folder(folder_path=str(out), repo_id=repo, repo_type="dataset")
-    except Exception as exc:  # network/auth errors come in many types; the message must never echo the token
-        raise ShelleyError(
-            f"push to {repo} failed ({type(exc).__name__}); check the repo name and your login"
-        ) from None
-    return files
 
 
 def train_val_texts(source: Path, data_cfg: DataConfig) -> tuple[list[str], list[str]]:
@@ -166,20 +143,6 @@ def train_val_texts(source: Path, data_cfg: DataConfig) -> tuple[list[str], list
     return [s.text for s in splits["train"]], [s.text for s in splits["validation"]]
 
 
-def corpus_rows(source: Path, data_cfg: DataConfig, *, split: bool = True) -> list[dict]:
-    """Rows ({text, split, row}) of a training run dir (the corpus it saw), a dataset dir or a corpus file.
-    A corpus file is split as ``data build`` would, or with ``split=False`` cleaned and kept whole (split
-    "train")."""
-    from shelley.eval.originality import corpus_rows_from_texts, run_corpus_rows
-    from shelley.generate.load import find_train_run
-
-    source = Path(source)
-    run = find_train_run(source) if source.is_dir() else None
-    if run is not None:
-        return run_corpus_rows(run)
-    if not split and not (source.is_dir() and (source / "dataset_dict.json").exists()):
-        snippets, _ = load_corpus(source, data_cfg)
-        kept, _ = clean_snippets(snippets, **clean_kwargs(data_cfg))
-        return corpus_rows_from_texts({"train": [s.text for s in kept]})
-    train, val = train_val_texts(source, data_cfg)
-    return corpus_rows_from_texts({"train": train, "validation": val})
+def corpus_rows_from_texts(splits: dict[str, list[str]]) -> list[dict[str, Any]]:
+    """Rows ({text, split, row}) of a corpus from its texts per split, as a run records them in corpus.jsonl."""
+    return [{"text": t, "split": name, "row": i} for name, texts in splits.items() for i, t in enumerate(texts)]

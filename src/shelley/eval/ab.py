@@ -38,6 +38,12 @@ def passages(text: str, words: int) -> list[str]:
     return out
 
 
+def windows(text: str, words: int) -> list[str]:
+    """Consecutive passages of exactly ``words`` words, wherever they start."""
+    ws = text.split()
+    return [" ".join(ws[i : i + words]) + " …" for i in range(0, len(ws) - words + 1, words)]
+
+
 def build_page(
     texts: dict[str, str], author: str, title: str, *, pairs: int = 30, words: int = 120, seed: int = 0
 ) -> tuple[str, dict[str, Any]]:
@@ -48,10 +54,12 @@ def build_page(
     if pairs < 2:
         raise ShelleyError(f"--pairs must be at least 2 (one of each comparison), got {pairs}")
     rng = random.Random(seed)
-    pools = {k: passages(texts[k], words) for k in ("finetuned", "base", "held_out")}
     per_kind = {"base": pairs // 2, "held_out": pairs - pairs // 2}
-    need_ft = pairs
-    short = {k: len(v) for k, v in pools.items() if len(v) < (need_ft if k == "finetuned" else per_kind[k])}
+    need = {"finetuned": pairs, **per_kind}
+    pools = {k: passages(texts[k], words) for k in need}
+    # Text with too few sentence starts (a model that writes no sentences) is cut into plain word windows instead.
+    pools = {k: v if len(v) >= need[k] else windows(texts[k], words) for k, v in pools.items()}
+    short = {k: len(v) for k, v in pools.items() if len(v) < need[k]}
     if short:
         have = ", ".join(f"{k} {n}" for k, n in short.items())
         raise ShelleyError(

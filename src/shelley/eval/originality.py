@@ -25,6 +25,8 @@ from typing import Any
 
 import numpy as np
 
+from shelley.config import DataConfig
+from shelley.data.build import corpus_rows_from_texts
 from shelley.errors import ShelleyError
 
 WORD_RE = re.compile(r"[a-z0-9]+(?:['’][a-z]+)?")
@@ -262,5 +264,21 @@ def run_index(run_dir: Path, progress: bool = False) -> CorpusIndex:
     return index_for_rows(run_corpus_rows(run_dir), Path(run_dir) / "originality-index.npz", progress=progress)
 
 
-def corpus_rows_from_texts(splits: dict[str, list[str]]) -> list[dict[str, Any]]:
-    return [{"text": t, "split": name, "row": i} for name, texts in splits.items() for i, t in enumerate(texts)]
+def corpus_rows(source: Path, data_cfg: DataConfig, *, split: bool = True) -> list[dict]:
+    """Rows ({text, split, row}) of a training run dir (the corpus it saw), a dataset dir or a corpus file.
+    A corpus file is split as ``data build`` would, or with ``split=False`` cleaned and kept whole (split
+    "train")."""
+    from shelley.data.build import clean_kwargs, load_corpus, train_val_texts
+    from shelley.data.clean import clean_snippets
+    from shelley.generate.load import find_train_run
+
+    source = Path(source)
+    run = find_train_run(source) if source.is_dir() else None
+    if run is not None:
+        return run_corpus_rows(run)
+    if not split and not (source.is_dir() and (source / "dataset_dict.json").exists()):
+        snippets, _ = load_corpus(source, data_cfg)
+        kept, _ = clean_snippets(snippets, **clean_kwargs(data_cfg))
+        return corpus_rows_from_texts({"train": [s.text for s in kept]})
+    train, val = train_val_texts(source, data_cfg)
+    return corpus_rows_from_texts({"train": train, "validation": val})

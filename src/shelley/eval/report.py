@@ -45,8 +45,8 @@ def cached_stream(run_dir: Path, split: str = "validation") -> np.ndarray:
 
 def score_model(model, tokenizer, stream: np.ndarray, cfg: ShelleyConfig) -> dict[str, Any]:
     """Perplexity on ``stream`` and generations for the eval prompts (fixed seed), each timed."""
-    from shelley.eval.perplexity import perplexity
     from shelley.generate import generate_texts
+    from shelley.models.perplexity import perplexity
 
     t0 = time.perf_counter()
     ppl = perplexity(
@@ -206,7 +206,7 @@ def evaluate_run(
     training = json.loads(summary.read_text()) if summary.exists() else {}
     results = combine(cfg, base, tuned, training) | {"run_dir": str(run_dir)}
     if cfg.train.method == "scratch":
-        from shelley.eval.perplexity import unigram_baselines
+        from shelley.models.perplexity import unigram_baselines
 
         results["labels"] = {"base": "untrained (random init)", "finetuned": "trained from scratch"}
         val = stream if cfg.eval.max_eval_tokens is None else stream[: cfg.eval.max_eval_tokens + 1]
@@ -214,7 +214,8 @@ def evaluate_run(
     if prompts is not None:
         from shelley.eval.prompts import score_expectations
 
-        results["prompt_set"] = {"name": prompts[0]} | score_expectations(results, prompts[1])
+        checked = score_expectations(results, prompts[1]) if prompts[1] else {}
+        results["prompt_set"] = {"name": prompts[0]} | checked
     results = judge(results, train_dir, cfg)
     if voice:
         results["attribution"] = attribution_results(voice, written, val_texts, attribution_bags)
@@ -346,18 +347,11 @@ def describe_copy(c: dict[str, Any] | None) -> str:
 DEFAULT_LABELS = {"base": "base", "finetuned": "fine-tuned"}
 
 
-def render_eval_md(r: dict[str, Any]) -> str:
+def _md_perplexity(r: dict[str, Any]) -> list[str]:
     p = r["perplexity"]
     tr = r.get("training", {})
     lb = r.get("labels", DEFAULT_LABELS)
-    lines = [
-        f"# Evaluation: {r['model']} ({r['method']})",
-        "",
-        f"Corpus: *{(r.get('corpus') or {}).get('title', 'the corpus')}* by {author_of(r)}.",
-        "",
-        "| model | validation perplexity | loss (nats/token) | tokens | seconds |",
-        "|---|---|---|---|---|",
-    ]
+    lines = ["| model | validation perplexity | loss (nats/token) | tokens | seconds |", "|---|---|---|---|---|"]
     for who in ("base", "finetuned"):
         q = p[who]
         lines.append(f"| {lb[who]} | {q['perplexity']:.2f} | {q['nll']:.3f} | {q['tokens']} | {q['seconds']} |")
@@ -387,75 +381,108 @@ def render_eval_md(r: dict[str, Any]) -> str:
             ]
         lines.append("")
     if tr:
-        lines += [
-            f"Training: {tr.get('steps')} steps in {tr.get('train_seconds', 0):.0f} s, "
-            f"{tr.get('tokens_per_second', 0):.0f} tokens/s, {tr.get('tokens_seen')} tokens seen"
-            + (" (stopped by the time budget)" if tr.get("stopped_early") else ""),
-            "",
-        ]
+        lines += [training_sentence(tr), ""]
     gs = r["generation_seconds"]
-    lines += [f"Generation wall time: base {gs['base']} s, fine-tuned {gs['finetuned']} s.", ""]
-    if "originality" in r:
-        o = r["originality"]
-        lines += [
-            "## Originality",
-            "",
-            f"Longest run of words copied from the corpus, and the share of word {o['ngram_n']}-grams found in it "
-            f"(threshold {o['threshold_words']} words).",
-            "",
-            "| model | samples | longest copy (max) | longest copy (mean) | 8-grams in corpus | over threshold |",
-            "|---|---|---|---|---|---|",
-        ]
-        for who in ("base", "finetuned"):
-            s, label = o[who], lb[who]
-            lines.append(
-                f"| {label} | {s['samples']} | {s['longest_span_max']} | {s['longest_span_mean']:.1f} "
-                f"| {100 * s['ngram_share_mean']:.1f}% | {s['over_threshold']} |"
-            )
-        lines.append("")
-    if "attribution" in r:
-        a = r["attribution"]
-        lines += [
-            f"## Who wrote this? {a['author']} among {len(a['candidates'])} authors",
-            "",
-            f"Each text is cut into bags of {a['bag_words']} words; a linear SVM over the {a['bag_words']}-word bags' "
-            "300 most frequent words and punctuation marks (z-scored, cosine-normalised) names the author of each bag; "
-            "the nearest author centroid (cosine Delta) is shown beside it.",
-            "",
-            *[f"- {line}" for line in attribution_sentences(r)],
-            "",
-            f"| text | bags | to {a['author']} | 95% interval | centroid | most attributed other author |",
-            "|---|---|---|---|---|---|",
-            *[
-                f"| {x['text']} | {x['bags']} | {x['share']} | {x['interval']} | {x['centroid']} | {x['runner_up']} |"
-                for x in attribution_rows(r)
-            ],
-            "",
-            "![attribution](attribution.png)",
-            "",
-        ]
-        if a.get("dropped"):
-            lines += [f"Left out of the other authors (the corpus's own author): {'; '.join(a['dropped'])}.", ""]
-    elif r.get("attribution_skipped"):
-        lines += ["## Who wrote this?", "", f"Skipped: {r['attribution_skipped']}", ""]
-    if "style" in r:
-        st = r["style"]
-        lines += ["## Style", "", *style_sentences(r), ""]
-        lines += [
-            "| text | words | Delta | Delta per sample | sentence length | ; per 1k | — per 1k | , per 1k "
-            "| MATTR | unseen words |",
-            "|---|---|---|---|---|---|---|---|---|---|",
-        ]
-        for key, label in style_labels(r).items():
-            g = st["groups"][key]
-            pk = g["per_1000_words"]
-            lines.append(
-                f"| {label} | {g['words']} | {g['delta']:.3f} | {g['delta_per_text']:.3f} "
-                f"| {g['sentence_length_mean']:.1f} | {pk['semicolon']:.1f} | {pk['dash']:.1f} | {pk['comma']:.1f} "
-                f"| {g['mattr']:.3f} | {100 * g['unseen_word_share']:.1f}% |"
-            )
-        lines.append("")
-    lines += ["## Generations", ""]
+    return [*lines, f"Generation wall time: base {gs['base']:.1f} s, fine-tuned {gs['finetuned']:.1f} s.", ""]
+
+
+def training_sentence(tr: dict[str, Any]) -> str:
+    """How training went and which weights were kept, in one sentence (train_summary.json in, text out)."""
+    reason = tr.get("stop_reason") or ("time budget" if tr.get("stopped_early") else "steps")
+    epochs = f" ({tr['epochs']:.2f} passes over the training tokens)" if tr.get("epochs") else ""
+    out = (
+        f"Training: {tr.get('steps')} steps{epochs} in {tr.get('train_seconds', 0):.0f} s, "
+        f"{tr.get('tokens_per_second', 0):.0f} tokens/s, {tr.get('tokens_seen')} tokens seen"
+    )
+    out += {
+        "steps": ".",
+        "time budget": ", stopped by the time budget.",
+        "max epochs": ", stopped at train.max_epochs.",
+        "early stopping": ", stopped early: the validation loss had stopped improving.",
+        "interrupted": ", interrupted.",
+    }.get(reason, ".")
+    if tr.get("budget_left_s"):
+        out += f" {tr['budget_left_s']:.0f} s of the time budget were left unspent."
+    if tr.get("best_step") is not None:
+        kept = tr.get("kept_step")
+        which = "the best" if kept == tr["best_step"] else "the last (not validated at the end, or the best)"
+        out += (
+            f" Best validation loss {tr['best_val_loss']:.4f} at step {tr['best_step']}; kept the weights of step "
+            f"{kept} ({which})."
+        )
+    return out
+
+
+def _md_originality(r: dict[str, Any]) -> list[str]:
+    o = r["originality"]
+    lb = r.get("labels", DEFAULT_LABELS)
+    lines = [
+        "## Originality",
+        "",
+        f"Longest run of words copied from the corpus, and the share of word {o['ngram_n']}-grams found in it "
+        f"(threshold {o['threshold_words']} words).",
+        "",
+        "| model | samples | longest copy (max) | longest copy (mean) | 8-grams in corpus | over threshold |",
+        "|---|---|---|---|---|---|",
+    ]
+    for who in ("base", "finetuned"):
+        s = o[who]
+        lines.append(
+            f"| {lb[who]} | {s['samples']} | {s['longest_span_max']} | {s['longest_span_mean']:.1f} "
+            f"| {100 * s['ngram_share_mean']:.1f}% | {s['over_threshold']} |"
+        )
+    return [*lines, ""]
+
+
+def _md_attribution(r: dict[str, Any]) -> list[str]:
+    if "attribution" not in r:
+        return ["## Who wrote this?", "", f"Skipped: {r['attribution_skipped']}", ""]
+    a = r["attribution"]
+    lines = [
+        f"## Who wrote this? {a['author']} among {len(a['candidates'])} authors",
+        "",
+        f"Each text is cut into bags of {a['bag_words']} words; a linear SVM over the bags' 300 most frequent "
+        "words and punctuation marks (z-scored, cosine-normalised) names the author of each bag; the nearest "
+        "author centroid (cosine Delta) is shown beside it.",
+        "",
+        *[f"- {line}" for line in attribution_sentences(r)],
+        "",
+        f"| text | bags | to {a['author']} | 95% interval | centroid | most attributed other author |",
+        "|---|---|---|---|---|---|",
+        *[
+            f"| {x['text']} | {x['bags']} | {x['share']} | {x['interval']} | {x['centroid']} | {x['runner_up']} |"
+            for x in attribution_rows(r)
+        ],
+        "",
+        "![attribution](attribution.png)",
+        "",
+    ]
+    if a.get("dropped"):
+        lines += [f"Left out of the other authors (the corpus's own author): {'; '.join(a['dropped'])}.", ""]
+    return lines
+
+
+def _md_style(r: dict[str, Any]) -> list[str]:
+    lines = ["## Style", "", *style_sentences(r), ""]
+    lines += [
+        "| text | words | Delta | Delta per sample | sentence length | ; per 1k | — per 1k | , per 1k "
+        "| MATTR | unseen words |",
+        "|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    for key, label in style_labels(r).items():
+        g = r["style"]["groups"][key]
+        pk = g["per_1000_words"]
+        lines.append(
+            f"| {label} | {g['words']} | {g['delta']:.3f} | {g['delta_per_text']:.3f} "
+            f"| {g['sentence_length_mean']:.1f} | {pk['semicolon']:.1f} | {pk['dash']:.1f} | {pk['comma']:.1f} "
+            f"| {g['mattr']:.3f} | {100 * g['unseen_word_share']:.1f}% |"
+        )
+    return [*lines, ""]
+
+
+def _md_generations(r: dict[str, Any]) -> list[str]:
+    lb = r.get("labels", DEFAULT_LABELS)
+    lines = ["## Generations", ""]
     for g in r["generations"]:
         head = f"### {_cell(g['prompt'])}" + (f" (expected: `{g['expect']}`)" if "expect" in g else "")
         lines += [head, "", f"| {lb['base']} | {lb['finetuned']} |", "|---|---|"]
@@ -466,6 +493,25 @@ def render_eval_md(r: dict[str, Any]) -> str:
             if ob or of:
                 lines.append(f"| *{describe_copy(ob)}* | *{describe_copy(of)}* |")
         lines.append("")
+    return lines
+
+
+def render_eval_md(r: dict[str, Any]) -> str:
+    """eval.md: one section per measure, each section present when the results have it."""
+    lines = [
+        f"# Evaluation: {r['model']} ({r['method']})",
+        "",
+        f"Corpus: *{(r.get('corpus') or {}).get('title', 'the corpus')}* by {author_of(r)}.",
+        "",
+        *_md_perplexity(r),
+    ]
+    if "originality" in r:
+        lines += _md_originality(r)
+    if "attribution" in r or r.get("attribution_skipped"):
+        lines += _md_attribution(r)
+    if "style" in r:
+        lines += _md_style(r)
+    lines += _md_generations(r)
     lines += ["## Hyperparameters", "", "```yaml", yaml.safe_dump(r["hyperparameters"], sort_keys=False).strip(), "```"]
     return "\n".join(lines) + "\n"
 

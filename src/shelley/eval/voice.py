@@ -138,6 +138,12 @@ def summary_lines(a: dict[str, Any], labels: dict[str, str]) -> list[str]:
         if who == "held_out":
             continue
         lines.append(f"{labels.get(who, who)}: {describe(r)} attributed to {a['author']}")
+    if a.get("generation"):
+        made = "; ".join(
+            f"{labels.get(who, who)} {g['words']:,} words ({g['samples']} samples) in {g['seconds']:.0f} s"
+            for who, g in a["generation"].items()
+        )
+        lines.append(f"text written for the test: {made}")
     if "verdict" in a:
         vd = a["verdict"]
         word = "PASS" if vd["passed"] else "FAIL"
@@ -159,7 +165,7 @@ def plot_attribution(a: dict[str, Any], labels: dict[str, str], path: Path) -> P
     rows = [(who, r) for who, r in a["results"].items()]
     authors = [c["key"] for c in a["candidates"]]
     names = {c["key"]: c["name"] for c in a["candidates"]}
-    fig, ax = plt.subplots(figsize=(10, 0.45 * len(authors) + 1.8))
+    fig, ax = plt.subplots(figsize=(10, 0.45 * len(authors) + 2.2))
     y = np.arange(len(authors))
     height = 0.8 / max(1, len(rows))
     for i, (who, r) in enumerate(rows):
@@ -170,7 +176,7 @@ def plot_attribution(a: dict[str, Any], labels: dict[str, str], path: Path) -> P
     ax.set_xlim(0, 1)
     ax.set_xlabel(f"share of {a['bag_words']:,}-word bags attributed (linear SVM)")
     ax.set_title(f"Who wrote this? Attribution among {len(authors)} authors")
-    ax.legend(loc="lower right", fontsize=8)
+    ax.legend(loc="upper center", bbox_to_anchor=(0.5, -0.09), ncol=len(rows), fontsize=8, frameon=False)
     fig.tight_layout()
     import io
 

@@ -1,5 +1,12 @@
 """The one training loop, on accelerate: full, LoRA, QLoRA and the scratch GPT all run through ``train``.
 
+``train`` is a short list of stages: ``_check_run_dir``, ``_setup_accelerator``, ``_setup_model``,
+``_setup_data``, ``_setup_optimizer``, ``_load_checkpoint``, then ``fit``, whose steps are ``_optimizer_step``
+(forward, the NaN policy, backward, clipping), the cross-rank agreements (``_agree_*``), ``BudgetSchedule``
+(the learning rate fitted to a time budget) and ``_after_step`` (``validate``, samples, checkpoints), and
+``_finish`` (outputs, loss plot, summary). The loop imports no evaluation or generation code: samples come from
+the ``sampler`` its caller passes in.
+
 ``accelerate launch -m shelley.cli train ...`` scales it to several GPUs or machines unchanged: every
 process draws its own micro-batches from the same deterministic order (see ``packing.micro_batch_indices``).
 
@@ -23,6 +30,7 @@ import math
 import pickle
 import shutil
 import time
+from collections.abc import Callable
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -49,6 +57,10 @@ RESUMABLE_CHANGES = {
     "train.checkpoint_every",
     "train.keep_checkpoints",
     "train.merge",
+    "train.keep_best",
+    "train.patience",
+    "train.min_delta",
+    "train.max_epochs",
 }
 
 
@@ -63,6 +75,16 @@ class TrainResult:
     last_loss: float
     evals: list[dict[str, Any]] = field(default_factory=list)
     output_dir: Path | None = None
+    stop_reason: str = "steps"  # steps, time budget, max epochs, early stopping, interrupted
+    epochs: float = 0.0  # passes over the training tokens
+    best_step: int | None = None  # the step with the lowest validation loss seen
+    best_val_loss: float | None = None
+    kept_step: int | None = None  # the step whose weights were saved as the output
+    budget_left_s: float | None = None  # time budget not spent, when training stopped before it ran out
+
+    def summary(self) -> dict[str, Any]:
+        """The result as train_summary.json holds it (paths as strings)."""
+        return {k: (str(v) if isinstance(v, Path) else v) for k, v in self.__dict__.items()}
 
 
 def _flatten(d: dict[str, Any], prefix: str = "") -> dict[str, Any]:
@@ -136,10 +158,9 @@ def cpu_has_fast_bf16() -> bool:
     """Whether this CPU multiplies bf16 in hardware (AVX512-BF16 or AMX): there bf16 matmuls run about twice
     as fast as fp32 (measured 390 vs 170 GFLOP/s on 2 AMD Zen 4 cores); elsewhere they are emulated and slower.
     """
-    import torch
+    from shelley.runtime import cpu_flags
 
-    checks = ("_is_avx512_bf16_supported", "_is_amx_tile_supported")  # private, so looked up defensively
-    return any(getattr(torch.cpu, name, lambda: False)() for name in checks)
+    return bool(cpu_flags() & {"avx512_bf16", "amx_bf16"})  # what the kernel reports, not a private torch probe
 
 
 def mixed_precision(precision: str) -> str:
@@ -219,7 +240,7 @@ def _save_checkpoint(accelerator, run_dir: Path, step: int, keep: int, state: di
     return final
 
 
-def plot_loss(metrics_path: Path, out: Path) -> None:
+def plot_loss(metrics_path: Path, out: Path, kept_step: int | None = None) -> None:
     import matplotlib
 
     matplotlib.use("Agg")
@@ -233,6 +254,10 @@ def plot_loss(metrics_path: Path, out: Path) -> None:
         ax.plot(*zip(*train, strict=True), label="train loss", color="#4a6fa5", alpha=0.8)
     if val:
         ax.plot(*zip(*val, strict=True), "o-", label="validation loss", color="#c0392b")
+    kept = [loss for st, loss in val if st == kept_step]
+    if kept:
+        ax.axvline(kept_step, color="#2e7d32", linestyle="--", linewidth=1)
+        ax.plot([kept_step], kept[:1], "*", markersize=14, color="#2e7d32", label=f"kept (step {kept_step})")
     ax.set_xlabel("step")
     ax.set_ylabel("cross-entropy (nats/token)")
     ax.set_title("shelley training")
@@ -240,6 +265,105 @@ def plot_loss(metrics_path: Path, out: Path) -> None:
     fig.tight_layout()
     fig.savefig(out)
     plt.close(fig)
+
+
+class BudgetSchedule:
+    """Linear warmup, then cosine decay to zero over a horizon that fits the time budget.
+
+    The horizon is train.steps. With train.time_budget_s it is re-fitted after every step, once
+    CALIBRATION_STEPS have been timed, from the recent step time and the time left, so the learning rate still
+    reaches zero as the budget runs out instead of being cut off near its peak. LambdaLR reads the horizon at
+    each step; checkpoints carry it, and a resumed run keeps the horizon it was saved with."""
+
+    def __init__(self, tc, max_steps: int | None = None):
+        self.tc = tc
+        self.max_steps = tc.steps if max_steps is None else max_steps  # train.steps, or fewer by train.max_epochs
+        self.horizon = self.max_steps
+        self.step_times: list[float] = []  # optimizer-step seconds, this process's run only
+
+    def lr_lambda(self, s: int) -> float:
+        tc = self.tc
+        if s < tc.warmup_steps:
+            return (s + 1) / (tc.warmup_steps + 1)
+        progress = min(1.0, (s - tc.warmup_steps) / max(1, self.horizon - tc.warmup_steps))
+        return 0.5 * (1.0 + math.cos(math.pi * progress))
+
+    def record(self, seconds: float) -> None:
+        self.step_times.append(seconds)
+
+    @property
+    def pace(self) -> float:
+        recent = self.step_times[-PACE_WINDOW:]
+        return sum(recent) / len(recent)
+
+    @property
+    def train_s(self) -> float:
+        return sum(self.step_times)  # optimizer-step time only (no evals, samples, checkpoints)
+
+    def spent(self, elapsed: float) -> float:
+        """What time_budget_s counts: all wall time, or optimizer-step time only (train.budget_clock)."""
+        return elapsed if self.tc.budget_clock == "wall" else self.train_s
+
+    def refit(self, step: int, spent: float, pace: float) -> None:
+        if self.tc.time_budget_s is not None:
+            left = self.tc.time_budget_s - spent
+            self.horizon = max(step + 1, min(self.max_steps, step + int(left / pace)))
+
+    def out_of_time(self, step: int, spent: float, pace: float) -> bool:
+        """True when the next step would not finish inside the budget, or the horizon is reached."""
+        budget = self.tc.time_budget_s
+        return budget is not None and (spent + pace > budget or step >= self.horizon)
+
+
+@dataclass
+class _Run:
+    """What the stages of one training run share; built by ``train``'s setup stages, driven by ``fit``."""
+
+    cfg: ShelleyConfig
+    run_dir: Path
+    accelerator: Any
+    model: Any
+    tokenizer: Any
+    blocks: PackedBlocks
+    val_stream: Any
+    val_texts: list[str]
+    params: list[Any] = field(default_factory=list)
+    optimizer: Any = None
+    scheduler: Any = None
+    schedule: BudgetSchedule | None = None
+    loss_head: Any = None
+    ckpt: Path | None = None
+    start_step: int = 0
+    tokens_before: int = 0
+    evals: list[dict[str, Any]] = field(default_factory=list)
+    sampler: Callable[..., list[str]] | None = None
+    t0: float = 0.0
+    # The best validation loss seen (None before the first), its step, and evaluations since it without a better one.
+    best: dict[str, Any] = field(default_factory=lambda: {"step": None, "val_loss": None, "stale_evals": 0})
+
+    @property
+    def tc(self):
+        return self.cfg.train
+
+    @property
+    def metrics_path(self) -> Path:
+        return self.run_dir / "metrics.jsonl"
+
+    @property
+    def world(self) -> int:
+        return self.accelerator.num_processes
+
+    @property
+    def steps_per_epoch(self) -> float:
+        """Optimizer steps in one pass over the packed training blocks (all processes together)."""
+        return len(self.blocks) / (self.tc.micro_batch_size * self.tc.grad_accum * self.world)
+
+    @property
+    def max_steps(self) -> int:
+        """train.steps, or fewer when train.max_epochs passes come first."""
+        if self.tc.max_epochs is None:
+            return self.tc.steps
+        return max(1, min(self.tc.steps, math.ceil(self.tc.max_epochs * self.steps_per_epoch)))
 
 
 def train(
@@ -255,93 +379,130 @@ def train(
     show_progress: bool = True,
     stop_after: int | None = None,
     final_eval: bool = True,
+    sampler: Callable[..., list[str]] | None = None,
 ) -> TrainResult:
     """Train per ``cfg`` and save outputs in ``run_dir``.
 
     ``model``/``tokenizer`` may be passed in (tests build tiny random models); otherwise they are loaded from
     ``cfg.model``. ``stop_after`` ends the process's work after that many steps as if it were interrupted
     (checkpoint written, no final outputs), which is how tests exercise resume. ``final_eval=False`` skips the
-    validation pass at the end (``shelley run`` scores the model itself right after).
+    validation pass at the end (``shelley run`` scores the model itself right after). ``sampler(model,
+    tokenizer, prompts, generation_config)`` writes the samples of ``samples.jsonl`` every
+    ``train.sample_every`` steps (the CLI passes ``shelley.generate.generate_texts``; None: no samples), so the
+    loop depends on no generation code.
 
     With ``train.time_budget_s`` the loop never starts a step it cannot finish in the budget, and the cosine
-    horizon is re-fitted every step from the recent step time and the time left (evals and checkpoints eat
-    into it too, unless ``train.budget_clock`` is "train"), so the learning rate reaches zero when the budget
-    runs out, not before and not after.
+    horizon follows the measured step time (``BudgetSchedule``), so the learning rate reaches zero when the
+    budget runs out, not before and not after.
     """
-    import torch
-    from accelerate import Accelerator
     from accelerate.utils import set_seed
 
-    from shelley.finetune.methods import load_base_model, load_tokenizer_for_training, prepare_for_method
     from shelley.runtime import tune_allocator
 
     tune_allocator()
     run_dir = Path(run_dir)
-    tc = cfg.train
-    if tc.method == "scratch":
-        from shelley.gpt.setup import check_scratch_config
-
-        check_scratch_config(cfg, tokenizer_given=tokenizer is not None)  # before anything is written
-    from shelley.io import check_output_dir, write_json
-
-    check_output_dir(run_dir, overwrite=True, flag="--run-dir")  # writable? (existing runs are handled below)
-    ckpt = None
-    if resume:
-        ckpt = check_resume(run_dir, cfg)
-    elif run_dir.exists() and any(run_dir.iterdir()):
-        if not overwrite:
-            raise ShelleyError(f"run dir {run_dir} already exists; pass --overwrite, --resume, or another run dir")
-        shutil.rmtree(run_dir)
-
-    precision = mixed_precision(tc.precision)
-    _forget_other_precision(precision)
-    accelerator = Accelerator(
-        gradient_accumulation_steps=tc.grad_accum,
-        mixed_precision=precision,
-        cpu=not torch.cuda.is_available(),
-    )
-    set_seed(tc.seed)
+    ckpt = _check_run_dir(cfg, run_dir, resume=resume, overwrite=overwrite, tokenizer_given=tokenizer is not None)
+    accelerator = _setup_accelerator(cfg.train)
+    set_seed(cfg.train.seed)
     # A set-up error (bad tokenizer, corpus smaller than one block, ...) leaves no half-made run dir behind.
     with _removed_on_error(run_dir, enabled=not resume and accelerator.is_main_process):
         if accelerator.is_main_process:
-            run_dir.mkdir(parents=True, exist_ok=True)
-            if not resume:
-                (run_dir / "config.yaml").write_text(yaml.safe_dump(cfg.model_dump(mode="json"), sort_keys=False))
-                _write_corpus(run_dir, train_texts, val_texts)
+            _write_run_files(cfg, run_dir, train_texts, val_texts, resume=resume)
+        model, tokenizer = _setup_model(cfg, accelerator, run_dir, train_texts, model, tokenizer)
+        blocks, val_stream = _setup_data(cfg, accelerator, tokenizer, run_dir, train_texts, val_texts)
+    run = _Run(cfg, run_dir, accelerator, model, tokenizer, blocks, val_stream, val_texts, sampler=sampler)
+    _setup_optimizer(run)
+    if ckpt is not None:
+        _load_checkpoint(run, ckpt)
+    return fit(run, show_progress=show_progress, stop_after=stop_after, final_eval=final_eval)
 
-        if tc.method == "scratch":
-            from shelley.gpt.setup import scratch_model, scratch_tokenizer
 
-            main = accelerator.is_main_process
-            tokenizer = tokenizer or scratch_tokenizer(cfg, train_texts, run_dir, main_process=main)
-            model = model if model is not None else scratch_model(cfg, tokenizer)
-        else:
-            tokenizer = tokenizer or load_tokenizer_for_training(cfg)
-            model = model if model is not None else load_base_model(cfg)
-            model = prepare_for_method(model, cfg)
-        if tokenizer.pad_token is None:
-            tokenizer.pad_token = tokenizer.eos_token
-        if tc.compile:
-            # Compiled before accelerate wraps it; unwrap_model(keep_torch_compile=False) gives the plain module back.
-            model = torch.compile(model)
+def _check_run_dir(cfg: ShelleyConfig, run_dir: Path, *, resume: bool, overwrite: bool, tokenizer_given: bool):
+    """Fail before anything is written: a bad scratch config, an unwritable or existing run dir. Returns the
+    checkpoint to resume from (None for a fresh run)."""
+    from shelley.io import check_output_dir
 
-        block = cfg.model.max_length
-        cache = run_dir / "cache"
-        # Tokenize + pack once: rank 0 writes the memmap cache, the other ranks wait, then read it.
-        with accelerator.main_process_first():
-            train_blocks = PackedBlocks(encode_stream(train_texts, tokenizer, cache, "train"), block)
-            val_stream = encode_stream(val_texts, tokenizer, cache, "validation")
-        if len(train_blocks) == 0:
-            raise ShelleyError(
-                f"the training text has {len(train_blocks.stream)} tokens, fewer than one block of "
-                f"model.max_length={block}; lower model.max_length or use a bigger corpus"
-            )
+    if cfg.train.method == "scratch":
+        from shelley.gpt.setup import check_scratch_config
 
-    params = [p for p in model.parameters() if p.requires_grad]
+        check_scratch_config(cfg, tokenizer_given=tokenizer_given)
+    check_output_dir(run_dir, overwrite=True, flag="--run-dir")  # writable? (existing runs are handled below)
+    if resume:
+        return check_resume(run_dir, cfg)
+    if run_dir.exists() and any(run_dir.iterdir()):
+        if not overwrite:
+            raise ShelleyError(f"run dir {run_dir} already exists; pass --overwrite, --resume, or another run dir")
+        shutil.rmtree(run_dir)
+    return None
+
+
+def _setup_accelerator(tc):
+    import torch
+    from accelerate import Accelerator
+
+    precision = mixed_precision(tc.precision)
+    _forget_other_precision(precision)
+    return Accelerator(
+        gradient_accumulation_steps=tc.grad_accum, mixed_precision=precision, cpu=not torch.cuda.is_available()
+    )
+
+
+def _write_run_files(cfg: ShelleyConfig, run_dir: Path, train_texts: list[str], val_texts: list[str], *, resume: bool):
+    run_dir.mkdir(parents=True, exist_ok=True)
+    if not resume:
+        (run_dir / "config.yaml").write_text(yaml.safe_dump(cfg.model_dump(mode="json"), sort_keys=False))
+        _write_corpus(run_dir, train_texts, val_texts)
+
+
+def _setup_model(cfg: ShelleyConfig, accelerator, run_dir: Path, train_texts: list[str], model, tokenizer):
+    """The model and tokenizer of the method: passed in, loaded from model.name, or a new scratch GPT."""
+    import torch
+
+    from shelley.finetune.methods import load_base_model, load_tokenizer_for_training, prepare_for_method
+
+    if cfg.train.method == "scratch":
+        from shelley.gpt.setup import scratch_model, scratch_tokenizer
+
+        main = accelerator.is_main_process
+        tokenizer = tokenizer or scratch_tokenizer(cfg, train_texts, run_dir, main_process=main)
+        model = model if model is not None else scratch_model(cfg, tokenizer)
+    else:
+        tokenizer = tokenizer or load_tokenizer_for_training(cfg)
+        model = model if model is not None else load_base_model(cfg)
+        model = prepare_for_method(model, cfg)
+    if tokenizer.pad_token is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    if cfg.train.compile:
+        # Compiled before accelerate wraps it; unwrap_model(keep_torch_compile=False) gives the plain module back.
+        model = torch.compile(model)
+    return model, tokenizer
+
+
+def _setup_data(cfg: ShelleyConfig, accelerator, tokenizer, run_dir: Path, train_texts, val_texts):
+    """Tokenize and pack once: rank 0 writes the memmap cache, the other ranks wait, then read it."""
+    block = cfg.model.max_length
+    cache = run_dir / "cache"
+    with accelerator.main_process_first():
+        blocks = PackedBlocks(encode_stream(train_texts, tokenizer, cache, "train"), block)
+        val_stream = encode_stream(val_texts, tokenizer, cache, "validation")
+    if len(blocks) == 0:
+        raise ShelleyError(
+            f"the training text has {len(blocks.stream)} tokens, fewer than one block of "
+            f"model.max_length={block}; lower model.max_length or use a bigger corpus"
+        )
+    return blocks, val_stream
+
+
+def _setup_optimizer(run: _Run) -> None:
+    """AdamW (8-bit paged for QLoRA), the budget-fitted schedule, accelerate's wrapping, the fused loss head."""
+    import torch
+
+    tc, accelerator = run.tc, run.accelerator
+    run.params = [p for p in run.model.parameters() if p.requires_grad]
     # Weight decay on matrices only: decaying biases and LayerNorm gains only pulls them off their useful values.
     groups = [
-        {"params": [p for p in params if p.dim() >= 2], "weight_decay": tc.weight_decay},
-        {"params": [p for p in params if p.dim() < 2], "weight_decay": 0.0},
+        {"params": [p for p in run.params if p.dim() >= 2], "weight_decay": tc.weight_decay},
+        {"params": [p for p in run.params if p.dim() < 2], "weight_decay": 0.0},
     ]
     groups = [g for g in groups if g["params"]]
     if tc.method == "qlora":
@@ -353,215 +514,306 @@ def train(
         # a SmolLM2-135M full step's optimizer time drops from ~0.35 s to ~0.15 s. Same math (torch tests it
         # against the reference implementation); the Trainer uses it by default too.
         optimizer = _adamw(groups, tc.learning_rate, accelerator.device.type)
-    # The cosine horizon is normally train.steps. With a time budget it is re-estimated from the measured
-    # step time after a few steps, so the learning rate still decays to zero when the budget runs out
-    # instead of being cut off at its peak. LambdaLR reads the horizon each step.
-    horizon = {"steps": tc.steps}
-
-    def lr_lambda(s: int) -> float:
-        if s < tc.warmup_steps:
-            return (s + 1) / (tc.warmup_steps + 1)
-        progress_ = min(1.0, (s - tc.warmup_steps) / max(1, horizon["steps"] - tc.warmup_steps))
-        return 0.5 * (1.0 + math.cos(math.pi * progress_))
-
-    model, optimizer = accelerator.prepare(model, optimizer)
-    loss_head = _fused_loss_model(accelerator, model, tc)
+    run.schedule = BudgetSchedule(tc, run.max_steps)
+    run.model, run.optimizer = accelerator.prepare(run.model, optimizer)
+    run.loss_head = _fused_loss_model(accelerator, run.model, tc)
     # The scheduler stays ours (registered so checkpoints carry it): accelerate's wrapper would step it once per
     # process, so N processes would run the schedule N times faster than one process with the same global batch.
-    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer.optimizer, lr_lambda)
-    accelerator.register_for_checkpointing(scheduler)
+    schedule = run.schedule  # a plain function, so the scheduler's state_dict stays as it was (no lambda state)
+    run.scheduler = torch.optim.lr_scheduler.LambdaLR(run.optimizer.optimizer, lambda s: schedule.lr_lambda(s))
+    accelerator.register_for_checkpointing(run.scheduler)
 
-    start_step = 0
-    tokens_before = 0
-    if ckpt is not None:
-        try:
-            accelerator.load_state(str(ckpt))
-        except (RuntimeError, KeyError, ValueError, pickle.UnpicklingError) as exc:
-            # UnpicklingError: torch.load(weights_only=True) refused something that is not plain tensors.
-            raise ShelleyError(
-                f"--resume: checkpoint {ckpt} does not fit this model ({str(exc).splitlines()[0][:160]}); "
-                "resume with the config the run was started with, or start a new run dir"
-            ) from None
-        state = json.loads((ckpt / "trainer_state.json").read_text())
-        start_step, tokens_before = state["step"], state["tokens_seen"]
-        horizon["steps"] = state.get("horizon", tc.steps)
 
-    metrics_path = run_dir / "metrics.jsonl"
-    if ckpt is not None and accelerator.is_main_process:
-        _truncate_metrics(metrics_path, start_step)  # steps after the checkpoint are about to be redone
-    world, rank = accelerator.num_processes, accelerator.process_index
-    evals: list[dict[str, Any]] = []
-    t0 = time.perf_counter()
-    tokens_seen = tokens_before
-    step = start_step
-    last_loss = float("nan")
-    stopped_early = False
-    step_times: list[float] = []
+def _load_checkpoint(run: _Run, ckpt: Path) -> None:
+    try:
+        run.accelerator.load_state(str(ckpt))
+    except (RuntimeError, KeyError, ValueError, pickle.UnpicklingError) as exc:
+        # UnpicklingError: torch.load(weights_only=True) refused something that is not plain tensors.
+        raise ShelleyError(
+            f"--resume: checkpoint {ckpt} does not fit this model ({str(exc).splitlines()[0][:160]}); "
+            "resume with the config the run was started with, or start a new run dir"
+        ) from None
+    state = json.loads((ckpt / "trainer_state.json").read_text())
+    run.ckpt, run.start_step, run.tokens_before = ckpt, state["step"], state["tokens_seen"]
+    run.schedule.horizon = state.get("horizon", run.max_steps)
+    run.best = state.get("best", run.best)  # the best-so-far state travels with the checkpoint
+    if run.accelerator.is_main_process:
+        _truncate_metrics(run.metrics_path, run.start_step)  # steps after the checkpoint are about to be redone
 
-    def evaluate(at_step: int) -> dict[str, Any]:
-        from shelley.eval.perplexity import perplexity
 
-        with _without_autocast(_unwrap(accelerator, model)) as net:
-            res = perplexity(
-                net,
-                val_stream,
-                max_length=block,
-                stride=cfg.eval.stride,
-                batch_size=tc.micro_batch_size,
-                max_tokens=cfg.eval.max_eval_tokens,
-            )
-        row = {
-            "kind": "eval",
-            "step": at_step,
-            "val_loss": res["nll"],
-            "val_perplexity": res["perplexity"],
-            "val_tokens": res["tokens"],
-        }
-        evals.append(row)
-        _log(metrics_path, row, accelerator)
-        return row
-
-    def write_samples(at_step: int) -> None:
-        from shelley.data.books import corpus_prompts
-        from shelley.generate import generate_texts
-
-        gen = cfg.generation.model_copy(
-            # At most half the context, so the prompts keep room (a tiny scratch model may see 64 tokens).
-            update={"max_new_tokens": min(60, cfg.generation.max_new_tokens, max(1, block // 2)), "num_samples": 1}
-        )
-        prompts = cfg.eval.prompts or corpus_prompts(val_texts)
-        texts = generate_texts(_inference_model(accelerator, model, tokenizer), tokenizer, prompts, gen)
-        with (run_dir / "samples.jsonl").open("a") as fh:
-            for p, t in zip(prompts, texts, strict=True):
-                fh.write(json.dumps({"step": at_step, "prompt": p, "text": t}) + "\n")
-
+def fit(run: _Run, *, show_progress: bool = True, stop_after: int | None = None, final_eval: bool = True):
+    """The training loop: optimizer steps until train.steps (or train.max_epochs), the time budget, early
+    stopping, ``stop_after`` or a signal; validation, samples and checkpoints on their schedules; the outputs."""
+    tc, accelerator, schedule = run.tc, run.accelerator, run.schedule
+    step, tokens_seen, skipped = run.start_step, run.tokens_before, 0
+    last_loss, tps, reason = float("nan"), 0.0, "steps" if run.max_steps == tc.steps else "max epochs"
+    run.t0 = time.perf_counter()
     progress = _progress(show_progress and accelerator.is_main_process)
-    task = progress.add_task("training", total=tc.steps, completed=start_step, loss=float("nan"), lr=0.0, tps=0.0)
-    skipped = 0
-    model.train()
+    task = progress.add_task("training", total=run.max_steps, completed=step, loss=float("nan"), lr=0.0, tps=0.0)
+    run.model.train()
     with progress, _stop_on_signals() as stop:
-        while step < tc.steps:
+        while step < run.max_steps:
             step_start = time.perf_counter()
-            losses = []
-            bad = False  # a non-finite loss in this optimizer step (nan_policy skip)
-            for k in range(tc.grad_accum):
-                micro = (step * tc.grad_accum + k) * world + rank
-                ids = train_blocks.batch(micro_batch_indices(len(train_blocks), tc.micro_batch_size, tc.seed, micro))
-                ids = ids.to(accelerator.device)
-                with accelerator.accumulate(model), _oom_guard(cfg, step + 1, run_dir):
-                    with accelerator.autocast():  # the fused head runs outside the model's own forward
-                        loss = causal_lm_loss(model, ids, inner=loss_head)
-                    finite = torch.isfinite(loss.detach()).float().reshape(1)
-                    if world > 1:  # every rank must agree, or one would wait forever in backward's all-reduce
-                        finite = accelerator.gather(finite).min().reshape(1)
-                    if not bool(finite.item()):
-                        if tc.nan_policy == "stop" or skipped >= tc.max_skipped_steps:
-                            last = latest_checkpoint(run_dir)
-                            raise ShelleyError(
-                                f"loss became {float(loss.detach())} at step {step + 1}; training stopped"
-                                + (f" after skipping {skipped} steps" if skipped else "")
-                                + f". Last good checkpoint: {last or 'none'}. Lower train.learning_rate, use "
-                                "precision fp32, or set train.nan_policy=skip"
-                            )
-                        bad = True
-                    else:
-                        accelerator.backward(loss)
-                    if accelerator.sync_gradients and not bad:
-                        accelerator.clip_grad_norm_(params, tc.max_grad_norm)
-                    if not bad:
-                        optimizer.step()  # (accelerate makes this a no-op until the last micro-batch)
-                    if accelerator.sync_gradients:
-                        scheduler.step()  # once per optimizer step, skipped or not: the schedule counts steps
-                    optimizer.zero_grad(set_to_none=True)
-                losses.append(float(loss.detach()))
-                tokens_seen += ids.numel() * world
-            step += 1
+            losses, bad, tokens = _optimizer_step(run, step, skipped)
+            step, tokens_seen = step + 1, tokens_seen + tokens
             if bad:
                 skipped += 1
-                _log(metrics_path, {"kind": "skip", "step": step, "reason": "non-finite loss"}, accelerator)
-            finite_losses = [x for x in losses if math.isfinite(x)] or [float("nan")]
-            last_loss = sum(finite_losses) / len(finite_losses)
-            if world > 1:  # log the mean over ranks: the loss of the global batch, as one process would see it
-                last_loss = float(accelerator.reduce(torch.tensor([last_loss], device=accelerator.device), "mean"))
-            elapsed = time.perf_counter() - t0
+                _log(run.metrics_path, {"kind": "skip", "step": step, "reason": "non-finite loss"}, accelerator)
+            last_loss = _mean_loss(run, losses)
+            elapsed = time.perf_counter() - run.t0
             # Throughput counts optimizer-step time only: evals, samples and checkpoints are not training.
-            step_times.append(time.perf_counter() - step_start)
-            recent = step_times[-PACE_WINDOW:]
-            pace = sum(recent) / len(recent)
-            train_s = sum(step_times)  # optimizer-step time only (no evals, samples, checkpoints)
-            spent = elapsed if tc.budget_clock == "wall" else train_s  # what time_budget_s counts
-            if world > 1 and tc.time_budget_s is not None:
-                # Each rank times itself, so near the end of the budget one rank could stop while another starts
-                # a step and waits forever in its all-reduce, and their cosine horizons (so learning rates)
-                # could drift apart. All ranks go by the slowest clock.
-                clocks = torch.tensor([[spent, pace]], dtype=torch.float64, device=accelerator.device)
-                spent, pace = (float(x) for x in accelerator.gather(clocks).max(dim=0).values)
-            if tc.time_budget_s is not None and ckpt is None and step - start_step >= CALIBRATION_STEPS:
-                left = tc.time_budget_s - spent
-                horizon["steps"] = max(step + 1, min(tc.steps, step + int(left / pace)))
-                progress.update(task, total=horizon["steps"])
-            tps = (tokens_seen - tokens_before) / max(train_s, 1e-9)
-            lr = scheduler.get_last_lr()[0]
-            _log(
-                metrics_path,
-                {
-                    "kind": "train",
-                    "step": step,
-                    "loss": last_loss,
-                    "lr": lr,
-                    "tokens_seen": tokens_seen,
-                    "tokens_per_s": tps,
-                    "elapsed_s": elapsed,
-                    "train_s": train_s,
-                },
-                accelerator,
-            )
+            schedule.record(time.perf_counter() - step_start)
+            spent, pace = _agree_clocks(run, schedule.spent(elapsed), schedule.pace)
+            if run.ckpt is None and step - run.start_step >= CALIBRATION_STEPS and tc.time_budget_s is not None:
+                schedule.refit(step, spent, pace)
+                progress.update(task, total=schedule.horizon)
+            tps = (tokens_seen - run.tokens_before) / max(schedule.train_s, 1e-9)
+            lr = run.scheduler.get_last_lr()[0]
+            row = {"kind": "train", "step": step, "loss": last_loss, "lr": lr, "tokens_seen": tokens_seen}
+            row |= {"epoch": round(step / run.steps_per_epoch, 4), "tokens_per_s": tps}
+            _log(run.metrics_path, row | {"elapsed_s": elapsed, "train_s": schedule.train_s}, accelerator)
             progress.update(task, completed=step, loss=last_loss, lr=lr, tps=tps)
-            out_of_time = tc.time_budget_s is not None and (spent + pace > tc.time_budget_s or step >= horizon["steps"])
-            interrupted = stop_after is not None and step - start_step >= stop_after
-            signalled = stop.get("signal")
-            if world > 1:  # a signal may reach one rank only: all stop together
-                flag = torch.tensor([1.0 if signalled else 0.0], device=accelerator.device)
-                signalled = signalled or (bool(accelerator.reduce(flag, "sum").item()) and "SIGTERM")
-            interrupted = interrupted or bool(signalled)
-            last_step = step == tc.steps or out_of_time
-            if step % tc.eval_every == 0 or (last_step and final_eval):
-                evaluate(step)
-            if step % tc.sample_every == 0:
-                if accelerator.is_main_process:
-                    write_samples(step)
-                # The other ranks wait here, not inside their next step, so rank 0's samples do not count as
-                # their training time.
-                accelerator.wait_for_everyone()
-            if step % tc.checkpoint_every == 0 or out_of_time or interrupted or step == tc.steps:
-                _save_checkpoint(
-                    accelerator,
-                    run_dir,
-                    step,
-                    tc.keep_checkpoints,
-                    {"step": step, "tokens_seen": tokens_seen, "loss": last_loss, "horizon": horizon["steps"]},
-                )
+            out_of_time = schedule.out_of_time(step, spent, pace)
+            signalled = _agree_signal(run, stop.get("signal"))
+            interrupted = (stop_after is not None and step - run.start_step >= stop_after) or bool(signalled)
+            state = {"step": step, "tokens_seen": tokens_seen, "loss": last_loss, "horizon": schedule.horizon}
+            early = _after_step(run, step, state, last=step == run.max_steps or out_of_time, final_eval=final_eval,
+                                save=out_of_time or interrupted)  # fmt: skip
             if signalled:
-                ckpt_path = latest_checkpoint(run_dir)
                 raise TrainingInterrupted(
-                    f"{signalled} at step {step}: checkpoint saved to {ckpt_path}; continue with the same command "
-                    "plus --resume"
+                    f"{signalled} at step {step}: checkpoint saved to {latest_checkpoint(run.run_dir)}; continue "
+                    "with the same command plus --resume"
                 )
             if interrupted:
-                return TrainResult(run_dir, step, True, elapsed, tokens_seen, tps, last_loss, evals)
-            if out_of_time:
-                stopped_early = True
+                result = TrainResult(run.run_dir, step, True, elapsed, tokens_seen, tps, last_loss, run.evals)
+                result.stop_reason = "interrupted"
+                return result
+            if out_of_time or early:
+                reason = "early stopping" if early else "time budget"
                 break
+    return _finish(run, step, reason, tokens_seen, last_loss)
 
-    elapsed = time.perf_counter() - t0
-    output_dir = _save_outputs(accelerator, model, tokenizer, run_dir, merge=tc.merge)
-    if accelerator.is_main_process:
-        plot_loss(metrics_path, run_dir / "loss.png")
-    tps = (tokens_seen - tokens_before) / max(sum(step_times), 1e-9)
-    result = TrainResult(run_dir, step, stopped_early, elapsed, tokens_seen, tps, last_loss, evals, output_dir)
-    if accelerator.is_main_process:
-        summary = {k: (str(v) if isinstance(v, Path) else v) for k, v in result.__dict__.items()}
-        write_json(run_dir / "train_summary.json", summary)
+
+def _optimizer_step(run: _Run, step: int, skipped: int) -> tuple[list[float], bool, int]:
+    """One optimizer step over train.grad_accum micro-batches: forward, the NaN policy, backward, clipping, the
+    optimizer and scheduler steps. Returns (micro-batch losses, whether the update was skipped, tokens seen)."""
+    tc, accelerator = run.tc, run.accelerator
+    losses, bad, tokens = [], False, 0  # bad: a non-finite loss in this optimizer step (nan_policy skip)
+    for k in range(tc.grad_accum):
+        micro = (step * tc.grad_accum + k) * run.world + accelerator.process_index
+        ids = run.blocks.batch(micro_batch_indices(len(run.blocks), tc.micro_batch_size, tc.seed, micro))
+        ids = ids.to(accelerator.device)
+        with accelerator.accumulate(run.model), _oom_guard(run.cfg, step + 1, run.run_dir):
+            with accelerator.autocast():  # the fused head runs outside the model's own forward
+                loss = causal_lm_loss(run.model, ids, inner=run.loss_head)
+            if _agree_finite(run, loss):
+                accelerator.backward(loss)
+            else:
+                _nan_policy(run, loss, step, skipped)
+                bad = True
+            if accelerator.sync_gradients and not bad:
+                accelerator.clip_grad_norm_(run.params, tc.max_grad_norm)
+            if not bad:
+                run.optimizer.step()  # (accelerate makes this a no-op until the last micro-batch)
+            if accelerator.sync_gradients:
+                run.scheduler.step()  # once per optimizer step, skipped or not: the schedule counts steps
+            run.optimizer.zero_grad(set_to_none=True)
+        losses.append(float(loss.detach()))
+        tokens += ids.numel() * run.world
+    return losses, bad, tokens
+
+
+def _nan_policy(run: _Run, loss, step: int, skipped: int) -> None:
+    """A non-finite loss stops the run (naming the last good checkpoint) unless train.nan_policy is skip and
+    fewer than train.max_skipped_steps were skipped."""
+    tc = run.tc
+    if tc.nan_policy == "stop" or skipped >= tc.max_skipped_steps:
+        last = latest_checkpoint(run.run_dir)
+        raise ShelleyError(
+            f"loss became {float(loss.detach())} at step {step + 1}; training stopped"
+            + (f" after skipping {skipped} steps" if skipped else "")
+            + f". Last good checkpoint: {last or 'none'}. Lower train.learning_rate, use "
+            "precision fp32, or set train.nan_policy=skip"
+        )
+
+
+# Cross-rank agreement: every rank must take the same decision at the same step, or one would wait forever in
+# a collective (backward's all-reduce, the next step) that the others never reach.
+
+
+def _agree_finite(run: _Run, loss) -> bool:
+    import torch
+
+    finite = torch.isfinite(loss.detach()).float().reshape(1)
+    if run.world > 1:
+        finite = run.accelerator.gather(finite).min().reshape(1)
+    return bool(finite.item())
+
+
+def _mean_loss(run: _Run, losses: list[float]) -> float:
+    """The step's mean micro-batch loss; over ranks, the loss of the global batch as one process would see it."""
+    import torch
+
+    finite = [x for x in losses if math.isfinite(x)] or [float("nan")]
+    loss = sum(finite) / len(finite)
+    if run.world > 1:
+        loss = float(run.accelerator.reduce(torch.tensor([loss], device=run.accelerator.device), "mean"))
+    return loss
+
+
+def _agree_clocks(run: _Run, spent: float, pace: float) -> tuple[float, float]:
+    """Under a time budget all ranks go by the slowest rank's clock: each times itself, so near the end one
+    could stop while another starts a step, and their cosine horizons (so learning rates) could drift apart."""
+    import torch
+
+    if run.world == 1 or run.tc.time_budget_s is None:
+        return spent, pace
+    clocks = torch.tensor([[spent, pace]], dtype=torch.float64, device=run.accelerator.device)
+    spent, pace = (float(x) for x in run.accelerator.gather(clocks).max(dim=0).values)
+    return spent, pace
+
+
+def _agree_signal(run: _Run, signalled: str | None) -> str | None:
+    """A signal may reach one rank only: all stop together."""
+    import torch
+
+    if run.world > 1:
+        flag = torch.tensor([1.0 if signalled else 0.0], device=run.accelerator.device)
+        signalled = signalled or (bool(run.accelerator.reduce(flag, "sum").item()) and "SIGTERM")
+    return signalled or None
+
+
+def _after_step(run: _Run, step: int, state: dict[str, Any], *, last: bool, final_eval: bool, save: bool) -> bool:
+    """Validation (with best-model tracking), samples and a checkpoint, each on its own schedule (and at the
+    end). Returns True when train.patience evaluations in a row brought no improvement: time to stop."""
+    tc, accelerator = run.tc, run.accelerator
+    early = False
+    if step % tc.eval_every == 0 or (last and final_eval):
+        early = _track_best(run, step, validate(run, step))
+    if step % tc.sample_every == 0:
+        if accelerator.is_main_process:
+            _write_samples(run, step)
+        # The other ranks wait here, not inside their next step, so rank 0's samples do not count as their
+        # training time.
+        accelerator.wait_for_everyone()
+    if step % tc.checkpoint_every == 0 or save or early or step == run.max_steps:
+        _save_checkpoint(accelerator, run.run_dir, step, tc.keep_checkpoints, state | {"best": run.best})
+    return early
+
+
+def _track_best(run: _Run, step: int, row: dict[str, Any]) -> bool:
+    """Remember the best validation loss (and with train.keep_best its weights, in run_dir/best); count the
+    evaluations since. True when train.patience of them brought no improvement of train.min_delta."""
+    best, tc = run.best, run.tc
+    if best["val_loss"] is None or row["val_loss"] < best["val_loss"] - tc.min_delta:
+        best.update(step=step, val_loss=row["val_loss"], stale_evals=0)
+        if tc.keep_best:
+            _save_best(run)
+        return False
+    best["stale_evals"] += 1
+    return tc.patience is not None and best["stale_evals"] >= tc.patience
+
+
+def _trainable_state(run: _Run) -> dict[str, Any]:
+    """The weights training changes (all of them for full and scratch, the adapters for LoRA), as CPU tensors."""
+    unwrapped = _unwrap(run.accelerator, run.model)
+    return {n: p.detach().cpu().contiguous() for n, p in unwrapped.named_parameters() if p.requires_grad}
+
+
+def _save_best(run: _Run) -> None:
+    from safetensors.torch import save_file
+
+    from shelley.io import atomic_dir
+
+    if run.accelerator.is_main_process:
+        with atomic_dir(run.run_dir / "best", overwrite=True) as tmp:
+            save_file(_trainable_state(run), str(tmp / "weights.safetensors"))
+            (tmp / "best.json").write_text(json.dumps({"step": run.best["step"], "val_loss": run.best["val_loss"]}))
+    run.accelerator.wait_for_everyone()
+
+
+def _restore_best(run: _Run) -> None:
+    """Load the best weights back into the model (every process), so the outputs and any scoring that follows
+    (``shelley run`` scores the model it holds) see them."""
+    from safetensors.torch import load_file
+
+    state = load_file(str(run.run_dir / "best" / "weights.safetensors"))
+    unwrapped = _unwrap(run.accelerator, run.model)
+    device = next(unwrapped.parameters()).device
+    missing = set(_trainable_state(run)) - set(state)
+    if missing:
+        raise ShelleyError(f"{run.run_dir / 'best'} does not hold this model's weights; rerun without --resume")
+    unwrapped.load_state_dict({k: v.to(device) for k, v in state.items()}, strict=False)
+
+
+def validate(run: _Run, step: int) -> dict[str, Any]:
+    """Perplexity of the model as it is now on the validation tokens, logged to metrics.jsonl."""
+    from shelley.models.perplexity import perplexity
+
+    with _without_autocast(_unwrap(run.accelerator, run.model)) as net:
+        res = perplexity(
+            net,
+            run.val_stream,
+            max_length=run.cfg.model.max_length,
+            stride=run.cfg.eval.stride,
+            batch_size=run.tc.micro_batch_size,
+            max_tokens=run.cfg.eval.max_eval_tokens,
+        )
+    row = {"kind": "eval", "step": step, "val_loss": res["nll"], "val_perplexity": res["perplexity"]}
+    row["val_tokens"] = res["tokens"]
+    run.evals.append(row)
+    _log(run.metrics_path, row, run.accelerator)
+    return row
+
+
+def _write_samples(run: _Run, step: int) -> None:
+    from shelley.data.books import corpus_prompts
+
+    if run.sampler is None:
+        return
+    gen = run.cfg.generation.model_copy(
+        # At most half the context, so the prompts keep room (a tiny scratch model may see 64 tokens).
+        update={
+            "max_new_tokens": min(60, run.cfg.generation.max_new_tokens, max(1, run.cfg.model.max_length // 2)),
+            "num_samples": 1,
+        }
+    )
+    prompts = run.cfg.eval.prompts or corpus_prompts(run.val_texts)
+    model = _inference_model(run.accelerator, run.model, run.tokenizer)
+    texts = run.sampler(model, run.tokenizer, prompts, gen)
+    with (run.run_dir / "samples.jsonl").open("a") as fh:
+        for p, t in zip(prompts, texts, strict=True):
+            fh.write(json.dumps({"step": step, "prompt": p, "text": t}) + "\n")
+
+
+def _finish(run: _Run, step: int, reason: str, tokens_seen: int, last_loss: float) -> TrainResult:
+    """Keep the best weights when the last ones validated worse, then save the model or adapter, the loss plot
+    (the kept step marked) and train_summary.json. Last weights that were never validated (``shelley run``
+    scores them itself) are kept: nothing says they are worse."""
+    from shelley.io import write_json
+
+    elapsed = time.perf_counter() - run.t0
+    best, tc = run.best, run.tc
+    last_validated = bool(run.evals) and run.evals[-1]["step"] == step
+    kept = step
+    if tc.keep_best and best["step"] is not None and best["step"] != step and last_validated:
+        _restore_best(run)
+        kept = best["step"]
+    output_dir = _save_outputs(run.accelerator, run.model, run.tokenizer, run.run_dir, merge=tc.merge)
+    if run.accelerator.is_main_process:
+        plot_loss(run.metrics_path, run.run_dir / "loss.png", kept_step=kept)
+    tps = (tokens_seen - run.tokens_before) / max(run.schedule.train_s, 1e-9)
+    result = TrainResult(
+        run.run_dir, step, reason != "steps", elapsed, tokens_seen, tps, last_loss, run.evals, output_dir
+    )
+    result.stop_reason, result.kept_step = reason, kept
+    result.epochs = round(step / run.steps_per_epoch, 3)
+    result.best_step, result.best_val_loss = best["step"], best["val_loss"]
+    if tc.time_budget_s is not None and reason in ("early stopping", "max epochs"):
+        spent = run.schedule.spent(elapsed)
+        result.budget_left_s = round(max(0.0, tc.time_budget_s - spent), 1)
+    if run.accelerator.is_main_process:
+        write_json(run.run_dir / "train_summary.json", result.summary())
     return result
 
 
@@ -705,7 +957,7 @@ def _oom_guard(cfg: ShelleyConfig, step: int, run_dir: Path):
 
 def _write_corpus(run_dir: Path, train_texts: list[str], val_texts: list[str]) -> None:
     """Keep the texts the run saw: the originality guard indexes them, and a hash ties the index to them."""
-    from shelley.eval.originality import corpus_rows_from_texts
+    from shelley.data.build import corpus_rows_from_texts
     from shelley.io import atomic_write_text
 
     rows = corpus_rows_from_texts({"train": train_texts, "validation": val_texts})

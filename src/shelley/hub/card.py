@@ -14,9 +14,8 @@ from typing import Any
 
 import yaml
 
+from shelley.data.card import gutenberg_provenance
 from shelley.errors import ShelleyError
-
-GUTENBERG_ID = re.compile(r"(?:EBook|eBook|ebook)\s*#?\s*(\d+)")
 
 
 def _template(name: str) -> str:
@@ -44,22 +43,6 @@ def load_results(run_dir: Path) -> tuple[dict[str, Any], Any, Path, Path]:
         if key not in results:
             raise ShelleyError(f"{ev} has no {key!r}; run `shelley eval {run_dir}` again")
     return results, cfg, out, train_dir
-
-
-def gutenberg_provenance(path: Path) -> tuple[int | None, bool]:
-    """(Gutenberg ebook id, whether the text names Project Gutenberg), read from the first 4,000 characters of
-    ``path``. A file named after a known Gutenberg book (``shelley.data.books``) counts as that ebook: a snippet
-    CSV carries no header."""
-    from shelley.data.books import known_book
-
-    head = ""
-    if path.is_file():
-        with path.open(encoding="utf-8", errors="replace") as fh:
-            head = fh.read(4000)
-    m = GUTENBERG_ID.search(head)
-    book = known_book(path)
-    gid = int(m.group(1)) if m else (book.gutenberg_id if book else None)
-    return gid, "Project Gutenberg" in head
 
 
 def corpus_facts(run_dir: Path, cfg, train_dir: Path) -> dict[str, Any]:
@@ -257,8 +240,11 @@ def _attribution(results: dict[str, Any]) -> dict[str, Any] | None:
 
 
 def _training(results: dict[str, Any]) -> dict[str, Any]:
+    from shelley.eval.report import training_sentence
+
     t = results.get("training") or {}
     return {
+        "sentence": training_sentence(t) if t else "",
         "steps": t.get("steps", "?"),
         "train_seconds": float(t.get("train_seconds", 0.0)),
         "tokens_per_second": float(t.get("tokens_per_second", 0.0)),
@@ -301,7 +287,11 @@ def render_space_card(run_dir: Path, *, model_repo: str, title: str | None = Non
             template_str=_template("space_card.md.j2"),
             title=data.title,
             model_repo=model_repo,
-            summary="it continues your text in the voice of its training corpus.",
+            summary=(
+                f"it continues your text in the voice of {results['corpus']['author']} ({results['corpus']['title']})."
+                if results.get("corpus")
+                else "it continues your text in the voice of its training corpus."
+            ),
             max_span=cfg.eval.max_copied_span,
             ppl=results["perplexity"],
             labels=results.get("labels", DEFAULT_LABELS),
@@ -315,52 +305,3 @@ def write_model_card(run_dir: Path, out: Path | None = None, *, name: str | None
     target = Path(out) if out else Path(run_dir) / "README.md"
     atomic_write_text(target, render_model_card(run_dir, name=name))
     return target
-
-
-def render_dataset_card(report: dict[str, Any]) -> str:
-    """The dataset card saved with every ``shelley data build`` (and pushed by ``--push-to-hub``)."""
-    from huggingface_hub import DatasetCard, DatasetCardData
-
-    src = Path(str(report.get("source", "")))
-    gid, _ = gutenberg_provenance(src)
-    rows = report["split"]["rows"]
-    data = DatasetCardData(
-        language="en",
-        license="other" if gid is None else "pddl",
-        pretty_name=f"{src.stem} snippets" if src.name else "shelley corpus",
-        task_categories=["text-generation"],
-        tags=["shelley", "author-style"],
-        size_categories=["1K<n<10K" if sum(rows.values()) >= 1000 else "n<1K"],
-    )
-    cleaning = "\n".join(
-        f"- {c['step']}: {c.get('changed', 0)} rows edited, {c.get('removed', 0)} removed"
-        for c in report.get("cleaning", [])
-    )
-    overlap = report.get("overlap", {}).get("validation", {}).get("shared_fraction")
-    provenance = (
-        f"Project Gutenberg ebook #{gid}, public domain in the USA (check the laws of your country)."
-        if gid is not None
-        else "A local corpus: check its licence before sharing."
-    )
-    body = f"""---
-{data.to_yaml()}
----
-
-# {data.pretty_name}
-
-Snippets of `{src.name or "a corpus"}` cleaned and split by shelley for fine-tuning a model on its style.
-
-- **Source:** {provenance}
-- **Format read:** {report.get("format", "?")}; {report.get("rows_read", "?")} rows read
-- **Splits:** {", ".join(f"{k}: {v}" for k, v in rows.items())} (method `{report["split"]["method"]}`, seed
-  {report["split"]["seed"]}; whole sections are held out so validation text never neighbours training text)
-- **Train/validation overlap:** {"?" if overlap is None else f"{100 * overlap:.2f}%"} of validation word
-  {report.get("overlap", {}).get("validation", {}).get("n", 8)}-grams also occur in train
-
-## Cleaning
-
-{cleaning or "- none"}
-
-Each row has `text`, `section` (chapter or letter) and `row` (its position in the source).
-"""
-    return str(DatasetCard(body))

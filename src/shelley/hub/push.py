@@ -107,3 +107,24 @@ def push(run_dir: Path, repo: str, *, public: bool = False, dry_run: bool = Fals
 def _scrub(message: str, token: str | None) -> str:
     first = message.splitlines()[0][:160] if message else ""
     return first.replace(token, "***") if token else first
+
+
+def push_dataset(out: Path, repo: str, *, private: bool = True, dry_run: bool = False) -> list[tuple[str, int]]:
+    """Upload a built dataset folder to the Hub (private by default). Returns (path, bytes) of every file."""
+    files = sorted((str(p.relative_to(out)), p.stat().st_size) for p in out.rglob("*") if p.is_file())
+    if dry_run:
+        return files
+    from huggingface_hub import HfApi
+
+    token = hf_token()
+    if not token:
+        raise ShelleyError("no Hugging Face token: set HF_TOKEN or run `hf auth login`, or use --dry-run")
+    api = HfApi(token=token)
+    try:
+        api.create_repo(repo, repo_type="dataset", private=private, exist_ok=True)
+        api.upload_folder(folder_path=str(out), repo_id=repo, repo_type="dataset")
+    except Exception as exc:  # network/auth errors come in many types; the message must never echo the token
+        raise ShelleyError(
+            f"push to {repo} failed ({type(exc).__name__}); check the repo name and your login"
+        ) from None
+    return files
