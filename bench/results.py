@@ -2,6 +2,7 @@
 the CPU and the date) and ``docs/results.md`` is generated from them, never edited by hand.
 
     python -m bench.results record runs/fr --name frankenstein_default_run   # a run's eval.json -> docs/results/
+    python -m bench.results record-train runs/minigpt-tiny --name scratch       # a training curve and its kept step
     python -m bench.results render                                           # docs/results/*.json -> docs/results.md
 """
 
@@ -84,6 +85,52 @@ def record(run_dir: Path, name: str, note: str = "", at_commit: str | None = Non
     return out
 
 
+def record_training(run_dir: Path, name: str, note: str = "", at_commit: str | None = None) -> Path:
+    """Keep a `shelley train` run's validation curve, kept step and stop reason as docs/results/<name>.json."""
+    run_dir = Path(run_dir)
+    summary = json.loads((run_dir / "train_summary.json").read_text())
+    rows = [json.loads(x) for x in (run_dir / "metrics.jsonl").read_text().splitlines() if x.strip()]
+    curve = [[r["step"], round(r["val_perplexity"], 2)] for r in rows if r.get("kind") == "eval"]
+    row = {
+        "kind": "training",
+        "name": name,
+        "note": note,
+        "commit": at_commit or commit(),
+        "cpu": cpu_name(),
+        "date": time.strftime("%Y-%m-%d"),
+        "curve": curve,
+        **{
+            k: summary.get(k)
+            for k in ("steps", "epochs", "stop_reason", "kept_step", "best_step", "budget_left_s", "tokens_per_second")
+        },
+        "train_seconds": round(summary.get("train_seconds", 0.0), 1),
+    }
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    out = RESULTS / f"{name}.json"
+    out.write_text(json.dumps(row, indent=2) + "\n")
+    return out
+
+
+def _render_training(rows: list[dict[str, Any]]) -> list[str]:
+    lines = [
+        "",
+        "## Training curves and the kept model",
+        "",
+        "| run | steps (passes) | stopped by | validation perplexity by step | kept step (perplexity) | seconds | "
+        "commit, CPU |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for r in rows:
+        curve = ", ".join(f"{st}: {ppl}" for st, ppl in r["curve"])
+        kept = dict((st, ppl) for st, ppl in r["curve"]).get(r["kept_step"], "not validated")
+        left = f", {r['budget_left_s']:.0f} s of the budget left" if r.get("budget_left_s") else ""
+        lines.append(
+            f"| {r['name']} | {r['steps']} ({r['epochs']}) | {r['stop_reason']}{left} | {curve} | {r['kept_step']} "
+            f"({kept}) | {r['train_seconds']} | {r['commit']}, {r['cpu']} |"
+        )
+    return lines
+
+
 def _share(r: dict[str, Any]) -> dict[str, Any]:
     return {"bags": r["bags"], "target_bags": r["target_bags"], "share": r["target_share"], "interval": r["interval"]}
 
@@ -147,6 +194,9 @@ def render(folder: Path = RESULTS) -> str:
         gen = (r.get("attribution") or {}).get("generation") or {}
         g = "; ".join(f"{k}: {v['words']} words in {v['seconds']:.0f} s" for k, v in gen.items()) or "—"
         lines.append(f"| {r['name']} | {r['commit']} | {r['date']} | {r['cpu']} | {g} | {r.get('note', '')} |")
+    training = [r for r in rows if r.get("kind") == "training"]
+    if training:
+        lines += _render_training(training)
     return "\n".join(lines) + "\n"
 
 
@@ -158,10 +208,17 @@ def main() -> None:
     rec.add_argument("--name", required=True)
     rec.add_argument("--note", default="")
     rec.add_argument("--commit", default=None, help="the commit the run was made with (default: HEAD)")
+    trn = sub.add_parser("record-train", help="keep a `shelley train` run's curve in docs/results/NAME.json")
+    trn.add_argument("run", type=Path)
+    trn.add_argument("--name", required=True)
+    trn.add_argument("--note", default="")
+    trn.add_argument("--commit", default=None)
     sub.add_parser("render", help="write docs/results.md from docs/results/*.json")
     args = ap.parse_args()
     if args.cmd == "record":
         print("wrote", record(args.run, args.name, args.note, args.commit))
+    elif args.cmd == "record-train":
+        print("wrote", record_training(args.run, args.name, args.note, args.commit))
     PAGE.write_text(render())
     print("wrote", PAGE)
 

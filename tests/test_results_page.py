@@ -51,3 +51,29 @@ def test_render_a_run(tmp_path):
 def test_committed_page_is_generated_from_the_records():
     assert PAGE.exists() and list(RESULTS.glob("*.json")), "run `python -m bench.results render`"
     assert PAGE.read_text() == render(RESULTS), "docs/results.md is stale: run `python -m bench.results render`"
+
+
+def test_render_a_training_curve(tmp_path):
+    row = {
+        "kind": "training",
+        "name": "scratch",
+        "note": "",
+        "commit": "abc1234",
+        "cpu": "Test CPU",
+        "date": "2026-11-30",
+        "curve": [[50, 300.0], [100, 180.5], [150, 190.2]],
+        "steps": 150,
+        "epochs": 5.8,
+        "stop_reason": "early stopping",
+        "kept_step": 100,
+        "best_step": 100,
+        "budget_left_s": 200.4,
+        "tokens_per_second": 3000.0,
+        "train_seconds": 310.0,
+    }
+    (tmp_path / "s.json").write_text(json.dumps(row))
+    page = render(tmp_path)
+    assert (
+        "| scratch | 150 (5.8) | early stopping, 200 s of the budget left | 50: 300.0, 100: 180.5, 150: 190.2 " in page
+    )
+    assert "| 100 (180.5) | 310.0 | abc1234, Test CPU |" in page
