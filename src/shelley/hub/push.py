@@ -14,7 +14,7 @@ from pathlib import Path
 
 from shelley.errors import ShelleyError
 
-REPORT_FILES = ("eval.json", "eval.md", "eval.html")
+REPORT_FILES = ("eval.json", "eval.md", "eval.html", "attribution.png")  # eval.md links the chart beside it
 
 
 @dataclass(frozen=True)
