@@ -23,16 +23,15 @@ PAGE = ROOT / "docs" / "results.md"
 
 def cpu_name() -> str:
     """The CPU as /proc/cpuinfo names it, with its family and model (which tell AMD generations apart)."""
-    info: dict[str, str] = {}
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            key, _, value = line.partition(":")
-            info.setdefault(key.strip(), value.strip())
-    except OSError:
-        return platform.processor() or platform.machine()
-    flags = info.get("flags", "").split()
-    bf16 = "AVX512-BF16" if "avx512_bf16" in flags else ("AMX" if "amx_bf16" in flags else "no bf16 hardware")
     import os
+
+    from shelley.runtime import cpu_flags, cpu_info
+
+    info = cpu_info()
+    if not info:
+        return platform.processor() or platform.machine()
+    flags = cpu_flags()
+    bf16 = "AVX512-BF16" if "avx512_bf16" in flags else ("AMX" if "amx_bf16" in flags else "no bf16 hardware")
 
     return (
         f"{info.get('model name', '?')} (family {info.get('cpu family', '?')} model {info.get('model', '?')}), "

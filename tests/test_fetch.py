@@ -27,12 +27,17 @@ class _Mirror(BaseHTTPRequestHandler):
         pass
 
 
+def _serve(handler, monkeypatch):
+    """Serve ``handler`` on a free loopback port and point shelley's Gutenberg mirror at it; returns the server."""
+    server = ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    monkeypatch.setenv("SHELLEY_GUTENBERG_MIRROR", f"http://127.0.0.1:{server.server_port}/{{id}}.txt")
+    return server
+
+
 @pytest.fixture
 def mirror(monkeypatch):
-    server = ThreadingHTTPServer(("127.0.0.1", 0), _Mirror)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    monkeypatch.setenv("SHELLEY_GUTENBERG_MIRROR", f"http://127.0.0.1:{server.server_port}/{{id}}.txt")
+    server = _serve(_Mirror, monkeypatch)
     yield
     server.shutdown()
 
@@ -94,10 +99,7 @@ class _BookMirror(BaseHTTPRequestHandler):
 
 @pytest.fixture
 def book_mirror(monkeypatch):
-    server = ThreadingHTTPServer(("127.0.0.1", 0), _BookMirror)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    monkeypatch.setenv("SHELLEY_GUTENBERG_MIRROR", f"http://127.0.0.1:{server.server_port}/{{id}}.txt")
+    server = _serve(_BookMirror, monkeypatch)
     yield _BookMirror
     _BookMirror.wrong = None
     server.shutdown()

@@ -425,9 +425,11 @@ def train_cmd(
 
 def _identity_source(dataset: Path | None, cfg) -> str | None:
     """The corpus file behind a training argument: the file itself, or the source a dataset dir was built from."""
+    from shelley.data.build import build_source
+
     path = dataset or (Path(cfg.data.source) if cfg.data.source else None)
-    if path is not None and path.is_dir() and (path / "build.json").exists():
-        return json.loads((path / "build.json").read_text()).get("source")
+    if path is not None and path.is_dir():
+        return build_source(path)
     return str(path) if path else None
 
 
@@ -961,8 +963,7 @@ def ab_cmd(
     check_output_file(page_path, overwrite=overwrite)
     check_output_file(key_path, overwrite=overwrite, flag="--overwrite (the key)")
     doc = _read_json(texts_path, "texts")
-    ev = run / "eval.json"
-    title = json.loads(ev.read_text()).get("corpus", {}).get("title", "the corpus") if ev.exists() else "the corpus"
+    title = doc.get("title", "the corpus")
     html, the_key = ab.build_page(doc["texts"], doc["author"], title, pairs=pairs, words=words, seed=seed)
     write_json(key_path, the_key)
     atomic_write_text(page_path, html)

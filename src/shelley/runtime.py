@@ -34,16 +34,22 @@ def tune_allocator() -> bool:
     return ok
 
 
-def cpu_flags() -> frozenset[str]:
-    """The CPU's feature flags as the Linux kernel reports them (/proc/cpuinfo); empty elsewhere."""
+def cpu_info() -> dict[str, str]:
+    """The first CPU's fields as the Linux kernel reports them (/proc/cpuinfo); empty elsewhere."""
     from pathlib import Path
 
     try:
         text = Path("/proc/cpuinfo").read_text()
     except OSError:
-        return frozenset()
+        return {}
+    info: dict[str, str] = {}
     for line in text.splitlines():
         key, _, value = line.partition(":")
-        if key.strip() in ("flags", "Features"):  # x86 / Arm
-            return frozenset(value.split())
-    return frozenset()
+        info.setdefault(key.strip(), value.strip())
+    return info
+
+
+def cpu_flags() -> frozenset[str]:
+    """The CPU's feature flags (x86 ``flags``, Arm ``Features``); empty where the kernel does not say."""
+    info = cpu_info()
+    return frozenset((info.get("flags") or info.get("Features") or "").split())

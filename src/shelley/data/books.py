@@ -85,10 +85,6 @@ class Identity:
     found_by: str
     prompts: list[str] = field(default_factory=list)
 
-    @property
-    def label(self) -> str:
-        return self.author
-
 
 def author_key(name: str) -> str:
     """The key of an author name: a known author's own key, else the slug of the surname."""
@@ -103,12 +99,16 @@ def author_key(name: str) -> str:
 _HEADER = re.compile(r"^\s*(Title|Author)\s*:\s*(.+?)\s*$", re.M)
 
 
+def header_fields(text: str) -> dict[str, str]:
+    """``title`` and ``author`` from a Project Gutenberg header in the first 6,000 characters of ``text``."""
+    return {k.lower(): v for k, v in _HEADER.findall(text[:6000])}
+
+
 def _from_header(path: Path) -> dict[str, str]:
     if not path.is_file():
         return {}
     with path.open(encoding="utf-8", errors="replace") as fh:
-        head = fh.read(6000)
-    return {k.lower(): v for k, v in _HEADER.findall(head)}
+        return header_fields(fh.read(6000))
 
 
 def known_book(path: Path) -> Book | None:
@@ -250,8 +250,7 @@ def fetch_reference(out: Path, *, overwrite: bool = False, on_book=None) -> Path
             if on_book:
                 on_book(b)
             raw = download_gutenberg(b.gutenberg_id).decode("utf-8", errors="replace")
-            header = _HEADER.findall(raw[:6000])
-            got = {k.lower(): v for k, v in header}.get("title", "")
+            got = header_fields(raw).get("title", "")
             if got and slug(b.title) not in slug(got) and slug(got) not in slug(b.title):
                 raise ShelleyError(
                     f"Gutenberg ebook {b.gutenberg_id} is {got!r}, not {b.title!r}; report this (the id table is wrong)"

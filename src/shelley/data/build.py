@@ -143,6 +143,16 @@ def train_val_texts(source: Path, data_cfg: DataConfig) -> tuple[list[str], list
     return [s.text for s in splits["train"]], [s.text for s in splits["validation"]]
 
 
+def build_source(dataset_dir: Path) -> str | None:
+    """The corpus file a dataset dir of ``data build`` was made from, as its build.json records it."""
+    build = Path(dataset_dir) / "build.json"
+    if not build.is_file():
+        return None
+    import json
+
+    return json.loads(build.read_text()).get("source")
+
+
 def corpus_rows_from_texts(splits: dict[str, list[str]]) -> list[dict[str, Any]]:
     """Rows ({text, split, row}) of a corpus from its texts per split, as a run records them in corpus.jsonl."""
     return [{"text": t, "split": name, "row": i} for name, texts in splits.items() for i, t in enumerate(texts)]

@@ -20,10 +20,9 @@ punctuation feature measures how an author punctuates, not how an edition was ty
 
 from __future__ import annotations
 
-import math
 import re
 from collections import Counter
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -98,7 +97,6 @@ class Attributor:
     scaler: Any  # sklearn Pipeline: StandardScaler (z-scores over all training bags) -> Normalizer (length 1)
     svm: Any  # sklearn LinearSVC
     centroids: np.ndarray  # (authors, F) mean z-scored vector of each author's training bags
-    train_bags: dict[str, int] = field(default_factory=dict)
 
     @classmethod
     def fit(cls, bags: dict[str, list[list[str]]], n_features: int = N_FEATURES, seed: int = 0) -> Attributor:
@@ -122,7 +120,7 @@ class Attributor:
         svm = LinearSVC(C=1.0, class_weight="balanced", random_state=seed).fit(z, y)
         centroids = np.stack([z[y == a].mean(axis=0) for a in authors])
         centroids /= np.linalg.norm(centroids, axis=1, keepdims=True)
-        return cls(authors, features, scaler, svm, centroids, {a: len(bags[a]) for a in authors})
+        return cls(authors, features, scaler, svm, centroids)
 
     def predict(self, bags: list[list[str]]) -> dict[str, list[str]]:
         """Author predicted for each bag, by each classifier."""
@@ -222,7 +220,8 @@ def build_test(
     held = {c.key: make_bags(c.held_out, bag_words) for c in everyone}
     own = summarize(att, target.key, held[target.key])
     others = {c.key: summarize(att, target.key, held[c.key]) for c in impostors}
-    self_shares = {k: att.predict(b)["svm"].count(k) / len(b) for k, b in held.items() if b}
+    # Each author's held-out bags attributed to that same author, read off the summaries above (no second pass).
+    self_shares = {k: s["shares"][k] for k, s in {target.key: own, **others}.items() if s["bags"]}
     worst = max(others, key=lambda k: others[k]["target_share"]) if others else None
     rule = PASS_RULE
     validity = {
@@ -230,7 +229,7 @@ def build_test(
         "impostor_max_share": others[worst]["target_share"] if worst else 0.0,
         "impostor_max_author": worst,
         "impostors": {k: {"bags": v["bags"], "target_share": v["target_share"]} for k, v in others.items()},
-        "self_attribution": self_shares,  # each author's held-out bags attributed to that same author
+        "self_attribution": self_shares,
         "valid": bool(
             own["bags"]
             and own["target_share"] >= rule["own_held_out_min"]
@@ -279,7 +278,3 @@ def pct(x: float) -> str:
 def describe(r: dict[str, Any]) -> str:
     lo, hi = r["interval"]
     return f"{r['target_bags']}/{r['bags']} bags = {pct(r['target_share'])} (95% CI {pct(lo)}–{pct(hi)})"
-
-
-def is_finite(x: float) -> bool:
-    return isinstance(x, float) and math.isfinite(x)

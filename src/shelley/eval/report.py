@@ -144,12 +144,9 @@ def judge(results: dict[str, Any], train_dir: Path, cfg: ShelleyConfig) -> dict[
 
 def corpus_source(cfg: ShelleyConfig, train_dir: Path) -> str | None:
     """The corpus file a run was built from: data.source, else what its build report recorded."""
-    if cfg.data.source:
-        return cfg.data.source
-    for build in (train_dir.parent / "data" / "build.json", train_dir / "data" / "build.json"):
-        if build.exists():
-            return json.loads(build.read_text()).get("source")
-    return None
+    from shelley.data.build import build_source
+
+    return cfg.data.source or build_source(train_dir.parent / "data") or build_source(train_dir / "data")
 
 
 def evaluate_run(
@@ -240,7 +237,7 @@ def attribution_results(voice, written: dict[str, dict], held_out: list[str], ba
     (``write_eval`` stores them in their own file, not in eval.json)."""
     from shelley.eval.voice import judge_voice
 
-    out = judge_voice(voice, {k: v["text"] for k, v in written.items()}, "\n".join(held_out), bags)
+    out = judge_voice(voice, {k: v["text"] for k, v in written.items()}, bags)
     out["generation"] = {
         k: {kk: v[kk] for kk in ("samples", "words")} | {"seconds": round(v["seconds"], 1)} for k, v in written.items()
     }
@@ -405,7 +402,7 @@ def training_sentence(tr: dict[str, Any]) -> str:
         out += f" {tr['budget_left_s']:.0f} s of the time budget were left unspent."
     if tr.get("best_step") is not None:
         kept = tr.get("kept_step")
-        which = "the best" if kept == tr["best_step"] else "the last (not validated at the end, or the best)"
+        which = "the best" if kept == tr["best_step"] else "the last, never validated, so not replaced"
         out += (
             f" Best validation loss {tr['best_val_loss']:.4f} at step {tr['best_step']}; kept the weights of step "
             f"{kept} ({which})."
@@ -565,7 +562,9 @@ def write_eval(run_dir: Path, results: dict[str, Any]) -> dict[str, Any]:
         texts = a.pop("texts", None)
         results["attribution"] = a
         if texts:
-            write_json(run_dir / VOICE_TEXTS, {"author": a["author"], "bag_words": a["bag_words"], "texts": texts})
+            title = results.get("corpus", {}).get("title", "the corpus")
+            doc = {"author": a["author"], "title": title, "bag_words": a["bag_words"], "texts": texts}
+            write_json(run_dir / VOICE_TEXTS, doc)
         labels = {**results.get("labels", DEFAULT_LABELS), "held_out": f"{a['author']} (held out)"}
         images["attribution"] = plot_attribution(a, labels, run_dir / "attribution.png").read_bytes()
     write_json(run_dir / "eval.json", results)

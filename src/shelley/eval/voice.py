@@ -26,8 +26,7 @@ from shelley.eval.attribution import (
     word_count,
 )
 
-FULL_BAGS = 20  # `shelley eval --attribution` default
-REDUCED_BAGS = 4  # inside `shelley run`'s budget: indicative only
+FULL_BAGS = 20  # `shelley eval --attribution` default; fewer bags make a reduced, indicative test
 SAMPLE_TOKENS = 256  # tokens per generated sample; samples are joined in order into the bags
 WORDS_PER_TOKEN = 0.7  # a first guess of words per generated token, corrected after each round
 
@@ -103,10 +102,11 @@ def generate_for_bags(
     return {"text": "\n\n".join(samples), "samples": len(samples), "words": words, "seconds": time.perf_counter() - t0}
 
 
-def judge_voice(test: AttributionTest, texts: dict[str, str], held_out: str, bags: int) -> dict[str, Any]:
-    """Attribution of base, fine-tuned and held-out author text, with validity and the pass rule."""
+def judge_voice(test: AttributionTest, texts: dict[str, str], bags: int) -> dict[str, Any]:
+    """Attribution of base, fine-tuned and held-out author text, with validity and the pass rule. The held-out
+    row is the validity check's own (the same text, already attributed)."""
     rows = {who: test.attribute(text) for who, text in texts.items()}
-    rows["held_out"] = test.attribute(held_out)
+    rows["held_out"] = dict(test.validity["own_held_out"])
     for r in rows.values():
         r["shares"] = {k: round(v, 4) for k, v in r["shares"].items()}
     out = {

@@ -740,7 +740,7 @@ def _restore_best(run: _Run) -> None:
     state = load_file(str(run.run_dir / "best" / "weights.safetensors"))
     unwrapped = _unwrap(run.accelerator, run.model)
     device = next(unwrapped.parameters()).device
-    missing = set(_trainable_state(run)) - set(state)
+    missing = {n for n, p in unwrapped.named_parameters() if p.requires_grad} - set(state)
     if missing:
         raise ShelleyError(f"{run.run_dir / 'best'} does not hold this model's weights; rerun without --resume")
     unwrapped.load_state_dict({k: v.to(device) for k, v in state.items()}, strict=False)
