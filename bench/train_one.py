@@ -70,7 +70,7 @@ def run(
             result = stats | {"timeline": [], "val_perplexity": score(net, stream), "precision": "fp32"}
         else:
             from shelley.config import load_config
-            from shelley.finetune.loop import mixed_precision, train
+            from shelley.finetune.loop import resolve_precision, train
 
             run_cfg = load_config(
                 f"smollm2-135m_{impl}_cpu",  # the packaged preset
@@ -106,7 +106,7 @@ def run(
                 "tokens_per_second": res.tokens_per_second,
                 "timeline": timeline,
                 "val_perplexity": timeline[-1]["val_perplexity"] if timeline else float("nan"),
-                "precision": {"no": "fp32"}.get(p := mixed_precision(run_cfg.train.precision), p),
+                "precision": resolve_precision(run_cfg.train.precision),
             }
         result["wall_seconds"] = time.perf_counter() - t0
     result["peak_rss_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024

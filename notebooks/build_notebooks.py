@@ -182,10 +182,10 @@ NOTEBOOKS: dict[str, list[tuple[str, str]]] = {
         ),
         (
             "code",
-            "from shelley.eval.report import evaluate_run, render_eval_md, write_eval\n\n"
-            "r = evaluate_run(OUT / 'harness')\nwrite_eval(OUT / 'harness', r)\np = r['perplexity']\n"
-            "print('perplexity', round(p['base']['perplexity'], 2), '->', round(p['finetuned']['perplexity'], 2))\n"
-            "print('longest copied span:', r['originality']['finetuned']['longest_span_max'], 'words')",
+            "from shelley.eval.report import evaluate_run, render_eval_md, write_eval\nfrom shelley.run import Run\n\n"
+            "run = Run.open(OUT / 'harness')\nr, _texts = evaluate_run(run)\nwrite_eval(run, r)\np = r.perplexity\n"
+            "print('perplexity', round(p.base.perplexity, 2), '->', round(p.finetuned.perplexity, 2))\n"
+            "print('longest copied span:', r.originality.finetuned.longest_span_max, 'words')",
         ),
         ("code", "from IPython.display import Markdown\nMarkdown(render_eval_md(r)[:3000])"),
     ],
@@ -283,7 +283,7 @@ NOTEBOOKS: dict[str, list[tuple[str, str]]] = {
             "from shelley.config import GenerationConfig\nfrom shelley.generate.load import load_for_generation\n"
             "from shelley.generate.write import write\nfrom shelley.eval.originality import run_index\n\n"
             "loaded = load_for_generation('runs/mistral-qlora')\nloaded.model.to('cuda')\n"
-            "index = run_index(loaded.run_dir)\nfor r in write(loaded.model, loaded.tokenizer, ['It was on a dreary night of November'],\n"
+            "index = run_index(loaded.run)\nfor r in write(loaded.model, loaded.tokenizer, ['It was on a dreary night of November'],\n"
             "                GenerationConfig(max_new_tokens=200, num_samples=3), index=index, original=True):\n"
             "    print(r['originality']['longest_span'], 'words copied at most:', r['text'][:300], '\\n')",
         ),

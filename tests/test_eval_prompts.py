@@ -11,6 +11,7 @@ from conftest import write
 from shelley.errors import ShelleyError
 from shelley.eval.prompts import BUILTIN, Prompt, load_prompts, score_expectations
 from shelley.models.perplexity import unigram_baselines
+from shelley.records import Generation
 
 
 def test_builtin_sets():
@@ -44,10 +45,13 @@ def test_unknown_prompt_set():
 
 
 def test_score_expectations_counts_hits():
-    results = {"generations": [{"base": ["= 5", "6"], "finetuned": ["5", "5!"]}, {"base": ["a"], "finetuned": ["b"]}]}
-    out = score_expectations(results, [Prompt("2+3", "5"), Prompt("free")])
+    gens = [
+        Generation(prompt="2+3", base=["= 5", "6"], finetuned=["5", "5!"]),
+        Generation(prompt="free", base=["a"], finetuned=["b"]),
+    ]
+    out = score_expectations(gens, [Prompt("2+3", "5"), Prompt("free")])
     assert out == {"checked_samples": 2, "hits": {"base": 1, "finetuned": 2}}
-    assert results["generations"][0]["expect"] == "5" and "expect" not in results["generations"][1]
+    assert gens[0].expect == "5" and gens[1].expect is None
 
 
 def test_unigram_baselines():

@@ -16,7 +16,8 @@ from conftest import BOOK_BODY, tiny_causal_lm, write
 from shelley.config import load_config
 from shelley.data.ingest import snippets_from_book
 from shelley.errors import ShelleyError
-from shelley.finetune.loop import latest_checkpoint, train, verify_checkpoint
+from shelley.finetune.loop import train
+from shelley.run import Run, verify_checkpoint
 
 TEXTS = [s.text for s in snippets_from_book(BOOK_BODY * 4)]
 
@@ -59,7 +60,7 @@ def test_signal_saves_a_checkpoint_and_says_how_to_resume(sig, tmp_path, corpus,
     _, err = proc.communicate(timeout=120)
     assert proc.returncode == 130, err
     assert "--resume" in err and sig.name in err and "Traceback" not in err
-    ckpt = latest_checkpoint(run)
+    ckpt = Run.for_training(run).latest_checkpoint()
     assert ckpt is not None and verify_checkpoint(ckpt)
     done = max(kr.losses(run))
     assert ckpt.name == f"step-{done:06d}" and done < 400  # saved at the step it stopped, well before the end
@@ -194,7 +195,7 @@ def test_weights_load_only_from_safetensors_or_weights_only(tmp_path, tiny_token
 
     tok = _tok(tiny_tokenizer_dir)
     _train_tiny(_cfg(), tmp_path / "run", tok)
-    ckpt = latest_checkpoint(tmp_path / "run")
+    ckpt = Run.for_training(tmp_path / "run").latest_checkpoint()
     # Weights as safetensors; optimizer.bin / scheduler.bin hold tensors and numbers that accelerate loads with
     # torch.load(weights_only=True), checked below.
     assert (ckpt / "model.safetensors").exists() and not (ckpt / "pytorch_model.bin").exists()
@@ -224,7 +225,7 @@ def test_a_hostile_pickle_in_a_checkpoint_is_refused_not_run(tmp_path, tiny_toke
     cfg = _cfg()
     run = tmp_path / "run"
     _train_tiny(cfg, run, tok, stop_after=2)
-    ckpt = latest_checkpoint(run)
+    ckpt = Run.for_training(run).latest_checkpoint()
     marker = tmp_path / "pwned"
     evil = pickle.dumps(_Payload(str(marker)))
     (ckpt / "optimizer.bin").write_bytes(evil)

@@ -141,7 +141,8 @@ class TrainConfig(_Section):
         description="Method lora: each LoRA layer runs as one autograd Function that adds the scaled low-rank "
         "update in place into the frozen layer's output (shelley.finetune.methods.fused_lora_linear_class) "
         "instead of PEFT's multiply-then-add. Same math, same saved adapter; false (or train.compile) runs PEFT's "
-        "own forward.",
+        "own forward. The fused layer computes the frozen layer's product itself, so forward hooks a user "
+        "registers on that inner nn.Linear do not run; set false to keep them.",
     )
     fused_loss: bool | None = Field(
         None,
@@ -364,3 +365,27 @@ def describe_fields(model: type[BaseModel] = ShelleyConfig, prefix: str = "") ->
             default = field.get_default(call_default_factory=True)
             rows.append((key, repr(default), field.description or ""))
     return rows
+
+
+def field_info(dotted: str):
+    """The pydantic field behind a dotted key (``train.method``): its type, default and description."""
+    section, name = dotted.split(".")
+    return ShelleyConfig.model_fields[section].annotation.model_fields[name]
+
+
+def set_key(cfg: ShelleyConfig, dotted: str, value: Any) -> None:
+    """Set one key, validated like the YAML; an invalid value is an error that names the key."""
+    section, name = dotted.split(".")
+    try:
+        setattr(getattr(cfg, section), name, str(value) if isinstance(value, Path) else value)
+    except ValidationError as exc:
+        raise ShelleyError(f"invalid {dotted} {value!r}: {exc.errors()[0]['msg']}") from None
+
+
+def preset_summaries() -> dict[str, str]:
+    """Each shipped preset with the one line its header comment gives it."""
+    out = {}
+    for name, path in sorted(presets().items()):
+        lines = [x.lstrip("# ").strip() for x in path.read_text("utf-8").splitlines()[:4] if x.startswith("#")]
+        out[name] = next((x for x in lines[1:] if x), "")
+    return out

@@ -13,6 +13,8 @@ from typing import Any
 
 from shelley.config import ShelleyConfig
 from shelley.errors import ShelleyError
+from shelley.records import EvalResult
+from shelley.run import Run
 
 SAVE_MARGIN_S = 25.0  # final checkpoint, saving the model, the loss plot and the reports
 SCORING_SLACK = 1.15  # the fine-tuned model is scored like the base one; allow for jitter
@@ -33,20 +35,20 @@ def _reduced_attribution_test(cfg: ShelleyConfig, who, train_texts: list[str], v
         return None, str(exc)
 
 
-def _prepare(cfg: ShelleyConfig, source: Path, run_dir: Path, overwrite: bool):
-    """Clean and split the corpus into ``run_dir/data``; name its author. Returns (cfg, train, validation,
+def _prepare(cfg: ShelleyConfig, source: Path, run: Run, overwrite: bool):
+    """Clean and split the corpus into the run's data dir; name its author. Returns (cfg, train, validation,
     build report, identity), the cfg a copy that records the author, title and prompts."""
     from shelley.data.books import describe_corpus
     from shelley.data.build import prepare_splits, save_dataset
     from shelley.io import check_output_dir
 
-    check_output_dir(run_dir, overwrite=overwrite, flag="--run-dir")
-    if run_dir.exists():
+    check_output_dir(run.root, overwrite=overwrite, flag="--run-dir")
+    if run.root.exists():
         import shutil
 
-        shutil.rmtree(run_dir)
+        shutil.rmtree(run.root)
     splits, report = prepare_splits(source, cfg.data)
-    save_dataset(splits, report, run_dir / "data", overwrite=True)
+    save_dataset(splits, report, run.data_dir, overwrite=True)
     train_texts = [s.text for s in splits["train"]]
     val_texts = [s.text for s in splits["validation"]]
     cfg = cfg.model_copy(deep=True)
@@ -86,7 +88,7 @@ def run_pipeline(
     time_budget_s: float,
     overwrite: bool = False,
     on_progress: Callable[[str, int, int], None] | None = None,
-) -> dict[str, Any]:
+) -> EvalResult:
     """Everything inside ``time_budget_s``. The report includes a reduced attribution test
     (``eval.run_attribution_bags`` bags per model) when a reference set is there; ``on_progress(model, words,
     needed)`` follows its generation."""
@@ -99,39 +101,37 @@ def run_pipeline(
 
     tune_allocator()
     t0 = time.perf_counter()
-    run_dir = Path(run_dir)
-    cfg, train_texts, val_texts, report, who = _prepare(cfg, source, run_dir, overwrite)
+    run = Run.for_pipeline(run_dir)
+    cfg, train_texts, val_texts, report, who = _prepare(cfg, source, run, overwrite)
     voice, skipped = _reduced_attribution_test(cfg, who, train_texts, val_texts)
     tokenizer = load_tokenizer_for_training(cfg)
     model = load_base_model(cfg)
-    stream = encode_stream(val_texts, tokenizer, run_dir / "cache", "validation")
+    stream = encode_stream(val_texts, tokenizer, run.root / "cache", "validation")
     base = _score(model, tokenizer, stream, cfg, voice, "base", on_progress)
     t_base = time.perf_counter() - t0
     cfg.train.time_budget_s = _train_budget(base, time_budget_s, t_base)
-    cfg.train.run_dir = str(run_dir / "train")
+    cfg.train.run_dir = str(run.train_dir)
     result = train(
-        cfg, train_texts, val_texts, run_dir / "train", model=model, tokenizer=tokenizer, final_eval=False,
-        sampler=generate_texts,
-    )  # fmt: skip
+        cfg, train_texts, val_texts, run, model=model, tokenizer=tokenizer, final_eval=False, sampler=generate_texts
+    )
     t_train = time.perf_counter() - t0 - t_base
     # `model` was trained in place (full) or wrapped with the trained adapter (LoRA): score it as it is.
     tuned = _score(model, tokenizer, stream, cfg, voice, "finetuned", on_progress)
-    results = judge(combine(cfg, base, tuned, result.summary()), run_dir / "train", cfg)
+    results = judge(combine(cfg, base, tuned, result), run, cfg)
+    texts = None
     if voice:
         written = {"base": base["voice"], "finetuned": tuned["voice"]}
-        results["attribution"] = attribution_results(voice, written, val_texts, cfg.eval.run_attribution_bags)
+        results.attribution, texts = attribution_results(voice, written, val_texts, cfg.eval.run_attribution_bags)
     elif skipped:
-        results["attribution_skipped"] = skipped
-    results |= {
-        "run_dir": str(run_dir),
-        "time_budget_s": time_budget_s,
-        "wall_seconds": round(time.perf_counter() - t0, 1),
-        "train_budget_s": round(cfg.train.time_budget_s, 1),
-        "seconds": {
-            "prepare_and_score_base": round(t_base, 1),
-            "train_and_save": round(t_train, 1),
-            "score_finetuned": round(time.perf_counter() - t0 - t_base - t_train, 1),
-        },
-        "data": {"rows": report["split"]["rows"], "overlap": report["overlap"]},
+        results.attribution_skipped = skipped
+    results.run_dir = str(run.root)
+    results.time_budget_s = time_budget_s
+    results.wall_seconds = round(time.perf_counter() - t0, 1)
+    results.train_budget_s = round(cfg.train.time_budget_s, 1)
+    results.seconds = {
+        "prepare_and_score_base": round(t_base, 1),
+        "train_and_save": round(t_train, 1),
+        "score_finetuned": round(time.perf_counter() - t0 - t_base - t_train, 1),
     }
-    return write_eval(run_dir, results)
+    results.data = {"rows": report["split"]["rows"], "overlap": report["overlap"]}
+    return write_eval(run, results, texts)

@@ -270,3 +270,18 @@ def fetch_reference(out: Path, *, overwrite: bool = False, on_book=None) -> Path
             )
         write_json(tmp / "MANIFEST.json", manifest)
     return out
+
+
+def corpus_identity(corpus: Path, cfg, rows: list[dict]) -> Identity:
+    """The author of a corpus given as a run dir (what the run recorded), a dataset dir or a corpus file."""
+    from shelley.data.build import identity_source
+    from shelley.run import Run
+
+    source: str | None = str(corpus)
+    run = Run.find(corpus) if corpus.is_dir() else None
+    if run is not None:
+        cfg = run.config()
+        source = run.corpus_source(cfg)
+    elif corpus.is_dir():
+        source = identity_source(corpus)
+    return describe_corpus(cfg, source, [r["text"] for r in rows if r["split"] == "validation"])

@@ -308,3 +308,13 @@ def assign_sections(snippets: list[Snippet]) -> list[Snippet]:
             prev_heading = False
         out.append(Snippet(text=s.text, row=s.row, section=section))
     return out
+
+
+def text_argument(text: str) -> tuple[str, str]:
+    """(name, body) of a TEXT argument: a file path, or the text itself in quotes."""
+    path = Path(text)
+    is_file = len(text) < 4096 and "\n" not in text and path.is_file()
+    body = read_text(path) if is_file else text
+    if not body.strip():
+        raise ShelleyError(f"the text {path.name if is_file else 'given'} is empty; pass a file with text or the text")
+    return (path.name if is_file else f"text {len(body.split())} words"), body

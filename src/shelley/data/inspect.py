@@ -174,3 +174,26 @@ def write_inspect_report(stats: dict[str, Any], lengths: dict[str, list[int]], s
     atomic_write_text(out / "report.md", render_report(stats, source))
     files.append(out / "report.md")
     return files
+
+
+def inspect_to(source: Path, cfg, out: Path, *, tokenizer: str | None, loader, overwrite: bool, on_stage=None) -> dict:
+    """Read, measure and write the EDA report of ``source`` into ``out`` (atomically); returns the stats.
+    Token counts use ``tokenizer`` (default: model.tokenizer, else model.name; "none" skips them), loaded with
+    ``loader(name, trust_remote_code=...)`` once the corpus has been read; ``on_stage(text)`` names each stage."""
+    from shelley.data.build import clean_kwargs, load_corpus
+    from shelley.io import atomic_dir
+
+    say = on_stage or (lambda _text: None)
+    say("reading corpus")
+    snippets, fmt_used = load_corpus(source, cfg.data)
+    name = tokenizer or cfg.model.tokenizer or cfg.model.name
+    tok = None
+    if name.lower() != "none":
+        say(f"loading tokenizer {name}")
+        tok = loader(name, trust_remote_code=cfg.model.trust_remote_code)
+    say("measuring")
+    stats, lengths = inspect_corpus(snippets, tokenizer=tok, clean_kwargs=clean_kwargs(cfg.data))
+    stats["format"] = fmt_used
+    with atomic_dir(out, overwrite=overwrite) as tmp:
+        write_inspect_report(stats, lengths, str(source), tmp)
+    return stats

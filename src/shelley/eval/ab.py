@@ -123,3 +123,37 @@ def score(answers: dict[str, Any], key: dict[str, Any]) -> dict[str, Any]:
         }
     out["answered"] = sum(c["answered"] for c in out["comparisons"].values())
     return out
+
+
+def read_json(path, what: str) -> Any:
+    """A JSON file the user hands in (answers, a key), or a one-line error naming it."""
+    from pathlib import Path
+
+    path = Path(path)
+    if not path.is_file():
+        raise ShelleyError(f"{what} file not found: {path}; check the path")
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError):
+        raise ShelleyError(f"{what} file {path} is not valid JSON; download or write it again") from None
+
+
+def write_page(run, page_path=None, *, pairs: int, words: int, seed: int, overwrite: bool = False):
+    """The blind A/B page of a run (from the texts its attribution wrote) and its key, next to each other;
+    returns (page path, key path)."""
+    from shelley.io import atomic_write_text, check_output_file, write_json
+
+    if not run.voice_texts.exists():
+        raise ShelleyError(
+            f"{run.root} has no {run.voice_texts.name}; run `shelley eval {run.root} --attribution` first"
+        )
+    page_path = page_path or run.ab_page
+    check_output_file(page_path, overwrite=overwrite)
+    check_output_file(run.ab_key, overwrite=overwrite, flag="--overwrite (the key)")
+    doc = read_json(run.voice_texts, "texts")
+    html, key = build_page(
+        doc["texts"], doc["author"], doc.get("title", "the corpus"), pairs=pairs, words=words, seed=seed
+    )
+    write_json(run.ab_key, key)
+    atomic_write_text(page_path, html)
+    return page_path, run.ab_key

@@ -28,6 +28,7 @@ import numpy as np
 from shelley.config import DataConfig
 from shelley.data.build import corpus_rows_from_texts
 from shelley.errors import ShelleyError
+from shelley.run import Run
 
 WORD_RE = re.compile(r"[a-z0-9]+(?:['’][a-z]+)?")
 DEFAULT_MAX_SPAN = 12  # longest copied span (words) `--original` accepts
@@ -251,17 +252,9 @@ def index_for_rows(rows: list[dict[str, Any]], path: Path, progress: bool = Fals
     return index
 
 
-def run_corpus_rows(run_dir: Path) -> list[dict[str, Any]]:
-    """The corpus a training run saw (train and validation rows), as ``train`` recorded it."""
-    path = Path(run_dir) / "corpus.jsonl"
-    if not path.exists():
-        raise ShelleyError(f"{run_dir} has no corpus.jsonl (it predates the originality guard); pass --corpus FILE")
-    return [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
-
-
-def run_index(run_dir: Path, progress: bool = False) -> CorpusIndex:
+def run_index(run: Run, progress: bool = False) -> CorpusIndex:
     """The run's originality index, built on first use and cached in the run dir."""
-    return index_for_rows(run_corpus_rows(run_dir), Path(run_dir) / "originality-index.npz", progress=progress)
+    return index_for_rows(run.corpus_rows(), run.originality_index, progress=progress)
 
 
 def corpus_rows(source: Path, data_cfg: DataConfig, *, split: bool = True) -> list[dict]:
@@ -270,15 +263,31 @@ def corpus_rows(source: Path, data_cfg: DataConfig, *, split: bool = True) -> li
     "train")."""
     from shelley.data.build import clean_kwargs, load_corpus, train_val_texts
     from shelley.data.clean import clean_snippets
-    from shelley.generate.load import find_train_run
 
     source = Path(source)
-    run = find_train_run(source) if source.is_dir() else None
+    run = Run.find(source) if source.is_dir() else None
     if run is not None:
-        return run_corpus_rows(run)
+        return run.corpus_rows()
     if not split and not (source.is_dir() and (source / "dataset_dict.json").exists()):
         snippets, _ = load_corpus(source, data_cfg)
         kept, _ = clean_snippets(snippets, **clean_kwargs(data_cfg))
         return corpus_rows_from_texts({"train": [s.text for s in kept]})
     train, val = train_val_texts(source, data_cfg)
     return corpus_rows_from_texts({"train": train, "validation": val})
+
+
+def index_for(run: Run | None, corpus: Path | None, index_path: Path | None, data_cfg: DataConfig) -> CorpusIndex:
+    """The originality index for writing: an explicit saved index (checked against the corpus by hash), else the
+    run's own, else one built from ``corpus`` and cached under SHELLEY_HOME/indexes."""
+    if corpus is None and run is None:
+        raise ShelleyError("the originality check needs the training corpus: pass a run dir as MODEL or --corpus FILE")
+    rows = corpus_rows(corpus, data_cfg) if corpus is not None else run.corpus_rows()
+    if index_path is not None:
+        if not index_path.exists():
+            raise ShelleyError(f"originality index not found: {index_path}; drop --index to build one")
+        return CorpusIndex.load(index_path, expect_sha256=corpus_hash(rows))
+    if corpus is None:
+        return index_for_rows(rows, run.originality_index)
+    from shelley.io import shelley_home
+
+    return index_for_rows(rows, shelley_home() / "indexes" / f"{corpus_hash(rows)[:16]}.npz")

@@ -15,6 +15,7 @@ from pathlib import Path
 
 from shelley.data.sources import ASSISTANT, USER
 from shelley.errors import ShelleyError
+from shelley.records import Generation
 
 
 @dataclass(frozen=True)
@@ -82,16 +83,17 @@ def load_prompts(ref: str) -> tuple[str, list[Prompt]]:
     return path.name, prompts
 
 
-def score_expectations(results: dict, prompts: list[Prompt]) -> dict:
+def score_expectations(generations: list[Generation], prompts: list[Prompt]) -> dict:
     """Mark each generation group with its expected string and count hits per model (in place, and returned)."""
     hits = {"base": 0, "finetuned": 0}
     total = 0
-    for g, p in zip(results["generations"], prompts, strict=True):
+    for g, p in zip(generations, prompts, strict=True):
         if p.expect is None:
             continue
-        g["expect"] = p.expect
+        g.expect = p.expect
         for who in hits:
-            g[f"{who}_hits"] = sum(p.expect in t for t in g[who])
-            hits[who] += g[f"{who}_hits"]
-        total += len(g["finetuned"])
+            n = sum(p.expect in t for t in getattr(g, who))
+            setattr(g, f"{who}_hits", n)  # (an extra field of the record)
+            hits[who] += n
+        total += len(g.finetuned)
     return {"checked_samples": total, "hits": hits} if total else {}

@@ -185,3 +185,36 @@ def plot_attribution(a: dict[str, Any], labels: dict[str, str], path: Path) -> P
     plt.close(fig)
     atomic_write_bytes(path, buf.getvalue())
     return path
+
+
+def check_bag(name: str, body: str, bag_words: int) -> None:
+    """A text to attribute must fill at least one bag."""
+    from shelley.eval.attribution import word_count
+
+    if word_count(body) < bag_words:
+        raise ShelleyError(
+            f"{name} has {word_count(body)} words, fewer than one bag of {bag_words}; "
+            "pass a longer text or lower --bag-words"
+        )
+
+
+def attribute_texts(texts: list[str], corpus: Path, cfg, reference: str | None = None):
+    """Attribute each text (a file path or the text itself) among the author of ``corpus`` (a run dir, dataset
+    dir or corpus file) and the reference authors. Returns (identity, test, one result per text)."""
+    from shelley.data.books import corpus_identity
+    from shelley.data.ingest import text_argument
+    from shelley.eval.originality import corpus_rows
+
+    named = [text_argument(t) for t in texts]
+    for name, body in named:
+        check_bag(name, body, cfg.eval.bag_words)
+    rows = corpus_rows(corpus, cfg.data)
+    who = corpus_identity(corpus, cfg, rows)
+    test = build_attribution_test(
+        who,
+        [r["text"] for r in rows if r["split"] == "train"],
+        [r["text"] for r in rows if r["split"] == "validation"],
+        reference or cfg.eval.reference_dir,
+        bag_words=cfg.eval.bag_words,
+    )
+    return who, test, [{"text": name} | test.attribute(body) for name, body in named]

@@ -10,17 +10,7 @@ the ``sampler`` its caller passes in.
 ``accelerate launch -m shelley.cli train ...`` scales it to several GPUs or machines unchanged: every
 process draws its own micro-batches from the same deterministic order (see ``packing.micro_batch_indices``).
 
-Run directory layout::
-
-    run_dir/config.yaml         the full config of the run (checked on --resume)
-    run_dir/metrics.jsonl       one JSON line per step / eval
-    run_dir/samples.jsonl       sample generations every train.sample_every steps
-    run_dir/loss.png            train and validation loss curves
-    run_dir/checkpoints/step-N  accelerate state (model, optimizer, scheduler, RNG) + trainer_state.json
-    run_dir/model/              the fine-tuned model (full), merged model (lora --merge) or the scratch GPT
-                                exported as GPT-2, with tokenizer
-    run_dir/tokenizer/          scratch: the tokenizer trained (or loaded) at the start, reused by --resume
-    run_dir/adapter/            the PEFT adapter (lora, qlora), with tokenizer
+Where each file goes is ``shelley.run.Run``'s business: the loop asks it for paths.
 """
 
 from __future__ import annotations
@@ -42,6 +32,8 @@ from shelley.config import ShelleyConfig
 from shelley.errors import ShelleyError, TrainingInterrupted
 from shelley.finetune.loss import can_fuse, causal_lm_loss
 from shelley.finetune.packing import PackedBlocks, encode_stream, micro_batch_indices
+from shelley.records import TrainResult
+from shelley.run import TRAINER_STATE, Run, write_manifest
 
 CALIBRATION_STEPS = 3  # steps timed before the cosine horizon is first fitted to a time budget
 FUSED_ADAMW_DEVICES = ("cpu", "cuda", "mps")  # torch has a fused AdamW kernel there
@@ -64,29 +56,6 @@ RESUMABLE_CHANGES = {
 }
 
 
-@dataclass
-class TrainResult:
-    run_dir: Path
-    steps: int
-    stopped_early: bool
-    train_seconds: float
-    tokens_seen: int
-    tokens_per_second: float
-    last_loss: float
-    evals: list[dict[str, Any]] = field(default_factory=list)
-    output_dir: Path | None = None
-    stop_reason: str = "steps"  # steps, time budget, max epochs, early stopping, interrupted
-    epochs: float = 0.0  # passes over the training tokens
-    best_step: int | None = None  # the step with the lowest validation loss seen
-    best_val_loss: float | None = None
-    kept_step: int | None = None  # the step whose weights were saved as the output
-    budget_left_s: float | None = None  # time budget not spent, when training stopped before it ran out
-
-    def summary(self) -> dict[str, Any]:
-        """The result as train_summary.json holds it (paths as strings)."""
-        return {k: (str(v) if isinstance(v, Path) else v) for k, v in self.__dict__.items()}
-
-
 def _flatten(d: dict[str, Any], prefix: str = "") -> dict[str, Any]:
     out: dict[str, Any] = {}
     for k, v in d.items():
@@ -97,59 +66,24 @@ def _flatten(d: dict[str, Any], prefix: str = "") -> dict[str, Any]:
     return out
 
 
-MANIFEST = "manifest.json"
-
-
-def _sha256(path: Path) -> str:
-    import hashlib
-
-    h = hashlib.sha256()
-    with path.open("rb") as fh:
-        for chunk in iter(lambda: fh.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
-
-
-def verify_checkpoint(ckpt: Path) -> bool:
-    """True when every file the manifest lists is there with its size and SHA-256 (a torn or edited
-    checkpoint fails)."""
-    try:
-        manifest = json.loads((ckpt / MANIFEST).read_text())
-        return all(
-            (ckpt / name).is_file()
-            and (ckpt / name).stat().st_size == meta["bytes"]
-            and _sha256(ckpt / name) == meta["sha256"]
-            for name, meta in manifest["files"].items()
-        )
-    except (OSError, ValueError, KeyError, TypeError):
-        return False
-
-
-def latest_checkpoint(run_dir: Path, *, verify: bool = False) -> Path | None:
-    """The newest complete checkpoint; with ``verify`` the newest whose manifest hashes check out."""
-    ckpts = sorted((run_dir / "checkpoints").glob("step-*"), key=lambda p: int(p.name.split("-")[1]))
-    ckpts = [c for c in ckpts if (c / "trainer_state.json").exists() and (c / MANIFEST).exists()]
-    if verify:
-        ckpts = [c for c in ckpts if verify_checkpoint(c)]
-    return ckpts[-1] if ckpts else None
-
-
-def check_resume(run_dir: Path, cfg: ShelleyConfig) -> Path:
-    ckpt = latest_checkpoint(run_dir, verify=True)
+def check_resume(files: Run, cfg: ShelleyConfig) -> Path:
+    ckpt = files.latest_checkpoint(verify=True)
     if ckpt is None:
-        raise ShelleyError(f"--resume: {run_dir} has no checkpoint to resume from; drop --resume to start fresh")
-    newest = latest_checkpoint(run_dir)
+        raise ShelleyError(
+            f"--resume: {files.train_dir} has no checkpoint to resume from; drop --resume to start fresh"
+        )
+    newest = files.latest_checkpoint()
     if newest != ckpt:
         import warnings
 
         warnings.warn(f"checkpoint {newest} fails its manifest check; resuming from {ckpt}", stacklevel=2)
-    saved = yaml.safe_load((run_dir / "config.yaml").read_text())
+    saved = yaml.safe_load(files.config_file.read_text())
     old, new = _flatten(saved), _flatten(cfg.model_dump(mode="json"))
     changed = sorted(k for k in old.keys() | new.keys() if old.get(k) != new.get(k) and k not in RESUMABLE_CHANGES)
     if changed:
         raise ShelleyError(
             f"--resume: the config differs from the checkpoint's in {', '.join(changed)}; "
-            f"resume with the saved {run_dir / 'config.yaml'} or start a new run dir"
+            f"resume with the saved {files.config_file} or start a new run dir"
         )
     return ckpt
 
@@ -163,26 +97,29 @@ def cpu_has_fast_bf16() -> bool:
     return bool(cpu_flags() & {"avx512_bf16", "amx_bf16"})  # what the kernel reports, not a private torch probe
 
 
-def mixed_precision(precision: str) -> str:
-    """The accelerate mixed_precision for train.precision: "bf16", "fp16" or "no"."""
+def resolve_precision(precision: str) -> str:
+    """train.precision made concrete for this machine: "bf16", "fp16" or "fp32"."""
     import torch
 
     if precision == "auto":
         if torch.cuda.is_available():
-            return "bf16" if torch.cuda.is_bf16_supported() else "no"
-        return "bf16" if cpu_has_fast_bf16() else "no"
-    return {"fp32": "no"}.get(precision, precision)
+            return "bf16" if torch.cuda.is_bf16_supported() else "fp32"
+        return "bf16" if cpu_has_fast_bf16() else "fp32"
+    return precision
 
 
-def _forget_other_precision(precision: str) -> None:
-    """Let this run have its own mixed precision when an earlier run in the same process (a notebook, a test
-    session) trained in another. accelerate keeps one ``AcceleratorState`` per process and refuses a second
-    ``Accelerator`` with another ``mixed_precision``; the process group (``PartialState``) is kept."""
-    from accelerate.state import AcceleratorState
+def _autocast(device_type: str, precision: str):
+    """The precision context of the training forward (nanoGPT's ``ctx``): autocast to bf16/fp16, or nothing.
 
-    state = AcceleratorState._shared_state
-    if state and state.get("_mixed_precision") not in (None, precision):
-        AcceleratorState._reset_state(reset_partial_state=False)
+    shelley owns it rather than asking accelerate for mixed precision: accelerate would wrap the model's
+    forward in autocast for good, so validation would need the wrapper lifted, and a second ``Accelerator``
+    with another precision in one process would need its process-wide state reset."""
+    import contextlib
+
+    import torch
+
+    low = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(precision)
+    return torch.autocast(device_type, dtype=low) if low is not None else contextlib.nullcontext()
 
 
 def _fsync(path: Path) -> None:
@@ -202,36 +139,30 @@ def _fsync_tree(root: Path) -> None:
         _fsync(path)
 
 
-def _save_checkpoint(accelerator, run_dir: Path, step: int, keep: int, state: dict[str, Any]) -> Path:
+def _save_checkpoint(accelerator, files: Run, step: int, keep: int, state: dict[str, Any]) -> Path:
     """accelerate state into a temp dir, a manifest of SHA-256 hashes, fsync, then one rename: a crash never
     leaves a half checkpoint under a final name, and a damaged one is detected on resume."""
-    ckpt_root = run_dir / "checkpoints"
+    ckpt_root = files.checkpoints_dir
     ckpt_root.mkdir(parents=True, exist_ok=True)
-    final = ckpt_root / f"step-{step:06d}"
-    tmp = ckpt_root / f".tmp-step-{step:06d}"
+    final, tmp = files.checkpoint_dir(step), files.checkpoint_dir(step, tmp=True)
     if accelerator.is_main_process:
         shutil.rmtree(tmp, ignore_errors=True)
     accelerator.wait_for_everyone()
     try:
         accelerator.save_state(str(tmp))
         if accelerator.is_main_process:
-            (tmp / "trainer_state.json").write_text(json.dumps(state, indent=2))
-            files = {
-                str(p.relative_to(tmp)): {"bytes": p.stat().st_size, "sha256": _sha256(p)}
-                for p in sorted(tmp.rglob("*"))
-                if p.is_file()
-            }
-            (tmp / MANIFEST).write_text(json.dumps({"step": step, "files": files}, indent=2))
+            (tmp / TRAINER_STATE).write_text(json.dumps(state, indent=2))
+            write_manifest(tmp, step)
             _fsync_tree(tmp)
             if final.exists():
                 shutil.rmtree(final)
             tmp.rename(final)
             _fsync(ckpt_root)  # the rename itself must reach the disk
-            for old in sorted(ckpt_root.glob("step-*"))[:-keep]:
+            for old in files.checkpoints()[:-keep]:
                 shutil.rmtree(old, ignore_errors=True)
     except OSError as exc:
         shutil.rmtree(tmp, ignore_errors=True)
-        last = latest_checkpoint(run_dir)
+        last = files.latest_checkpoint()
         raise ShelleyError(
             f"could not write checkpoint {final} ({exc.strerror or exc}); free disk space or point train.run_dir "
             f"at a writable disk. The previous checkpoint is intact: {last or 'none'}"
@@ -316,11 +247,11 @@ class BudgetSchedule:
 
 
 @dataclass
-class _Run:
+class _Training:
     """What the stages of one training run share; built by ``train``'s setup stages, driven by ``fit``."""
 
     cfg: ShelleyConfig
-    run_dir: Path
+    files: Run
     accelerator: Any
     model: Any
     tokenizer: Any
@@ -332,6 +263,8 @@ class _Run:
     scheduler: Any = None
     schedule: BudgetSchedule | None = None
     loss_head: Any = None
+    precision: str = "fp32"  # bf16, fp16 or fp32: the autocast of the training forward
+    scaler: Any = None  # torch.amp.GradScaler, enabled for fp16 only
     ckpt: Path | None = None
     start_step: int = 0
     tokens_before: int = 0
@@ -347,7 +280,7 @@ class _Run:
 
     @property
     def metrics_path(self) -> Path:
-        return self.run_dir / "metrics.jsonl"
+        return self.files.metrics_file
 
     @property
     def world(self) -> int:
@@ -370,7 +303,7 @@ def train(
     cfg: ShelleyConfig,
     train_texts: list[str],
     val_texts: list[str],
-    run_dir: Path,
+    run_dir: Path | Run,
     *,
     resume: bool = False,
     overwrite: bool = False,
@@ -400,24 +333,24 @@ def train(
     from shelley.runtime import tune_allocator
 
     tune_allocator()
-    run_dir = Path(run_dir)
-    ckpt = _check_run_dir(cfg, run_dir, resume=resume, overwrite=overwrite, tokenizer_given=tokenizer is not None)
+    files = run_dir if isinstance(run_dir, Run) else Run.for_training(run_dir)
+    ckpt = _check_run_dir(cfg, files, resume=resume, overwrite=overwrite, tokenizer_given=tokenizer is not None)
     accelerator = _setup_accelerator(cfg.train)
     set_seed(cfg.train.seed)
     # A set-up error (bad tokenizer, corpus smaller than one block, ...) leaves no half-made run dir behind.
-    with _removed_on_error(run_dir, enabled=not resume and accelerator.is_main_process):
+    with _removed_on_error(files.train_dir, enabled=not resume and accelerator.is_main_process):
         if accelerator.is_main_process:
-            _write_run_files(cfg, run_dir, train_texts, val_texts, resume=resume)
-        model, tokenizer = _setup_model(cfg, accelerator, run_dir, train_texts, model, tokenizer)
-        blocks, val_stream = _setup_data(cfg, accelerator, tokenizer, run_dir, train_texts, val_texts)
-    run = _Run(cfg, run_dir, accelerator, model, tokenizer, blocks, val_stream, val_texts, sampler=sampler)
+            _write_run_files(cfg, files, train_texts, val_texts, resume=resume)
+        model, tokenizer = _setup_model(cfg, accelerator, files, train_texts, model, tokenizer)
+        blocks, val_stream = _setup_data(cfg, accelerator, tokenizer, files, train_texts, val_texts)
+    run = _Training(cfg, files, accelerator, model, tokenizer, blocks, val_stream, val_texts, sampler=sampler)
     _setup_optimizer(run)
     if ckpt is not None:
         _load_checkpoint(run, ckpt)
     return fit(run, show_progress=show_progress, stop_after=stop_after, final_eval=final_eval)
 
 
-def _check_run_dir(cfg: ShelleyConfig, run_dir: Path, *, resume: bool, overwrite: bool, tokenizer_given: bool):
+def _check_run_dir(cfg: ShelleyConfig, files: Run, *, resume: bool, overwrite: bool, tokenizer_given: bool):
     """Fail before anything is written: a bad scratch config, an unwritable or existing run dir. Returns the
     checkpoint to resume from (None for a fresh run)."""
     from shelley.io import check_output_dir
@@ -426,9 +359,10 @@ def _check_run_dir(cfg: ShelleyConfig, run_dir: Path, *, resume: bool, overwrite
         from shelley.gpt.setup import check_scratch_config
 
         check_scratch_config(cfg, tokenizer_given=tokenizer_given)
+    run_dir = files.train_dir
     check_output_dir(run_dir, overwrite=True, flag="--run-dir")  # writable? (existing runs are handled below)
     if resume:
-        return check_resume(run_dir, cfg)
+        return check_resume(files, cfg)
     if run_dir.exists() and any(run_dir.iterdir()):
         if not overwrite:
             raise ShelleyError(f"run dir {run_dir} already exists; pass --overwrite, --resume, or another run dir")
@@ -440,21 +374,20 @@ def _setup_accelerator(tc):
     import torch
     from accelerate import Accelerator
 
-    precision = mixed_precision(tc.precision)
-    _forget_other_precision(precision)
+    # mixed_precision="no": the precision is ours (``_autocast`` around the training forward, our GradScaler).
     return Accelerator(
-        gradient_accumulation_steps=tc.grad_accum, mixed_precision=precision, cpu=not torch.cuda.is_available()
+        gradient_accumulation_steps=tc.grad_accum, mixed_precision="no", cpu=not torch.cuda.is_available()
     )
 
 
-def _write_run_files(cfg: ShelleyConfig, run_dir: Path, train_texts: list[str], val_texts: list[str], *, resume: bool):
-    run_dir.mkdir(parents=True, exist_ok=True)
+def _write_run_files(cfg: ShelleyConfig, files: Run, train_texts: list[str], val_texts: list[str], *, resume: bool):
+    files.train_dir.mkdir(parents=True, exist_ok=True)
     if not resume:
-        (run_dir / "config.yaml").write_text(yaml.safe_dump(cfg.model_dump(mode="json"), sort_keys=False))
-        _write_corpus(run_dir, train_texts, val_texts)
+        files.config_file.write_text(yaml.safe_dump(cfg.model_dump(mode="json"), sort_keys=False))
+        _write_corpus(files, train_texts, val_texts)
 
 
-def _setup_model(cfg: ShelleyConfig, accelerator, run_dir: Path, train_texts: list[str], model, tokenizer):
+def _setup_model(cfg: ShelleyConfig, accelerator, files: Run, train_texts: list[str], model, tokenizer):
     """The model and tokenizer of the method: passed in, loaded from model.name, or a new scratch GPT."""
     import torch
 
@@ -464,7 +397,7 @@ def _setup_model(cfg: ShelleyConfig, accelerator, run_dir: Path, train_texts: li
         from shelley.gpt.setup import scratch_model, scratch_tokenizer
 
         main = accelerator.is_main_process
-        tokenizer = tokenizer or scratch_tokenizer(cfg, train_texts, run_dir, main_process=main)
+        tokenizer = tokenizer or scratch_tokenizer(cfg, train_texts, files.tokenizer_dir, main_process=main)
         model = model if model is not None else scratch_model(cfg, tokenizer)
     else:
         tokenizer = tokenizer or load_tokenizer_for_training(cfg)
@@ -478,10 +411,10 @@ def _setup_model(cfg: ShelleyConfig, accelerator, run_dir: Path, train_texts: li
     return model, tokenizer
 
 
-def _setup_data(cfg: ShelleyConfig, accelerator, tokenizer, run_dir: Path, train_texts, val_texts):
+def _setup_data(cfg: ShelleyConfig, accelerator, tokenizer, files: Run, train_texts, val_texts):
     """Tokenize and pack once: rank 0 writes the memmap cache, the other ranks wait, then read it."""
     block = cfg.model.max_length
-    cache = run_dir / "cache"
+    cache = files.cache_dir
     with accelerator.main_process_first():
         blocks = PackedBlocks(encode_stream(train_texts, tokenizer, cache, "train"), block)
         val_stream = encode_stream(val_texts, tokenizer, cache, "validation")
@@ -493,7 +426,7 @@ def _setup_data(cfg: ShelleyConfig, accelerator, tokenizer, run_dir: Path, train
     return blocks, val_stream
 
 
-def _setup_optimizer(run: _Run) -> None:
+def _setup_optimizer(run: _Training) -> None:
     """AdamW (8-bit paged for QLoRA), the budget-fitted schedule, accelerate's wrapping, the fused loss head."""
     import torch
 
@@ -522,9 +455,14 @@ def _setup_optimizer(run: _Run) -> None:
     schedule = run.schedule  # a plain function, so the scheduler's state_dict stays as it was (no lambda state)
     run.scheduler = torch.optim.lr_scheduler.LambdaLR(run.optimizer.optimizer, lambda s: schedule.lr_lambda(s))
     accelerator.register_for_checkpointing(run.scheduler)
+    run.precision = resolve_precision(tc.precision)
+    # fp16 gradients underflow without loss scaling; bf16 keeps fp32's exponent range and needs none.
+    run.scaler = torch.amp.GradScaler(accelerator.device.type, enabled=run.precision == "fp16")
+    if run.scaler.is_enabled():
+        accelerator.register_for_checkpointing(run.scaler)
 
 
-def _load_checkpoint(run: _Run, ckpt: Path) -> None:
+def _load_checkpoint(run: _Training, ckpt: Path) -> None:
     try:
         run.accelerator.load_state(str(ckpt))
     except (RuntimeError, KeyError, ValueError, pickle.UnpicklingError) as exc:
@@ -533,7 +471,7 @@ def _load_checkpoint(run: _Run, ckpt: Path) -> None:
             f"--resume: checkpoint {ckpt} does not fit this model ({str(exc).splitlines()[0][:160]}); "
             "resume with the config the run was started with, or start a new run dir"
         ) from None
-    state = json.loads((ckpt / "trainer_state.json").read_text())
+    state = json.loads((ckpt / TRAINER_STATE).read_text())
     run.ckpt, run.start_step, run.tokens_before = ckpt, state["step"], state["tokens_seen"]
     run.schedule.horizon = state.get("horizon", run.max_steps)
     run.best = state.get("best", run.best)  # the best-so-far state travels with the checkpoint
@@ -541,7 +479,7 @@ def _load_checkpoint(run: _Run, ckpt: Path) -> None:
         _truncate_metrics(run.metrics_path, run.start_step)  # steps after the checkpoint are about to be redone
 
 
-def fit(run: _Run, *, show_progress: bool = True, stop_after: int | None = None, final_eval: bool = True):
+def fit(run: _Training, *, show_progress: bool = True, stop_after: int | None = None, final_eval: bool = True):
     """The training loop: optimizer steps until train.steps (or train.max_epochs), the time budget, early
     stopping, ``stop_after`` or a signal; validation, samples and checkpoints on their schedules; the outputs."""
     tc, accelerator, schedule = run.tc, run.accelerator, run.schedule
@@ -581,20 +519,22 @@ def fit(run: _Run, *, show_progress: bool = True, stop_after: int | None = None,
                                 save=out_of_time or interrupted)  # fmt: skip
             if signalled:
                 raise TrainingInterrupted(
-                    f"{signalled} at step {step}: checkpoint saved to {latest_checkpoint(run.run_dir)}; continue "
+                    f"{signalled} at step {step}: checkpoint saved to {run.files.latest_checkpoint()}; continue "
                     "with the same command plus --resume"
                 )
             if interrupted:
-                result = TrainResult(run.run_dir, step, True, elapsed, tokens_seen, tps, last_loss, run.evals)
-                result.stop_reason = "interrupted"
-                return result
+                return TrainResult(
+                    run_dir=run.files.train_dir, steps=step, stopped_early=True, train_seconds=elapsed,
+                    tokens_seen=tokens_seen, tokens_per_second=tps, last_loss=last_loss, evals=run.evals,
+                    stop_reason="interrupted",
+                )  # fmt: skip
             if out_of_time or early:
                 reason = "early stopping" if early else "time budget"
                 break
     return _finish(run, step, reason, tokens_seen, last_loss)
 
 
-def _optimizer_step(run: _Run, step: int, skipped: int) -> tuple[list[float], bool, int]:
+def _optimizer_step(run: _Training, step: int, skipped: int) -> tuple[list[float], bool, int]:
     """One optimizer step over train.grad_accum micro-batches: forward, the NaN policy, backward, clipping, the
     optimizer and scheduler steps. Returns (micro-batch losses, whether the update was skipped, tokens seen)."""
     tc, accelerator = run.tc, run.accelerator
@@ -603,18 +543,19 @@ def _optimizer_step(run: _Run, step: int, skipped: int) -> tuple[list[float], bo
         micro = (step * tc.grad_accum + k) * run.world + accelerator.process_index
         ids = run.blocks.batch(micro_batch_indices(len(run.blocks), tc.micro_batch_size, tc.seed, micro))
         ids = ids.to(accelerator.device)
-        with accelerator.accumulate(run.model), _oom_guard(run.cfg, step + 1, run.run_dir):
-            with accelerator.autocast():  # the fused head runs outside the model's own forward
+        with accelerator.accumulate(run.model), _oom_guard(run.cfg, step + 1, run.files):
+            with _autocast(accelerator.device.type, run.precision):  # the forward and the fused head
                 loss = causal_lm_loss(run.model, ids, inner=run.loss_head)
             if _agree_finite(run, loss):
-                accelerator.backward(loss)
+                accelerator.backward(run.scaler.scale(loss))  # (scale: identity unless fp16)
             else:
                 _nan_policy(run, loss, step, skipped)
                 bad = True
             if accelerator.sync_gradients and not bad:
+                run.scaler.unscale_(run.optimizer)  # clip the true gradients, not the scaled ones
                 accelerator.clip_grad_norm_(run.params, tc.max_grad_norm)
-            if not bad:
-                run.optimizer.step()  # (accelerate makes this a no-op until the last micro-batch)
+                run.scaler.step(run.optimizer)  # optimizer.step(), skipped by fp16 scaling on inf gradients
+                run.scaler.update()
             if accelerator.sync_gradients:
                 run.scheduler.step()  # once per optimizer step, skipped or not: the schedule counts steps
             run.optimizer.zero_grad(set_to_none=True)
@@ -623,12 +564,12 @@ def _optimizer_step(run: _Run, step: int, skipped: int) -> tuple[list[float], bo
     return losses, bad, tokens
 
 
-def _nan_policy(run: _Run, loss, step: int, skipped: int) -> None:
+def _nan_policy(run: _Training, loss, step: int, skipped: int) -> None:
     """A non-finite loss stops the run (naming the last good checkpoint) unless train.nan_policy is skip and
     fewer than train.max_skipped_steps were skipped."""
     tc = run.tc
     if tc.nan_policy == "stop" or skipped >= tc.max_skipped_steps:
-        last = latest_checkpoint(run.run_dir)
+        last = run.files.latest_checkpoint()
         raise ShelleyError(
             f"loss became {float(loss.detach())} at step {step + 1}; training stopped"
             + (f" after skipping {skipped} steps" if skipped else "")
@@ -641,7 +582,7 @@ def _nan_policy(run: _Run, loss, step: int, skipped: int) -> None:
 # a collective (backward's all-reduce, the next step) that the others never reach.
 
 
-def _agree_finite(run: _Run, loss) -> bool:
+def _agree_finite(run: _Training, loss) -> bool:
     import torch
 
     finite = torch.isfinite(loss.detach()).float().reshape(1)
@@ -650,7 +591,7 @@ def _agree_finite(run: _Run, loss) -> bool:
     return bool(finite.item())
 
 
-def _mean_loss(run: _Run, losses: list[float]) -> float:
+def _mean_loss(run: _Training, losses: list[float]) -> float:
     """The step's mean micro-batch loss; over ranks, the loss of the global batch as one process would see it."""
     import torch
 
@@ -661,7 +602,7 @@ def _mean_loss(run: _Run, losses: list[float]) -> float:
     return loss
 
 
-def _agree_clocks(run: _Run, spent: float, pace: float) -> tuple[float, float]:
+def _agree_clocks(run: _Training, spent: float, pace: float) -> tuple[float, float]:
     """Under a time budget all ranks go by the slowest rank's clock: each times itself, so near the end one
     could stop while another starts a step, and their cosine horizons (so learning rates) could drift apart."""
     import torch
@@ -673,7 +614,7 @@ def _agree_clocks(run: _Run, spent: float, pace: float) -> tuple[float, float]:
     return spent, pace
 
 
-def _agree_signal(run: _Run, signalled: str | None) -> str | None:
+def _agree_signal(run: _Training, signalled: str | None) -> str | None:
     """A signal may reach one rank only: all stop together."""
     import torch
 
@@ -683,7 +624,7 @@ def _agree_signal(run: _Run, signalled: str | None) -> str | None:
     return signalled or None
 
 
-def _after_step(run: _Run, step: int, state: dict[str, Any], *, last: bool, final_eval: bool, save: bool) -> bool:
+def _after_step(run: _Training, step: int, state: dict[str, Any], *, last: bool, final_eval: bool, save: bool) -> bool:
     """Validation (with best-model tracking), samples and a checkpoint, each on its own schedule (and at the
     end). Returns True when train.patience evaluations in a row brought no improvement: time to stop."""
     tc, accelerator = run.tc, run.accelerator
@@ -697,12 +638,12 @@ def _after_step(run: _Run, step: int, state: dict[str, Any], *, last: bool, fina
         # training time.
         accelerator.wait_for_everyone()
     if step % tc.checkpoint_every == 0 or save or early or step == run.max_steps:
-        _save_checkpoint(accelerator, run.run_dir, step, tc.keep_checkpoints, state | {"best": run.best})
+        _save_checkpoint(accelerator, run.files, step, tc.keep_checkpoints, state | {"best": run.best})
     return early
 
 
-def _track_best(run: _Run, step: int, row: dict[str, Any]) -> bool:
-    """Remember the best validation loss (and with train.keep_best its weights, in run_dir/best); count the
+def _track_best(run: _Training, step: int, row: dict[str, Any]) -> bool:
+    """Remember the best validation loss (and with train.keep_best its weights, in the run's best/); count the
     evaluations since. True when train.patience of them brought no improvement of train.min_delta."""
     best, tc = run.best, run.tc
     if best["val_loss"] is None or row["val_loss"] < best["val_loss"] - tc.min_delta:
@@ -714,51 +655,52 @@ def _track_best(run: _Run, step: int, row: dict[str, Any]) -> bool:
     return tc.patience is not None and best["stale_evals"] >= tc.patience
 
 
-def _trainable_state(run: _Run) -> dict[str, Any]:
+def _trainable_state(run: _Training) -> dict[str, Any]:
     """The weights training changes (all of them for full and scratch, the adapters for LoRA), as CPU tensors."""
     unwrapped = _unwrap(run.accelerator, run.model)
     return {n: p.detach().cpu().contiguous() for n, p in unwrapped.named_parameters() if p.requires_grad}
 
 
-def _save_best(run: _Run) -> None:
+def _save_best(run: _Training) -> None:
     from safetensors.torch import save_file
 
     from shelley.io import atomic_dir
 
     if run.accelerator.is_main_process:
-        with atomic_dir(run.run_dir / "best", overwrite=True) as tmp:
+        with atomic_dir(run.files.best_dir, overwrite=True) as tmp:
             save_file(_trainable_state(run), str(tmp / "weights.safetensors"))
             (tmp / "best.json").write_text(json.dumps({"step": run.best["step"], "val_loss": run.best["val_loss"]}))
     run.accelerator.wait_for_everyone()
 
 
-def _restore_best(run: _Run) -> None:
+def _restore_best(run: _Training) -> None:
     """Load the best weights back into the model (every process), so the outputs and any scoring that follows
     (``shelley run`` scores the model it holds) see them."""
     from safetensors.torch import load_file
 
-    state = load_file(str(run.run_dir / "best" / "weights.safetensors"))
+    state = load_file(str(run.files.best_dir / "weights.safetensors"))
     unwrapped = _unwrap(run.accelerator, run.model)
     device = next(unwrapped.parameters()).device
     missing = {n for n, p in unwrapped.named_parameters() if p.requires_grad} - set(state)
     if missing:
-        raise ShelleyError(f"{run.run_dir / 'best'} does not hold this model's weights; rerun without --resume")
+        raise ShelleyError(f"{run.files.best_dir} does not hold this model's weights; rerun without --resume")
     unwrapped.load_state_dict({k: v.to(device) for k, v in state.items()}, strict=False)
 
 
-def validate(run: _Run, step: int) -> dict[str, Any]:
+def validate(run: _Training, step: int) -> dict[str, Any]:
     """Perplexity of the model as it is now on the validation tokens, logged to metrics.jsonl."""
     from shelley.models.perplexity import perplexity
 
-    with _without_autocast(_unwrap(run.accelerator, run.model)) as net:
-        res = perplexity(
-            net,
-            run.val_stream,
-            max_length=run.cfg.model.max_length,
-            stride=run.cfg.eval.stride,
-            batch_size=run.tc.micro_batch_size,
-            max_tokens=run.cfg.eval.max_eval_tokens,
-        )
+    # No autocast here: the training forward's is a context around the steps, not a wrapper on the model, so
+    # validation scores the weights as saved, in their own precision.
+    res = perplexity(
+        _unwrap(run.accelerator, run.model),
+        run.val_stream,
+        max_length=run.cfg.model.max_length,
+        stride=run.cfg.eval.stride,
+        batch_size=run.tc.micro_batch_size,
+        max_tokens=run.cfg.eval.max_eval_tokens,
+    )
     row = {"kind": "eval", "step": step, "val_loss": res["nll"], "val_perplexity": res["perplexity"]}
     row["val_tokens"] = res["tokens"]
     run.evals.append(row)
@@ -766,7 +708,7 @@ def validate(run: _Run, step: int) -> dict[str, Any]:
     return row
 
 
-def _write_samples(run: _Run, step: int) -> None:
+def _write_samples(run: _Training, step: int) -> None:
     from shelley.data.books import corpus_prompts
 
     if run.sampler is None:
@@ -781,12 +723,12 @@ def _write_samples(run: _Run, step: int) -> None:
     prompts = run.cfg.eval.prompts or corpus_prompts(run.val_texts)
     model = _inference_model(run.accelerator, run.model, run.tokenizer)
     texts = run.sampler(model, run.tokenizer, prompts, gen)
-    with (run.run_dir / "samples.jsonl").open("a") as fh:
+    with run.files.samples_file.open("a") as fh:
         for p, t in zip(prompts, texts, strict=True):
             fh.write(json.dumps({"step": step, "prompt": p, "text": t}) + "\n")
 
 
-def _finish(run: _Run, step: int, reason: str, tokens_seen: int, last_loss: float) -> TrainResult:
+def _finish(run: _Training, step: int, reason: str, tokens_seen: int, last_loss: float) -> TrainResult:
     """Keep the best weights when the last ones validated worse, then save the model or adapter, the loss plot
     (the kept step marked) and train_summary.json. Last weights that were never validated (``shelley run``
     scores them itself) are kept: nothing says they are worse."""
@@ -799,21 +741,21 @@ def _finish(run: _Run, step: int, reason: str, tokens_seen: int, last_loss: floa
     if tc.keep_best and best["step"] is not None and best["step"] != step and last_validated:
         _restore_best(run)
         kept = best["step"]
-    output_dir = _save_outputs(run.accelerator, run.model, run.tokenizer, run.run_dir, merge=tc.merge)
+    output_dir = _save_outputs(run.accelerator, run.model, run.tokenizer, run.files, merge=tc.merge)
     if run.accelerator.is_main_process:
-        plot_loss(run.metrics_path, run.run_dir / "loss.png", kept_step=kept)
+        plot_loss(run.metrics_path, run.files.loss_plot, kept_step=kept)
     tps = (tokens_seen - run.tokens_before) / max(run.schedule.train_s, 1e-9)
-    result = TrainResult(
-        run.run_dir, step, reason != "steps", elapsed, tokens_seen, tps, last_loss, run.evals, output_dir
-    )
-    result.stop_reason, result.kept_step = reason, kept
-    result.epochs = round(step / run.steps_per_epoch, 3)
-    result.best_step, result.best_val_loss = best["step"], best["val_loss"]
+    left = None
     if tc.time_budget_s is not None and reason in ("early stopping", "max epochs"):
-        spent = run.schedule.spent(elapsed)
-        result.budget_left_s = round(max(0.0, tc.time_budget_s - spent), 1)
+        left = round(max(0.0, tc.time_budget_s - run.schedule.spent(elapsed)), 1)
+    result = TrainResult(
+        run_dir=run.files.train_dir, steps=step, stopped_early=reason != "steps", train_seconds=elapsed,
+        tokens_seen=tokens_seen, tokens_per_second=tps, last_loss=last_loss, evals=run.evals, output_dir=output_dir,
+        stop_reason=reason, kept_step=kept, epochs=round(step / run.steps_per_epoch, 3), best_step=best["step"],
+        best_val_loss=best["val_loss"], budget_left_s=left,
+    )  # fmt: skip
     if run.accelerator.is_main_process:
-        write_json(run.run_dir / "train_summary.json", result.summary())
+        write_json(run.files.summary_file, result.summary())
     return result
 
 
@@ -840,25 +782,6 @@ def _unwrap(accelerator, model):
     return accelerator.unwrap_model(model, keep_torch_compile=False)
 
 
-@contextmanager
-def _without_autocast(model):
-    """``model`` with the forward it had before accelerate wrapped it in autocast (mixed precision), for as
-    long as the block runs: validation scores the weights as saved, in their own precision, so the perplexity
-    logged while training is the one ``shelley eval`` gives the saved model, whatever precision trained it.
-    accelerate keeps that forward as ``_original_forward``; ``unwrap_model(keep_fp32_wrapper=False)`` would
-    restore it for good and end the mixed precision of the steps still to come."""
-    original = model.__dict__.get("_original_forward")
-    wrapped = model.__dict__.get("forward")
-    if original is None or wrapped is None:  # not mixed precision: nothing was wrapped
-        yield model
-        return
-    model.forward = original
-    try:
-        yield model
-    finally:
-        model.forward = wrapped
-
-
 def _inference_model(accelerator, model, tokenizer):
     """A model Hugging Face ``generate`` can drive: the scratch GPT is exported to GPT-2 first (cheap: a copy
     of a few million weights), everything else is used as is."""
@@ -872,11 +795,11 @@ def _inference_model(accelerator, model, tokenizer):
     return unwrapped
 
 
-def _save_outputs(accelerator, model, tokenizer, run_dir: Path, *, merge: bool) -> Path:
+def _save_outputs(accelerator, model, tokenizer, files: Run, *, merge: bool) -> Path:
     accelerator.wait_for_everyone()
     unwrapped = _inference_model(accelerator, model, tokenizer)
     is_peft = hasattr(unwrapped, "peft_config")
-    out = run_dir / ("adapter" if is_peft else "model")
+    out = files.adapter_dir if is_peft else files.model_dir
     if accelerator.is_main_process:
         from shelley.io import atomic_dir
 
@@ -886,7 +809,7 @@ def _save_outputs(accelerator, model, tokenizer, run_dir: Path, *, merge: bool) 
         if is_peft and merge:
             merged = unwrapped.merge_and_unload() if not getattr(unwrapped, "is_loaded_in_4bit", False) else None
             if merged is not None:
-                with atomic_dir(run_dir / "model", overwrite=True) as tmp:
+                with atomic_dir(files.model_dir, overwrite=True) as tmp:
                     merged.save_pretrained(tmp, safe_serialization=True)
                     tokenizer.save_pretrained(tmp)
     accelerator.wait_for_everyone()
@@ -937,7 +860,7 @@ def is_oom(exc: BaseException) -> bool:
 
 
 @contextmanager
-def _oom_guard(cfg: ShelleyConfig, step: int, run_dir: Path):
+def _oom_guard(cfg: ShelleyConfig, step: int, files: Run):
     """Turn an out-of-memory error into advice; the checkpoints already written stay untouched."""
     try:
         yield
@@ -946,7 +869,7 @@ def _oom_guard(cfg: ShelleyConfig, step: int, run_dir: Path):
             raise
         tc = cfg.train
         smaller = max(1, tc.micro_batch_size // 2)
-        last = latest_checkpoint(run_dir)
+        last = files.latest_checkpoint()
         raise ShelleyError(
             f"out of memory at step {step} with train.micro_batch_size={tc.micro_batch_size} and "
             f"model.max_length={cfg.model.max_length}; try --set train.micro_batch_size={smaller} "
@@ -955,13 +878,13 @@ def _oom_guard(cfg: ShelleyConfig, step: int, run_dir: Path):
         ) from None
 
 
-def _write_corpus(run_dir: Path, train_texts: list[str], val_texts: list[str]) -> None:
+def _write_corpus(files: Run, train_texts: list[str], val_texts: list[str]) -> None:
     """Keep the texts the run saw: the originality guard indexes them, and a hash ties the index to them."""
     from shelley.data.build import corpus_rows_from_texts
     from shelley.io import atomic_write_text
 
     rows = corpus_rows_from_texts({"train": train_texts, "validation": val_texts})
-    atomic_write_text(run_dir / "corpus.jsonl", "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows))
+    atomic_write_text(files.corpus_file, "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows))
 
 
 def _truncate_metrics(path: Path, step: int) -> None:

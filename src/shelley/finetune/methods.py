@@ -145,9 +145,9 @@ def fused_lora_linear_class():
     backward adds the base's and the adapter's input gradients in yet another. The Function writes one output
     and one input gradient. Same weights, same names, same merge/save: a saved adapter loads with plain PEFT.
     Anything but the plain case (several or disabled adapters, dropout, DoRA and other variants, a LoRA bias,
-    mixed dtypes outside autocast, hooks on the base layer) takes PEFT's forward. Under autocast the inputs are
-    cast to the autocast dtype before the Function, as ``nn.Linear`` would cast them, so autograd casts the
-    adapters' gradients back to their fp32 weights.
+    mixed dtypes outside autocast, a base layer whose forward accelerate hooked) takes PEFT's forward. Under
+    autocast the inputs are cast to the autocast dtype before the Function, as ``nn.Linear`` would cast them, so
+    autograd casts the adapters' gradients back to their fp32 weights.
     """
     import torch
     from peft.tuners.lora.layer import Linear
@@ -169,8 +169,9 @@ def fused_lora_linear_class():
                     autocast
                     or x.dtype == self.lora_A[name].weight.dtype == self.lora_B[name].weight.dtype == base.weight.dtype
                 )
-                # hooks (accelerate offload, user hooks) only run when the base layer is called
-                and not (base._forward_hooks or base._forward_pre_hooks or hasattr(base, "_hf_hook"))
+                # accelerate's hooks (offload, device maps) replace the instance's forward and only run when
+                # the base layer is called: such a layer takes PEFT's path (add_hook_to_module's documented way)
+                and "forward" not in vars(base)
             )
             if not plain:
                 return super().forward(x, *args, **kwargs)

@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Any
 
 from shelley.errors import ShelleyError
+from shelley.run import Run
 
 
 @dataclass
@@ -15,21 +16,7 @@ class Loaded:
     model: Any
     tokenizer: Any
     source: str  # what was loaded, for messages and reports
-    run_dir: Path | None  # the training run it came from, if any (for its corpus and config)
-
-
-def find_train_run(path: Path) -> Path | None:
-    """The training run dir behind ``path``: the dir itself (``shelley train``) or its ``train/`` (``shelley run``)."""
-    path = Path(path)
-    for cand in (path, path / "train"):
-        if (cand / "config.yaml").exists() and ((cand / "model").is_dir() or (cand / "adapter").is_dir()):
-            return cand
-    return None
-
-
-def run_output(train_dir: Path) -> Path:
-    """What a training run saved: its full (or merged) model if there is one, else its adapter."""
-    return train_dir / "model" if (train_dir / "model" / "config.json").exists() else train_dir / "adapter"
+    run: Run | None  # the training run it came from, if any (for its corpus, config and reports)
 
 
 def load_adapter(adapter_dir: Path, *, base: str | None = None, trust_remote_code: bool = False):
@@ -83,8 +70,8 @@ def load_for_generation(ref: str | Path, *, base: str | None = None, trust_remot
 
     tune_allocator()
     path = Path(ref)
-    run = find_train_run(path) if path.is_dir() else None
-    model_dir = run_output(run) if run is not None else path if path.is_dir() else None
+    run = Run.find(path) if path.is_dir() else None
+    model_dir = run.output if run is not None else path if path.is_dir() else None
     target = model_dir if model_dir is not None else Path(resolve(str(ref)))
     model = load_model_dir(target, base=base, trust_remote_code=trust_remote_code)
     tokenizer = load_tokenizer(str(target))

@@ -4,7 +4,7 @@ The loop itself does not change: it packs the corpus with this tokenizer, trains
 causal LM (it returns ``.loss`` and ``.logits``), and at the end saves it converted to Hugging Face GPT-2, so
 eval, write, chat and the card load it like any other model.
 
-Tokenizer, in order of preference: the run's own (``run_dir/tokenizer``, so ``--resume`` never re-trains it),
+Tokenizer, in order of preference: the run's own (``Run.tokenizer_dir``, so ``--resume`` never re-trains it),
 ``model.tokenizer`` (a dir saved by ``shelley tokenizer train``), else one trained now on the training split.
 """
 
@@ -14,8 +14,6 @@ from pathlib import Path
 
 from shelley.config import ShelleyConfig
 from shelley.errors import ShelleyError
-
-RUN_TOKENIZER = "tokenizer"
 
 
 def gpt_config(cfg: ShelleyConfig, vocab_size: int):
@@ -68,11 +66,12 @@ def load_gpt_tokenizer(path: str | Path):
     return tok
 
 
-def scratch_tokenizer(cfg: ShelleyConfig, train_texts: list[str], run_dir: Path, *, main_process: bool = True):
-    """The run's tokenizer (see module doc); a newly trained one is saved into ``run_dir/tokenizer`` first."""
+def scratch_tokenizer(cfg: ShelleyConfig, train_texts: list[str], own: Path, *, main_process: bool = True):
+    """The run's tokenizer (see module doc); a newly trained one is saved into ``own`` (the run's tokenizer dir)
+    first."""
     from shelley.gpt.tokenizer import save_tokenizer, train_tokenizer
 
-    own = Path(run_dir) / RUN_TOKENIZER
+    own = Path(own)
     if (own / "tokenizer.json").exists():
         return load_gpt_tokenizer(own)
     if cfg.model.tokenizer:

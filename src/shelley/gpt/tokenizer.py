@@ -73,3 +73,14 @@ def save_tokenizer(tokenizer, out: Path, *, overwrite: bool = False) -> Path:
     with atomic_dir(Path(out), overwrite=overwrite) as tmp:
         tokenizer.save_pretrained(tmp)
     return Path(out)
+
+
+def train_and_save(train_texts: list[str], val_texts: list[str], vocab_size: int, out: Path, *, overwrite: bool):
+    """Train a byte-level BPE on ``train_texts``, save it to ``out``; returns (tokenizer, its compression on the
+    validation text, or the training text when there is none)."""
+    check_vocab_size(vocab_size)
+    if out.exists() and any(out.iterdir()) and not overwrite:
+        raise ShelleyError(f"{out} already exists; pass --overwrite or another --out")
+    tok = train_tokenizer(train_texts, vocab_size)
+    save_tokenizer(tok, out, overwrite=overwrite)
+    return tok, compression(tok, val_texts or train_texts) | {"on": "validation" if val_texts else "training"}

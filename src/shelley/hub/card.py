@@ -6,7 +6,6 @@ body from a jinja2 template in this package, so the result is exactly what the H
 
 from __future__ import annotations
 
-import json
 import platform
 import re
 from pathlib import Path
@@ -15,7 +14,8 @@ from typing import Any
 import yaml
 
 from shelley.data.card import gutenberg_provenance
-from shelley.errors import ShelleyError
+from shelley.records import EvalResult
+from shelley.run import Run
 
 
 def _template(name: str) -> str:
@@ -24,31 +24,15 @@ def _template(name: str) -> str:
     return files("shelley.hub").joinpath(f"templates/{name}").read_text("utf-8")
 
 
-def load_results(run_dir: Path) -> tuple[dict[str, Any], Any, Path, Path]:
-    """(eval.json, config, output dir, train dir) of a run, or a one-line error naming what is missing."""
-    from shelley.eval.report import load_run
-
-    run_dir = Path(run_dir)
-    if not run_dir.is_dir():
-        raise ShelleyError(f"run dir not found: {run_dir}; pass the --run-dir of `shelley run` or `shelley train`")
-    cfg, out, train_dir = load_run(run_dir)
-    ev = run_dir / "eval.json"
-    if not ev.exists():
-        raise ShelleyError(f"{run_dir} is incomplete: eval.json is missing; run `shelley eval {run_dir}` first")
-    try:
-        results = json.loads(ev.read_text())
-    except json.JSONDecodeError:
-        raise ShelleyError(f"{ev} is not valid JSON; run `shelley eval {run_dir}` again") from None
-    for key in ("perplexity", "generations", "hyperparameters"):
-        if key not in results:
-            raise ShelleyError(f"{ev} has no {key!r}; run `shelley eval {run_dir}` again")
-    return results, cfg, out, train_dir
+def load_results(run_dir: Path) -> tuple[Run, EvalResult]:
+    """The run and its evaluation, or a one-line error naming what is missing."""
+    run = Run.open(run_dir)
+    return run, run.eval_result()
 
 
-def corpus_facts(run_dir: Path, cfg, train_dir: Path) -> dict[str, Any]:
+def corpus_facts(run: Run, cfg) -> dict[str, Any]:
     """Where the training text came from and what was done to it (from the build report when there is one)."""
-    build = Path(run_dir) / "data" / "build.json"
-    report = json.loads(build.read_text()) if build.exists() else {}
+    report = run.build_report()
     source = report.get("source") or cfg.data.source or "a local corpus file"
     src_path = Path(source)
     gid, says_gutenberg = gutenberg_provenance(src_path)
@@ -58,11 +42,9 @@ def corpus_facts(run_dir: Path, cfg, train_dir: Path) -> dict[str, Any]:
         else "unknown: check the licence of your corpus before sharing"
     )
     rows = report.get("split", {}).get("rows")
-    if rows is None:
-        corpus = train_dir / "corpus.jsonl"
-        if corpus.exists():
-            splits = [json.loads(x)["split"] for x in corpus.read_text().splitlines() if x.strip()]
-            rows = {"train": splits.count("train"), "validation": splits.count("validation")}
+    if rows is None and run.corpus_file.exists():
+        splits = [r["split"] for r in run.corpus_rows()]
+        rows = {"train": splits.count("train"), "validation": splits.count("validation")}
     overlap = report.get("overlap", {}).get("validation", {}).get("shared_fraction")
     return {
         "source": src_path.name if src_path.name else str(source),
@@ -93,51 +75,52 @@ def base_model_id(cfg) -> str | None:
     return None
 
 
-def card_metadata(results: dict[str, Any], cfg, out: Path, name: str, corpus: dict[str, Any]):
-    from huggingface_hub import EvalResult, ModelCardData
+def card_metadata(results: EvalResult, cfg, out: Path, name: str, corpus: dict[str, Any]):
+    from huggingface_hub import EvalResult as HubEvalResult
+    from huggingface_hub import ModelCardData
 
     from shelley.data.books import slug
     from shelley.models.registry import PRESETS
 
-    ppl = results["perplexity"]
+    ppl = results.perplexity
     preset = PRESETS.get(cfg.model.name)
     dataset_name = (
         f"Project Gutenberg ebook #{corpus['gutenberg_id']}" if corpus["gutenberg_id"] else corpus["source"]
     ) + " (held-out split)"
     metric = {"task_type": "text-generation", "dataset_type": "text", "dataset_name": dataset_name}
     evals = [
-        EvalResult(
+        HubEvalResult(
             **metric,
             metric_type="perplexity",
-            metric_value=ppl["finetuned"]["perplexity"],
+            metric_value=ppl.finetuned.perplexity,
             metric_name="Validation perplexity",
             dataset_split="validation",
         ),
-        EvalResult(
+        HubEvalResult(
             **metric,
             metric_type="perplexity_ratio_vs_base",
-            metric_value=ppl["ratio"],
+            metric_value=ppl.ratio,
             metric_name="Perplexity ratio (this model / base)",
             dataset_split="validation",
         ),
     ]
-    if "attribution" in results:
-        a = results["attribution"]
+    if results.attribution:
+        a = results.attribution
         evals.append(
-            EvalResult(
+            HubEvalResult(
                 **metric,
                 metric_type="attribution_share",
-                metric_value=a["results"]["finetuned"]["target_share"],
-                metric_name=f"Share of generated 1,000-word bags attributed to {a['author']}",
+                metric_value=a.results["finetuned"]["target_share"],
+                metric_name=f"Share of generated {a.bag_words:,}-word bags attributed to {a.author}",
                 dataset_split="validation",
             )
         )
-    if "originality" in results:
+    if results.originality:
         evals.append(
-            EvalResult(
+            HubEvalResult(
                 **metric,
                 metric_type="max_copied_span_words",
-                metric_value=results["originality"]["finetuned"]["longest_span_max"],
+                metric_value=results.originality.finetuned.longest_span_max,
                 metric_name="Longest span copied from the corpus (words)",
                 dataset_split="train",
             )
@@ -164,16 +147,15 @@ def card_metadata(results: dict[str, Any], cfg, out: Path, name: str, corpus: di
     )
 
 
-def sample_rows(results: dict[str, Any], limit: int = 3) -> list[dict[str, Any]]:
+def sample_rows(results: EvalResult, limit: int = 3) -> list[dict[str, Any]]:
     from shelley.eval.report import describe_copy
 
     rows = []
-    for g in results["generations"][:limit]:
-        if not g["finetuned"]:
+    for g in results.generations[:limit]:
+        if not g.finetuned:
             continue
-        orig = (g.get("finetuned_originality") or [None])[0]
-        text = " ".join(g["finetuned"][0].split())
-        rows.append({"prompt": g["prompt"], "text": text, "note": describe_copy(orig)})
+        orig = (g.finetuned_originality or [None])[0]
+        rows.append({"prompt": g.prompt, "text": " ".join(g.finetuned[0].split()), "note": describe_copy(orig)})
     return rows
 
 
@@ -181,13 +163,13 @@ def render_model_card(run_dir: Path, *, name: str | None = None) -> str:
     from huggingface_hub import ModelCard
 
     from shelley import __version__
-    from shelley.eval.report import DEFAULT_LABELS, style_labels
+    from shelley.eval.report import style_labels
 
-    results, cfg, out, train_dir = load_results(run_dir)
-    name = name or Path(run_dir).resolve().name
-    corpus = corpus_facts(Path(run_dir), cfg, train_dir)
+    run, results = load_results(run_dir)
+    cfg, out = run.config(), run.output
+    name = name or run.root.resolve().name
+    corpus = corpus_facts(run, cfg)
     data = card_metadata(results, cfg, out, name, corpus)
-    labels = results.get("labels", DEFAULT_LABELS)
     method = cfg.train.method
     what = {
         "scratch": "a small GPT trained from scratch",
@@ -196,13 +178,12 @@ def render_model_card(run_dir: Path, *, name: str | None = None) -> str:
         "qlora": "a QLoRA adapter",
     }[method]
     base = base_model_id(cfg)
-    author = results.get("corpus", {}).get("author") or cfg.data.author
-    title = results.get("corpus", {}).get("title") or cfg.data.title
+    author, title = results.author, results.title
     voice = f"the voice of {author}, trained on *{title}*" if author and title else "the voice of its training text"
     summary = f"{what.capitalize()}{f' of {base}' if base else ''} that writes in {voice}" + (
         f" ({corpus['source']})." if corpus["source"] else "."
     )
-    command = "shelley run" if (Path(run_dir) / "train").is_dir() else "shelley train"
+    command = "shelley run" if run.train_dir != run.root else "shelley train"
     card = ModelCard.from_template(
         data,
         template_str=_template("model_card.md.j2"),
@@ -210,12 +191,12 @@ def render_model_card(run_dir: Path, *, name: str | None = None) -> str:
         summary=summary,
         shelley_version=__version__,
         command=command,
-        ppl=results["perplexity"],
-        labels=labels,
-        unigram=results.get("unigram"),
-        originality=results.get("originality"),
-        style=results.get("style"),
-        style_rows=list(style_labels(results).items()) if "style" in results else [],
+        ppl=results.perplexity,
+        labels=results.labels,
+        unigram=results.unigram,
+        originality=results.originality,
+        style=results.style,
+        style_rows=list(style_labels(results).items()),
         attribution=_attribution(results),
         gen_tokens=cfg.generation.max_new_tokens,
         samples=sample_rows(results),
@@ -224,33 +205,28 @@ def render_model_card(run_dir: Path, *, name: str | None = None) -> str:
         base_model=base,
         hardware=_hardware(),
         training=_training(results),
-        hyper=yaml.safe_dump(results["hyperparameters"], sort_keys=False).strip(),
+        hyper=yaml.safe_dump(results.hyperparameters, sort_keys=False).strip(),
     )
     return str(card)
 
 
-def _attribution(results: dict[str, Any]) -> dict[str, Any] | None:
+def _attribution(results: EvalResult) -> dict[str, Any] | None:
     """The who-wrote-this result for the card: its sentences and the verdict."""
-    if "attribution" not in results:
+    if not results.attribution:
         return None
     from shelley.eval.report import attribution_sentences
 
-    a = results["attribution"]
-    return {"author": a["author"], "authors": len(a["candidates"]), "lines": attribution_sentences(results)}
+    a = results.attribution
+    return {"author": a.author, "authors": len(a.candidates), "lines": attribution_sentences(results)}
 
 
-def _training(results: dict[str, Any]) -> dict[str, Any]:
+def _training(results: EvalResult) -> dict[str, Any]:
     from shelley.eval.report import training_sentence
 
-    t = results.get("training") or {}
-    return {
-        "sentence": training_sentence(t) if t else "",
-        "steps": t.get("steps", "?"),
-        "train_seconds": float(t.get("train_seconds", 0.0)),
-        "tokens_per_second": float(t.get("tokens_per_second", 0.0)),
-        "tokens_seen": t.get("tokens_seen", "?"),
-        "stopped_early": bool(t.get("stopped_early")),
-    }
+    t = results.training
+    if t is None:
+        return {"sentence": "", "steps": "?", "train_seconds": 0.0, "tokens_per_second": 0.0, "tokens_seen": "?"}
+    return {"sentence": training_sentence(t)} | t.summary()
 
 
 def _hardware() -> str:
@@ -266,11 +242,9 @@ def _hardware() -> str:
 def render_space_card(run_dir: Path, *, model_repo: str, title: str | None = None) -> str:
     from huggingface_hub import SpaceCard, SpaceCardData
 
-    from shelley.eval.report import DEFAULT_LABELS
-
-    results, cfg, _out, _train_dir = load_results(run_dir)
+    run, results = load_results(run_dir)
     data = SpaceCardData(
-        title=title or f"{Path(run_dir).resolve().name} demo",
+        title=title or f"{run.root.resolve().name} demo",
         sdk="gradio",
         app_file="app.py",
         license="apache-2.0",
@@ -287,14 +261,10 @@ def render_space_card(run_dir: Path, *, model_repo: str, title: str | None = Non
             template_str=_template("space_card.md.j2"),
             title=data.title,
             model_repo=model_repo,
-            summary=(
-                f"it continues your text in the voice of {results['corpus']['author']} ({results['corpus']['title']})."
-                if results.get("corpus")
-                else "it continues your text in the voice of its training corpus."
-            ),
-            max_span=cfg.eval.max_copied_span,
-            ppl=results["perplexity"],
-            labels=results.get("labels", DEFAULT_LABELS),
+            summary=f"it continues your text in the voice of {results.author} ({results.title}).",
+            max_span=run.config().eval.max_copied_span,
+            ppl=results.perplexity,
+            labels=results.labels,
         )
     )
 
@@ -302,6 +272,14 @@ def render_space_card(run_dir: Path, *, model_repo: str, title: str | None = Non
 def write_model_card(run_dir: Path, out: Path | None = None, *, name: str | None = None) -> Path:
     from shelley.io import atomic_write_text
 
-    target = Path(out) if out else Path(run_dir) / "README.md"
+    target = Path(out) if out else Run.open(run_dir).model_card
     atomic_write_text(target, render_model_card(run_dir, name=name))
+    return target
+
+
+def write_space_card(run_dir: Path, out: Path | None = None, *, model_repo: str) -> Path:
+    from shelley.io import atomic_write_text
+
+    target = Path(out) if out else Run.open(run_dir).space_card
+    atomic_write_text(target, render_space_card(run_dir, model_repo=model_repo))
     return target

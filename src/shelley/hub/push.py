@@ -13,8 +13,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from shelley.errors import ShelleyError
-
-REPORT_FILES = ("eval.json", "eval.md", "eval.html", "attribution.png")  # eval.md links the chart beside it
+from shelley.run import Run
 
 
 @dataclass(frozen=True)
@@ -42,11 +41,9 @@ def check_repo_id(repo: str) -> None:
 def plan_upload(run_dir: Path, card_path: Path | None, *, force: bool = False) -> list[Upload]:
     """Every file the push sends, in repo order: the model/adapter dir at the root, the card as README.md,
     the eval reports and the loss curve under ``eval/``."""
-    from shelley.eval.report import load_run
-
-    run_dir = Path(run_dir)
-    _cfg, out, train_dir = load_run(run_dir)
-    if not (run_dir / "eval.json").exists() and not force:
+    run = Run.open(run_dir)
+    out = run.output
+    if not run.eval_json.exists() and not force:
         raise ShelleyError(
             f"{run_dir} has no eval.json: run `shelley eval {run_dir}` first so the card has results, "
             "or pass --force to push it unevaluated"
@@ -56,10 +53,9 @@ def plan_upload(run_dir: Path, card_path: Path | None, *, force: bool = False) -
         raise ShelleyError(f"{out} is empty; finish or --resume the training")
     if card_path is not None:
         files.append(Upload("README.md", card_path))
-    files += [Upload(f"eval/{name}", run_dir / name) for name in REPORT_FILES if (run_dir / name).exists()]
-    if (train_dir / "loss.png").exists():
-        files.append(Upload("eval/loss.png", train_dir / "loss.png"))
-    return files
+    # eval.md links the attribution chart beside it
+    reports = [run.eval_json, run.eval_md, run.eval_html, run.attribution_plot, run.loss_plot]
+    return files + [Upload(f"eval/{p.name}", p) for p in reports if p.exists()]
 
 
 def hf_token() -> str | None:
@@ -80,7 +76,7 @@ def push(run_dir: Path, repo: str, *, public: bool = False, dry_run: bool = Fals
         )
     with tempfile.TemporaryDirectory(prefix="shelley-push-") as tmp:
         card = None
-        if (Path(run_dir) / "eval.json").exists():
+        if Run.open(run_dir).eval_json.exists():
             card = Path(tmp) / "README.md"
             card.write_text(render_model_card(run_dir, name=repo.split("/")[-1]), encoding="utf-8")
         uploads = plan_upload(run_dir, card, force=force)

@@ -203,3 +203,10 @@ def load_tokenizer(name: str, *, trust_remote_code: bool = False):
             "pass a local directory, a preset, or a Hub id while online"
         ) from None
     return tok
+
+
+def offline_status(preset: ModelPreset) -> str:
+    """Whether a preset loads with no network: cached, convertible from a shipped GGUF, or Hub only."""
+    if (cache_dir(preset.name) / "config.json").exists():
+        return "cached"
+    return "GGUF (run `models prepare`)" if _find_gguf(preset) else "no (Hub only)"

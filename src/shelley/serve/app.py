@@ -7,17 +7,17 @@ so twenty people pressing Generate at once wait their turn instead of fighting o
 
 from __future__ import annotations
 
-import json
 import os
 import socket
 import threading
 from collections.abc import Iterator
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 from shelley.config import GenerationConfig
 from shelley.errors import ShelleyError
+from shelley.records import EvalResult
+from shelley.run import Run
 
 MAX_TOKENS_LIMIT = 400  # per request: a demo answers in seconds, not minutes
 
@@ -108,29 +108,27 @@ class Demo:
         yield final, " · ".join(notes)
 
 
-def run_facts(run_dir: Path | None) -> str:
-    """The headline numbers of the run behind the model, as markdown (empty if it has no eval.json)."""
-    if run_dir is None:
+def run_facts(results: EvalResult | None) -> str:
+    """The headline numbers of the run behind the model, as markdown (empty without an evaluation)."""
+    if results is None:
         return ""
-    ev = None
-    for cand in (run_dir / "eval.json", run_dir.parent / "eval.json"):
-        if cand.exists():
-            ev = json.loads(cand.read_text())
-            break
-    if not ev:
-        return ""
-    p = ev["perplexity"]
+    p = results.perplexity
     parts = [
-        f"**{ev.get('model', '?')}** ({ev.get('method', '?')}) · validation perplexity "
-        f"{p['base']['perplexity']:.1f} → **{p['finetuned']['perplexity']:.1f}**"
+        f"**{results.model}** ({results.method}) · validation perplexity "
+        f"{p.base.perplexity:.1f} → **{p.finetuned.perplexity:.1f}**"
     ]
-    if "originality" in ev:
-        parts.append(f"longest copied span in eval samples: {ev['originality']['finetuned']['longest_span_max']} words")
-    if "attribution" in ev:
-        a = ev["attribution"]
-        ft = a["results"]["finetuned"]
-        parts.append(f"{100 * ft['target_share']:.0f}% of {ft['bags']} generated bags attributed to {a['author']}")
+    if results.originality:
+        parts.append(f"longest copied span in eval samples: {results.originality.finetuned.longest_span_max} words")
+    if results.attribution:
+        a = results.attribution
+        ft = a.results["finetuned"]
+        parts.append(f"{100 * ft['target_share']:.0f}% of {ft['bags']} generated bags attributed to {a.author}")
     return " · ".join(parts)
+
+
+def run_results(run: Run | None) -> EvalResult | None:
+    """The evaluation of the run behind a model, when it has one."""
+    return run.eval_result() if run is not None and run.results_file() is not None else None
 
 
 def build_app(demo: Demo, *, title: str = "shelley", concurrency: int = 1):
@@ -180,15 +178,12 @@ def load_demo(ref: str, gen: GenerationConfig, *, max_span: int = 12, base: str 
     from shelley.generate.load import load_for_generation
 
     loaded = load_for_generation(ref, base=base)
-    index = run_index(loaded.run_dir) if loaded.run_dir is not None else None
-    facts_dir = Path(ref) if Path(ref).is_dir() else None
-    demo = Demo(loaded.model, loaded.tokenizer, gen, index=index, max_span=max_span, facts=run_facts(facts_dir))
-    if loaded.run_dir is not None and (loaded.run_dir / "config.yaml").exists():
-        import yaml
-
-        prompts = (yaml.safe_load((loaded.run_dir / "config.yaml").read_text()).get("eval") or {}).get("prompts")
-        if prompts and prompts[0]:
-            demo.placeholder = prompts[0]
+    run = loaded.run
+    index = run_index(run) if run is not None else None
+    demo = Demo(loaded.model, loaded.tokenizer, gen, index=index, max_span=max_span, facts=run_facts(run_results(run)))
+    prompts = run.prompts() if run is not None else []
+    if prompts and prompts[0]:
+        demo.placeholder = prompts[0]
     return demo
 
 

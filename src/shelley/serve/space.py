@@ -52,16 +52,20 @@ def project_root() -> Path | None:
 
 
 def export_space(
-    run_dir: Path, out: Path, *, model_repo: str, gen: GenerationConfig, max_span: int, overwrite: bool = False
+    run_dir: Path, out: Path, *, model_repo: str | None, gen: GenerationConfig, max_span: int, overwrite: bool = False
 ) -> list[Path]:
-    from shelley.eval.report import load_run
+    """A Hugging Face Space folder (app, card, settings, originality index, shelley wheel) for the pushed model
+    ``model_repo``."""
     from shelley.hub.card import render_space_card
     from shelley.hub.push import check_repo_id
     from shelley.io import atomic_dir
-    from shelley.serve.app import run_facts
+    from shelley.run import Run
+    from shelley.serve.app import run_facts, run_results
 
+    if not model_repo:
+        raise ShelleyError("--export-space needs --model-repo OWNER/NAME (push the model there first)")
     check_repo_id(model_repo)
-    _cfg, _out, train_dir = load_run(run_dir)
+    run = Run.open(run_dir)
     card = render_space_card(run_dir, model_repo=model_repo)
     with atomic_dir(Path(out), overwrite=overwrite) as tmp:
         (tmp / "app.py").write_text(APP.format(model_repo=model_repo), encoding="utf-8")
@@ -69,11 +73,11 @@ def export_space(
             "title": f"{model_repo.split('/')[-1]} demo",
             "generation": gen.model_dump(mode="json"),
             "max_span": max_span,
-            "facts": run_facts(Path(run_dir)),
+            "facts": run_facts(run_results(run)),
         }
         (tmp / "demo.json").write_text(json.dumps(settings, indent=2), encoding="utf-8")
         (tmp / "README.md").write_text(card, encoding="utf-8")
-        index = train_dir / "originality-index.npz"
+        index = run.originality_index
         if index.exists():
             shutil.copy2(index, tmp / index.name)
         requirements = ["gradio>=5"]
