@@ -46,7 +46,9 @@ def commit() -> str:
 
 def record(run_dir: Path, name: str, note: str = "", at_commit: str | None = None) -> Path:
     """Keep the headline figures of a run's eval.json (no generated text) as docs/results/<name>.json."""
-    ev = json.loads((Path(run_dir) / "eval.json").read_text())
+    from shelley.run import Run
+
+    ev = Run.at(run_dir).eval_result().to_json()  # validated against the record's schema
     p = ev["perplexity"]
     tr = ev.get("training", {})
     row: dict[str, Any] = {
@@ -86,9 +88,11 @@ def record(run_dir: Path, name: str, note: str = "", at_commit: str | None = Non
 
 def record_training(run_dir: Path, name: str, note: str = "", at_commit: str | None = None) -> Path:
     """Keep a `shelley train` run's validation curve, kept step and stop reason as docs/results/<name>.json."""
-    run_dir = Path(run_dir)
-    summary = json.loads((run_dir / "train_summary.json").read_text())
-    rows = [json.loads(x) for x in (run_dir / "metrics.jsonl").read_text().splitlines() if x.strip()]
+    from shelley.run import Run
+
+    run = Run.for_training(run_dir)
+    summary = run.train_result().summary()
+    rows = [json.loads(x) for x in run.metrics_file.read_text().splitlines() if x.strip()]
     curve = [[r["step"], round(r["val_perplexity"], 2)] for r in rows if r.get("kind") == "eval"]
     row = {
         "kind": "training",
@@ -196,7 +200,23 @@ def render(folder: Path = RESULTS) -> str:
     training = [r for r in rows if r.get("kind") == "training"]
     if training:
         lines += _render_training(training)
+    for doc in (r for r in rows if r.get("kind") == "choices"):
+        lines += _render_choices(doc)
+    for doc in (r for r in rows if r.get("kind") == "history"):
+        lines += ["", "## Earlier measurements", "", doc.get("note", ""), "", "| what | measured | commit, CPU |"]
+        lines.append("|---|---|---|")
+        lines += [f"| {r['what']} | {r['measured']} | {r['commit']}, {r['cpu']} |" for r in doc["rows"]]
     return "\n".join(lines) + "\n"
+
+
+def _render_choices(doc: dict[str, Any]) -> list[str]:
+    """What each preset value was chosen against, and the measurement that chose it."""
+    lines = ["", "## Why the presets hold these values", "", doc.get("note", ""), ""]
+    lines += ["| preset | key | chosen | against | measured | commit, CPU |", "|---|---|---|---|---|---|"]
+    for r in doc["rows"]:
+        cells = [r["preset"], f"`{r['key']}`", r["chosen"], r["against"], r["measured"], f"{r['commit']}, {r['cpu']}"]
+        lines.append("| " + " | ".join(cells) + " |")
+    return lines
 
 
 def main() -> None:

@@ -255,13 +255,14 @@ def test_load_reference_rejects_a_bad_manifest(tmp_path):
 
 def test_delta_sentence_says_raised_or_lowered():
     from shelley.eval.report import style_labels, style_sentences
+    from shelley.records import StyleResult
 
-    r = {"corpus": {"author": "Jane Austen"}, "style": {"features": ["the"], "delta_reduction": -0.05, "groups": {}}}
-    assert "raised Delta by 5%" in style_sentences(r)[0]
-    r["style"]["delta_reduction"] = 0.2
-    assert "lowered Delta by 20%" in style_sentences(r)[0]
-    r["style"]["groups"] = {"held_out": {}, "author_train_sample": {}}
-    assert style_labels(r) == {
+    style = StyleResult(reference="held out", features=["the"], delta_reduction=-0.05, groups={})
+    assert "raised Delta by 5%" in style_sentences(style, "Jane Austen")[0]
+    style.delta_reduction = 0.2
+    assert "lowered Delta by 20%" in style_sentences(style, "Jane Austen")[0]
+    style.groups = {"held_out": {}, "author_train_sample": {}}
+    assert style_labels(style, "Jane Austen") == {
         "author_train_sample": "Jane Austen (train, same length)",
         "held_out": "Jane Austen (held out, reference)",
     }

@@ -31,7 +31,8 @@ def test_installed_wheel_resolves_the_default_preset(tmp_path):
     work = tmp_path / "elsewhere"
     work.mkdir()
     probe = (
-        "import shelley, shelley.cli as c; print(shelley.__file__); print(c._default_run_config()); "
+        "import shelley, shelley.cli as c; from shelley.config import resolve_config; print(shelley.__file__); "
+        "print(resolve_config(c.DEFAULT_RUN_PRESET)); "
         "from shelley.config import presets; print(len(presets()))"
     )
     out = subprocess.run([sys.executable, "-c", probe], cwd=work, env=env, capture_output=True, text=True)

@@ -26,7 +26,7 @@ from shelley.data.tokens import token_check
 from shelley.errors import ShelleyError
 from shelley.generate import check_generation, generate_texts
 from shelley.generate.load import load_for_generation
-from shelley.gpt.tokenizer import train_and_save
+from shelley.gpt.tokenizer import check_vocab_size, train_and_save
 from shelley.hub.card import write_model_card, write_space_card
 from shelley.hub.push import push, push_dataset
 from shelley.io import check_output_dir
@@ -388,7 +388,8 @@ def card_cmd(
     space: o.opt(str | None, "--space-for", help="Write a Space card for this model repo instead.") = None,
 ) -> None:
     """Write a Hugging Face model card (or --space-for REPO: a Space card) filled with the run's measurements."""
-    target = write_space_card(run_dir, out, model_repo=space) if space else write_model_card(run_dir, out, name=name)
+    run = Run.open(run_dir)
+    target = write_space_card(run, out, model_repo=space) if space else write_model_card(run, out, name=name)
     o.console.print(f"card written to [bold]{target}[/bold]")
 
 
@@ -401,7 +402,7 @@ def push_cmd(
     force: o.opt(bool, "--force", help="Push even if the run has no eval.json.") = False,
 ) -> None:
     """Upload the model or adapter, tokenizer, model card and eval report (token from HF_TOKEN or hf auth login)."""
-    files, url = push(run_dir, repo, public=public, dry_run=dry_run, force=force)
+    files, url = push(Run.open(run_dir), repo, public=public, dry_run=dry_run, force=force)
     views.uploads(o.console, files, repo, public=public, url=url)
 
 
@@ -425,7 +426,7 @@ def serve_cmd(
 
         with o.err_console.status("writing the Space (building the shelley wheel)"):
             files = export(
-                Path(model), export_space, model_repo=model_repo, gen=cfg.generation,
+                Run.open(model), export_space, model_repo=model_repo, gen=cfg.generation,
                 max_span=cfg.eval.max_copied_span, overwrite=overwrite,
             )  # fmt: skip
         o.console.print(f"Space written to [bold]{export_space}[/bold]: {', '.join(f.name for f in files)}")
@@ -448,6 +449,7 @@ def tokenizer_train(
     overwrite: o.OverwriteOpt = False,
 ) -> None:
     """Train a byte-level BPE on the corpus's train split; report characters per token on its validation split."""
+    check_vocab_size(vocab_size)  # before reading the corpus
     train_texts, val_texts = training_texts(corpus, cfg.data, on_note=o.tell)
     with o.err_console.status(f"training a {vocab_size}-token byte-level BPE on {len(train_texts)} rows"):
         tok, c = train_and_save(train_texts, val_texts, vocab_size, out, overwrite=overwrite)

@@ -179,8 +179,7 @@ class TrainConfig(_Section):
     compile: bool = Field(
         False,
         description="torch.compile the model before training (faster steps on GPU after a slow first one). On "
-        "CPU it does not pay: measured on 2 cores (SmolLM2-135M LoRA), compiled steps ran 4.28 s vs 4.32 s eager, "
-        "the first step took 23 s, and a 120 s run made 200 tokens/s vs about 230 eager.",
+        "CPU it does not pay: the first step's compile costs more than the steps save (docs/results.md).",
     )
     merge: bool = Field(False, description="Also save the adapter merged into the base model.")
     run_dir: str = Field("runs/latest", description="Where the run writes checkpoints, metrics and outputs.")

@@ -28,9 +28,10 @@ err_console = Console(stderr=True)
 
 @dataclass(frozen=True)
 class Key:
-    """Marks an option that sets the config key ``dotted``."""
+    """Marks an option that sets the config key ``dotted``; ``flag`` names it in errors."""
 
     dotted: str
+    flag: str
 
 
 def key(dotted: str, flag: str, *aliases: str, type_: Any = None, **option: Any) -> Any:
@@ -38,9 +39,8 @@ def key(dotted: str, flag: str, *aliases: str, type_: Any = None, **option: Any)
     field = field_info(dotted)
     typ = type_ if type_ is not None else field.annotation
     help_text = field.description or ""
-    return Annotated[
-        typ | None, typer.Option(flag, *aliases, help=help_text, show_default=False, **option), Key(dotted)
-    ]
+    option_info = typer.Option(flag, *aliases, help=help_text, show_default=False, **option)
+    return Annotated[typ | None, option_info, Key(dotted, flag.split("/")[-1])]
 
 
 ConfigOpt = Annotated[
@@ -100,7 +100,7 @@ def configured(fn=None, *, default_config: str | None = None, groups: tuple[dict
         inspect.Parameter("sets", inspect.Parameter.KEYWORD_ONLY, annotation=SetOpt, default=None),
     ]
     params = [p for p in own if p.name != "cfg"] + extra + config_params
-    keys = {p.name: m.dotted for p in params for m in getattr(p.annotation, "__metadata__", ()) if isinstance(m, Key)}
+    keys = {p.name: m for p in params for m in getattr(p.annotation, "__metadata__", ()) if isinstance(m, Key)}
     passed_on = {p.name for p in own}
 
     @functools.wraps(fn)
@@ -108,9 +108,12 @@ def configured(fn=None, *, default_config: str | None = None, groups: tuple[dict
         from shelley.config import load_config, set_key
 
         cfg = load_config(config or default_config, sets or [])
-        for name, dotted in keys.items():
+        for name, k in keys.items():
             if kwargs.get(name) is not None:
-                set_key(cfg, dotted, kwargs[name])
+                try:
+                    set_key(cfg, k.dotted, kwargs[name])
+                except ShelleyError as exc:  # the library names the key; the flag is the CLI's to add
+                    raise ShelleyError(f"{k.flag}: {exc}") from None
         return fn(*args, cfg=cfg, **{k: v for k, v in kwargs.items() if k in passed_on})
 
     wrapper.__signature__ = inspect.Signature(params)  # what typer reads: the options, not ``cfg``

@@ -14,7 +14,7 @@ import yaml
 
 from shelley.config import ShelleyConfig
 from shelley.errors import ShelleyError
-from shelley.records import AttributionResult, EvalResult, TrainResult
+from shelley.records import AttributionResult, EvalResult, StyleResult, TrainResult
 from shelley.run import Run
 
 
@@ -242,9 +242,9 @@ def _base_for_eval(cfg: ShelleyConfig, out: Path):
     return export_hf(GPT(gpt_config(cfg, len(tokenizer))), tokenizer), tokenizer
 
 
-def style_labels(r: EvalResult) -> dict[str, str]:
+def style_labels(style: StyleResult | None, author: str) -> dict[str, str]:
     """Row labels of the style table, naming the corpus's own author (older reports: shelley_train_sample)."""
-    a = r.author
+    a = author
     labels = {
         "base": "base model",
         "finetuned": "fine-tuned model",
@@ -252,13 +252,12 @@ def style_labels(r: EvalResult) -> dict[str, str]:
         "shelley_train_sample": f"{a} (train, same length)",
         "held_out": f"{a} (held out, reference)",
     }
-    groups = r.style.groups if r.style else {}
+    groups = style.groups if style else {}
     return {k: v for k, v in labels.items() if k in groups}
 
 
-def style_sentences(r: EvalResult) -> list[str]:
+def style_sentences(st: StyleResult, author: str) -> list[str]:
     """What the Delta figures say, with the sign of the change spelled out and the noise floor beside it."""
-    st = r.style
     change = st.delta_reduction
     verb = "lowered" if change >= 0 else "raised"
     out = [
@@ -270,7 +269,7 @@ def style_sentences(r: EvalResult) -> list[str]:
     if fl.get("windows"):
         below = 100 * fl.get("share_below_70pct_of_base", 0)
         out.append(
-            f"{r.author}'s own text cut to the same length ({fl['words']} words, {fl['windows']} windows through "
+            f"{author}'s own text cut to the same length ({fl['words']} words, {fl['windows']} windows through "
             f"the train split) scores Delta {fl['median']:.3f} (median; range {fl['min']:.3f}–{fl['max']:.3f}): the "
             f"floor a perfect imitator would reach with this much text. {below:.0f}% "
             "of those windows are 30% or more below the base model."
@@ -427,13 +426,13 @@ def _md_attribution(r: EvalResult) -> list[str]:
 
 
 def _md_style(r: EvalResult) -> list[str]:
-    lines = ["## Style", "", *style_sentences(r), ""]
+    lines = ["## Style", "", *style_sentences(r.style, r.author), ""]
     lines += [
         "| text | words | Delta | Delta per sample | sentence length | ; per 1k | — per 1k | , per 1k "
         "| MATTR | unseen words |",
         "|---|---|---|---|---|---|---|---|---|---|",
     ]
-    for key, label in style_labels(r).items():
+    for key, label in style_labels(r.style, r.author).items():
         g = r.style.groups[key]
         pk = g["per_1000_words"]
         lines.append(
@@ -487,8 +486,8 @@ def render_eval_html(r: EvalResult, images: dict[str, bytes] | None = None) -> s
     return template.render(
         r=r,
         describe_copy=describe_copy,
-        style_labels=style_labels(r),
-        style_sentences=style_sentences(r) if r.style else [],
+        style_labels=style_labels(r.style, r.author),
+        style_sentences=style_sentences(r.style, r.author) if r.style else [],
         attribution_sentences=attribution_sentences(r) if r.attribution else [],
         attribution_rows=attribution_rows(r) if r.attribution else [],
         author=r.author,

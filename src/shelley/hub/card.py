@@ -24,12 +24,6 @@ def _template(name: str) -> str:
     return files("shelley.hub").joinpath(f"templates/{name}").read_text("utf-8")
 
 
-def load_results(run_dir: Path) -> tuple[Run, EvalResult]:
-    """The run and its evaluation, or a one-line error naming what is missing."""
-    run = Run.open(run_dir)
-    return run, run.eval_result()
-
-
 def corpus_facts(run: Run, cfg) -> dict[str, Any]:
     """Where the training text came from and what was done to it (from the build report when there is one)."""
     report = run.build_report()
@@ -159,13 +153,13 @@ def sample_rows(results: EvalResult, limit: int = 3) -> list[dict[str, Any]]:
     return rows
 
 
-def render_model_card(run_dir: Path, *, name: str | None = None) -> str:
+def render_model_card(run: Run, *, name: str | None = None) -> str:
     from huggingface_hub import ModelCard
 
     from shelley import __version__
     from shelley.eval.report import style_labels
 
-    run, results = load_results(run_dir)
+    results = run.eval_result()
     cfg, out = run.config(), run.output
     name = name or run.root.resolve().name
     corpus = corpus_facts(run, cfg)
@@ -196,7 +190,7 @@ def render_model_card(run_dir: Path, *, name: str | None = None) -> str:
         unigram=results.unigram,
         originality=results.originality,
         style=results.style,
-        style_rows=list(style_labels(results).items()),
+        style_rows=list(style_labels(results.style, results.author).items()),
         attribution=_attribution(results),
         gen_tokens=cfg.generation.max_new_tokens,
         samples=sample_rows(results),
@@ -239,10 +233,10 @@ def _hardware() -> str:
     return f"CPU only, {os.cpu_count()} cores ({platform.machine()})"
 
 
-def render_space_card(run_dir: Path, *, model_repo: str, title: str | None = None) -> str:
+def render_space_card(run: Run, *, model_repo: str, title: str | None = None) -> str:
     from huggingface_hub import SpaceCard, SpaceCardData
 
-    run, results = load_results(run_dir)
+    results = run.eval_result()
     data = SpaceCardData(
         title=title or f"{run.root.resolve().name} demo",
         sdk="gradio",
@@ -269,17 +263,17 @@ def render_space_card(run_dir: Path, *, model_repo: str, title: str | None = Non
     )
 
 
-def write_model_card(run_dir: Path, out: Path | None = None, *, name: str | None = None) -> Path:
+def write_model_card(run: Run, out: Path | None = None, *, name: str | None = None) -> Path:
     from shelley.io import atomic_write_text
 
-    target = Path(out) if out else Run.open(run_dir).model_card
-    atomic_write_text(target, render_model_card(run_dir, name=name))
+    target = Path(out) if out else run.model_card
+    atomic_write_text(target, render_model_card(run, name=name))
     return target
 
 
-def write_space_card(run_dir: Path, out: Path | None = None, *, model_repo: str) -> Path:
+def write_space_card(run: Run, out: Path | None = None, *, model_repo: str) -> Path:
     from shelley.io import atomic_write_text
 
-    target = Path(out) if out else Run.open(run_dir).space_card
-    atomic_write_text(target, render_space_card(run_dir, model_repo=model_repo))
+    target = Path(out) if out else run.space_card
+    atomic_write_text(target, render_space_card(run, model_repo=model_repo))
     return target

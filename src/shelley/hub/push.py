@@ -38,14 +38,13 @@ def check_repo_id(repo: str) -> None:
         ) from None
 
 
-def plan_upload(run_dir: Path, card_path: Path | None, *, force: bool = False) -> list[Upload]:
+def plan_upload(run: Run, card_path: Path | None, *, force: bool = False) -> list[Upload]:
     """Every file the push sends, in repo order: the model/adapter dir at the root, the card as README.md,
     the eval reports and the loss curve under ``eval/``."""
-    run = Run.open(run_dir)
     out = run.output
     if not run.eval_json.exists() and not force:
         raise ShelleyError(
-            f"{run_dir} has no eval.json: run `shelley eval {run_dir}` first so the card has results, "
+            f"{run.root} has no eval.json: run `shelley eval {run.root}` first so the card has results, "
             "or pass --force to push it unevaluated"
         )
     files = [Upload(str(p.relative_to(out)), p) for p in sorted(out.rglob("*")) if p.is_file()]
@@ -64,7 +63,7 @@ def hf_token() -> str | None:
     return os.environ.get("HF_TOKEN") or get_token()
 
 
-def push(run_dir: Path, repo: str, *, public: bool = False, dry_run: bool = False, force: bool = False):
+def push(run: Run, repo: str, *, public: bool = False, dry_run: bool = False, force: bool = False):
     """Upload the run; returns (uploads, repo url or None for a dry run)."""
     from shelley.hub.card import render_model_card
 
@@ -76,10 +75,10 @@ def push(run_dir: Path, repo: str, *, public: bool = False, dry_run: bool = Fals
         )
     with tempfile.TemporaryDirectory(prefix="shelley-push-") as tmp:
         card = None
-        if Run.open(run_dir).eval_json.exists():
+        if run.eval_json.exists():
             card = Path(tmp) / "README.md"
-            card.write_text(render_model_card(run_dir, name=repo.split("/")[-1]), encoding="utf-8")
-        uploads = plan_upload(run_dir, card, force=force)
+            card.write_text(render_model_card(run, name=repo.split("/")[-1]), encoding="utf-8")
+        uploads = plan_upload(run, card, force=force)
         if dry_run:
             return [(u.path_in_repo, u.size) for u in uploads], None
         from huggingface_hub import CommitOperationAdd, HfApi

@@ -14,6 +14,7 @@ from pathlib import Path
 
 from shelley.config import GenerationConfig
 from shelley.errors import ShelleyError
+from shelley.run import Run
 
 APP = '''"""Gradio Space for a shelley model; written by `shelley serve --export-space`."""
 
@@ -52,21 +53,19 @@ def project_root() -> Path | None:
 
 
 def export_space(
-    run_dir: Path, out: Path, *, model_repo: str | None, gen: GenerationConfig, max_span: int, overwrite: bool = False
+    run: Run, out: Path, *, model_repo: str | None, gen: GenerationConfig, max_span: int, overwrite: bool = False
 ) -> list[Path]:
     """A Hugging Face Space folder (app, card, settings, originality index, shelley wheel) for the pushed model
     ``model_repo``."""
     from shelley.hub.card import render_space_card
     from shelley.hub.push import check_repo_id
     from shelley.io import atomic_dir
-    from shelley.run import Run
     from shelley.serve.app import run_facts, run_results
 
     if not model_repo:
         raise ShelleyError("--export-space needs --model-repo OWNER/NAME (push the model there first)")
     check_repo_id(model_repo)
-    run = Run.open(run_dir)
-    card = render_space_card(run_dir, model_repo=model_repo)
+    card = render_space_card(run, model_repo=model_repo)
     with atomic_dir(Path(out), overwrite=overwrite) as tmp:
         (tmp / "app.py").write_text(APP.format(model_repo=model_repo), encoding="utf-8")
         settings = {
