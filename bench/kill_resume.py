@@ -1,10 +1,12 @@
 """Kill test: SIGKILL a training run at random points (mid-step and mid-checkpoint), resume it, and compare
 the final weights and loss curve with an uninterrupted run of the same seed.
 
-    python -m bench.kill_resume [--runs 10] [--model DIR] [--corpus FILE] [--seed 0]
+    python -m bench.kill_resume [--runs 10] [--model DIR | --preset] [--corpus FILE] [--seed 0]
 
 Without ``--model`` it builds a tiny random Llama with a byte-level BPE tokenizer (the path of the real
-presets is the same loop). Prints one line per run and writes ``bench/results/kill_resume.json``.
+presets is the same loop). ``--preset`` runs the real thing: SmolLM2-135M with the `shelley run` preset
+(smollm2-135m_full_cpu), a fixed number of steps, checkpoints by step and by time (1.6 GB each: model and
+AdamW state). Prints one line per run and writes ``bench/results/kill_resume.json``.
 """
 
 from __future__ import annotations
@@ -66,11 +68,27 @@ def tiny_model(out: Path, corpus: Path) -> Path:
     return out
 
 
+# The real preset, shortened to a fixed number of steps; checkpoints every 3 steps and every 10 s of training.
+PRESET_SETS = [
+    "train.method=full",
+    "train.steps=8",
+    "train.checkpoint_every=3",
+    "train.checkpoint_every_s=10",
+    "train.keep_checkpoints=2",
+    "train.eval_every=1000",
+    "train.sample_every=1000",
+    "train.micro_batch_size=4",
+    "model.max_length=64",
+    "data.split=random",
+]
+CONFIG: list[str] = []  # --config for every command (the preset mode sets it)
+
+
 def train_cmd(corpus: Path, model: Path, run: Path, *extra: str) -> list[str]:
     cmd = [sys.executable, "-m", "shelley", "train", str(corpus), "--model", str(model), "--run-dir", str(run)]
     for s in SETS:
         cmd += ["--set", s]
-    return cmd + list(extra)
+    return cmd + CONFIG + list(extra)
 
 
 def losses(run: Path) -> dict[int, float]:
@@ -110,7 +128,9 @@ def kill_at(cmd: list[str], run: Path, where: str, at_step: int, timeout: float 
 def run_once(corpus: Path, model: Path, work: Path, i: int, rng: random.Random, straight: dict) -> dict:
     run = work / f"killed-{i}"
     where = "checkpoint" if i % 2 else "step"
-    at = rng.randint(3, STEPS - 3)  # step 2 is the first checkpoint: a kill before it leaves nothing to resume
+    t0 = time.perf_counter()
+    # after the first checkpoint (a kill before it leaves nothing to resume), before the end
+    at = rng.randint(3, STEPS - 3) if not CONFIG else rng.randint(3, 6)
     hit = kill_at(train_cmd(corpus, model, run), run, where, at)
     resume = subprocess.run(train_cmd(corpus, model, run, "--resume"), capture_output=True, text=True)
     if resume.returncode:
@@ -125,6 +145,7 @@ def run_once(corpus: Path, model: Path, work: Path, i: int, rng: random.Random, 
         "ok": max_diff == 0.0 and same_losses,
         "max_weight_diff": max_diff,
         "losses_equal": same_losses,
+        "seconds": round(time.perf_counter() - t0, 1),
     }
 
 
@@ -132,6 +153,7 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--runs", type=int, default=10)
     ap.add_argument("--model", type=Path)
+    ap.add_argument("--preset", action="store_true", help="SmolLM2-135M with the `shelley run` preset")
     ap.add_argument(
         "--corpus",
         type=Path,
@@ -141,17 +163,27 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--out", type=Path, default=RESULTS / "kill_resume.json")
     args = ap.parse_args(argv)
     rng = random.Random(args.seed)
+    if args.preset:
+        SETS[:] = PRESET_SETS
+        CONFIG[:] = ["--config", "smollm2-135m_full_cpu"]
+        from shelley.models.registry import resolve
+
+        args.model = Path(resolve("smollm2-135m"))
     with tempfile.TemporaryDirectory(prefix="shelley-kill-") as tmp:
         work = Path(tmp)
         model = args.model or tiny_model(work / "model", args.corpus)
+        t0 = time.perf_counter()
         subprocess.run(train_cmd(args.corpus, model, work / "straight"), check=True, capture_output=True)
         straight = {"weights": weights(work / "straight"), "losses": losses(work / "straight")}
+        straight_s = round(time.perf_counter() - t0, 1)
+        print(json.dumps({"uninterrupted_seconds": straight_s}))
         rows = []
         for i in range(args.runs):
             row = run_once(args.corpus, model, work, i, rng, straight)
             rows.append(row)
             print(json.dumps(row))
-    summary = {"runs": args.runs, "passed": sum(r["ok"] for r in rows), "results": rows}
+    summary = {"runs": args.runs, "passed": sum(r["ok"] for r in rows), "uninterrupted_seconds": straight_s}
+    summary |= {"model": str(model), "sets": SETS, "results": rows}
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(summary, indent=2) + "\n")
     print(f"{summary['passed']}/{args.runs} kill-and-resume runs bit-identical to the uninterrupted run")

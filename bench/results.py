@@ -147,6 +147,36 @@ def _bags(s: dict[str, Any]) -> str:
     return f"{s['target_bags']}/{s['bags']} = {_pct(s['share'])} ({_pct(lo)}–{_pct(hi)})"
 
 
+def record_export(figures: dict[str, Any], name: str, note: str = "", at_commit: str | None = None) -> Path:
+    """Keep what bench.export_check measured as docs/results/<name>.json."""
+    row = {"kind": "export", "name": name, "note": note, "commit": at_commit or commit(), "cpu": cpu_name()}
+    row |= {"date": time.strftime("%Y-%m-%d")} | figures
+    path = RESULTS / f"{name}.json"
+    path.write_text(json.dumps(row, indent=1) + "\n")
+    return path
+
+
+def _render_export(r: dict[str, Any]) -> list[str]:
+    ppl, agree, e = r["perplexity"], r["top1_agreement_vs_saved"], r["engines"]
+    lines = ["", f"## Local runtimes: {r['name']}", "", f"{r.get('note', '')} (commit {r['commit']}, {r['cpu']}).", ""]
+    lines += ["| file | size | perplexity in llama.cpp | top-1 agreement with the saved model |", "|---|---|---|---|"]
+    for q in ("f16", "q8_0", "q4_k_m"):
+        p = ppl[f"{q} (llama.cpp)"]
+        lines.append(f"| {q} | {r['sizes_mb'][q]} MB | {p:.3f} | {100 * agree[q]:.2f}% |")
+    lines += [
+        "",
+        f"- Saved model in transformers, same {r['tokens_scored']} tokens: perplexity "
+        f"{ppl['saved (transformers)']:.3f}.",
+        f"- f16 file loaded by transformers: largest logit difference {r['transformers_f16_max_logit_diff']:.2e}.",
+        f"- Greedy 50-token continuations of the eval prompts, llama.cpp (f16) vs transformers: "
+        f"{r['greedy_50_tokens_identical']} identical.",
+        f"- Eval workload (5 prompts x 4 samples x 120 tokens): transformers {e['transformers']['tokens_per_s']} "
+        f"tokens/s, llama.cpp (f16) {e['llamacpp']['tokens_per_s']} tokens/s; first token of one stream "
+        f"{e['transformers']['first_token_s']} s vs {e['llamacpp']['first_token_s']} s.",
+    ]
+    return lines
+
+
 def render(folder: Path = RESULTS) -> str:
     rows = [json.loads(p.read_text()) for p in sorted(folder.glob("*.json"))]
     runs = [r for r in rows if r.get("kind") == "run"]
@@ -200,6 +230,8 @@ def render(folder: Path = RESULTS) -> str:
     training = [r for r in rows if r.get("kind") == "training"]
     if training:
         lines += _render_training(training)
+    for doc in (r for r in rows if r.get("kind") == "export"):
+        lines += _render_export(doc)
     for doc in (r for r in rows if r.get("kind") == "choices"):
         lines += _render_choices(doc)
     for doc in (r for r in rows if r.get("kind") == "history"):

@@ -116,3 +116,4 @@ def test_run_end_to_end(cli, tmp_path, corpus, tiny_model_dir):
     assert "fewer than one bag" in ev["attribution_skipped"] and "Skipped:" in (run / "eval.md").read_text()
     assert ev["corpus"] == {"author": "the author of book", "title": "book"}
     assert (run / "data" / "dataset_dict.json").exists() and (run / "train" / "model").exists()
+    assert not (run / "train" / "checkpoints").exists()  # a finished run drops its optimizer state

@@ -15,7 +15,7 @@ LAYERS = {
     **dict.fromkeys(["data", "models", "gpt"], 1),
     **dict.fromkeys(["finetune", "generate"], 2),
     "eval": 3,
-    "hub": 4,
+    **dict.fromkeys(["hub", "export"], 4),  # delivery: the Hub, and the files local runtimes load
     "serve": 5,
     "pipeline": 6,
     **dict.fromkeys(["options", "views"], 7),  # what the commands share, and how their results print

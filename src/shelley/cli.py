@@ -8,7 +8,6 @@ libraries (torch, transformers, datasets, matplotlib) are imported inside the co
 
 from __future__ import annotations
 
-import json
 import sys
 from pathlib import Path
 from typing import Annotated
@@ -25,7 +24,7 @@ from shelley.data.inspect import inspect_to
 from shelley.data.tokens import token_check
 from shelley.errors import ShelleyError
 from shelley.generate import check_generation, generate_texts
-from shelley.generate.load import load_for_generation
+from shelley.generate.load import load_for_generation, load_writer
 from shelley.gpt.tokenizer import check_vocab_size, train_and_save
 from shelley.hub.card import write_model_card, write_space_card
 from shelley.hub.push import push, push_dataset
@@ -33,6 +32,7 @@ from shelley.io import check_output_dir
 from shelley.models.registry import PRESETS, import_gguf, load_tokenizer, offline_status, resolve
 from shelley.pipeline import run_pipeline
 from shelley.run import Run
+from shelley.runtime import quiet_libraries
 
 app = typer.Typer(help=o.APP_HELP, no_args_is_help=True, pretty_exceptions_enable=False, add_completion=False)
 data_app = o.group("Corpus: fetch, inspect, clean and build datasets, check tokenizers.")
@@ -41,7 +41,7 @@ config_app = o.group("Show the configuration and what every key means.")
 models_app = o.group("Base model presets and offline import.")
 style_app = o.group("Stylometry: who wrote a text, and how it compares with a corpus.")
 tokenizer_app = o.group("Train a byte-level BPE tokenizer for a scratch GPT.")
-for sub, name in ((data_app, "data"), (config_app, "config"), (models_app, "models"), (style_app, "style")):
+for sub, name in [(data_app, "data"), (config_app, "config"), (models_app, "models"), (style_app, "style")]:
     app.add_typer(sub, name=name)
 app.add_typer(tokenizer_app, name="tokenizer")
 data_app.add_typer(fetch_app, name="fetch")
@@ -109,10 +109,7 @@ def data_tokens(
     with o.err_console.status(f"loading tokenizer {tok_name}"):
         tok = load_tokenizer(tok_name, trust_remote_code=cfg.model.trust_remote_code)
     result = token_check(texts, tok, max_length=cfg.model.max_length, batch_size=batch_size)
-    if as_json:
-        typer.echo(json.dumps(result, indent=2, ensure_ascii=False))
-    else:
-        views.token_check(o.console, result)
+    views.json_or(as_json, result, lambda: views.token_check(o.console, result))
 
 
 @o.command(fetch_app, "gutenberg")
@@ -172,9 +169,7 @@ def train_cmd(
 def eval_cmd(
     run_dir: o.arg(Path, help="Run directory of `shelley train`."),
     prompts: o.opt(str | None, "--prompts", help="Prompt set: prose (the corpus's own), math, code, or a file.") = None,
-    attribution: o.opt(
-        bool, "--attribution", help="Who-wrote-this test: base vs fine-tuned vs the author's text."
-    ) = False,
+    attribution: o.opt(bool, "--attribution", help="Who-wrote-this test: base vs fine-tuned vs the author.") = False,
     bags: o.key("eval.attribution_bags", "--bags", min=1) = None,
     reference: o.ReferenceOpt = None,
     bag_words: o.key("eval.bag_words", "--bag-words", min=1) = None,
@@ -201,22 +196,21 @@ def run_cmd(
     cfg,
     corpus: o.CorpusArg = None,
     run_dir: o.opt(Path, "--run-dir", help="Where data, training and reports go.") = Path("runs/run"),
-    time_budget: o.opt(
-        float, "--time-budget", min=1, help="Wall-clock seconds for the whole job (default 10 min)."
-    ) = 600,
+    time_budget: o.opt(float, "--time-budget", min=1, help="Wall-clock seconds for the whole job.") = 600,
     method: o.key("train.method", "--method") = None,
     model: o.key("model.name", "--model") = None,
+    keep_checkpoints: o.opt(bool, "--keep-checkpoints", help="Keep the optimizer state at the end.") = False,
     overwrite: o.OverwriteOpt = False,
 ) -> None:
     """The main job: corpus -> clean -> split -> fine-tune -> eval -> report, within --time-budget (default
     preset: smollm2-135m_full_cpu)."""
-
     source = corpus_path(corpus, cfg.data)
     progress, on_progress = o.attribution_progress()
     with progress:
         results = run_pipeline(
-            cfg, source, run_dir, time_budget_s=time_budget, overwrite=overwrite, on_progress=on_progress
-        )
+            cfg, source, run_dir, time_budget_s=time_budget, overwrite=overwrite, keep_checkpoints=keep_checkpoints,
+            on_progress=on_progress,
+        )  # fmt: skip
     views.eval_result(o.console, results, str(run_dir / "eval.md"))
 
 
@@ -238,6 +232,10 @@ def write_cmd(
     corpus: o.opt(Path | None, "--corpus", help="Corpus for the originality check (default: the run's).") = None,
     index: o.opt(Path | None, "--index", help="A saved originality index (.npz).") = None,
     base: o.BaseOpt = None,
+    engine: o.opt(
+        str, "--engine", help="transformers, or llamacpp: the exported GGUF, faster on CPU."
+    ) = "transformers",
+    gguf: o.opt(Path | None, "--gguf", help="With --engine llamacpp: the file (default: RUN/export/*-f16.gguf)") = None,
     as_json: o.JsonOpt = False,
 ) -> None:
     """Continue prompts in the author's voice; reports (and with --original avoids) copying from the corpus."""
@@ -247,29 +245,24 @@ def write_cmd(
     prompts = list(prompts or [""])
     check_generation(cfg.generation)  # before loading any model
     with o.err_console.status(f"loading {model}"):
-        loaded = load_for_generation(model, base=base, trust_remote_code=cfg.model.trust_remote_code)
+        loaded, fast = load_writer(model, engine, gguf, base=base, trust_remote_code=cfg.model.trust_remote_code)
     want_index = original or corpus is not None or index is not None or loaded.run is not None
     idx = index_for(loaded.run, corpus, index, cfg.data) if want_index else None
     stream = len(prompts) * cfg.generation.num_samples == 1 and not as_json and not original
-    streamer = views.streamer(o.console, loaded.tokenizer, prompts[0]) if stream else None
+    streamer = views.streamer(o.console, loaded.tokenizer, prompts[0], raw=fast is not None) if stream else None
     results = write(
         loaded.model, loaded.tokenizer, prompts, cfg.generation, index=idx, original=original,
-        max_span=cfg.eval.max_copied_span, tries=tries, on_note=o.note, streamer=streamer,
+        max_span=cfg.eval.max_copied_span, tries=tries, on_note=o.note, streamer=streamer, engine=fast,
     )  # fmt: skip
-    if as_json:
-        doc = {"model": loaded.source, "generation": cfg.generation.model_dump(mode="json"), "samples": results}
-        sys.stdout.write(json.dumps(doc, ensure_ascii=False, indent=2) + "\n")
-    else:
-        views.written(o.console, results, streamed=streamer is not None)
+    doc = {"model": loaded.source, "generation": cfg.generation.model_dump(mode="json"), "samples": results}
+    views.json_or(as_json, doc, lambda: views.written(o.console, results, streamed=streamer is not None))
 
 
 @o.command(app, "chat", groups=(o.SAMPLING_KEYS,))
 def chat_cmd(
     cfg,
     model: o.ModelArg,
-    mode: o.opt(
-        str, "--mode", help="auto, chat (role turns) or continue (co-writing: it carries on your text)."
-    ) = "auto",
+    mode: o.opt(str, "--mode", help="auto, chat (role turns) or continue (it carries on your text).") = "auto",
     base: o.BaseOpt = None,
 ) -> None:
     """Talk to a model, or co-write with it: it streams each reply; /temp, /topp, /reset, /quit."""
@@ -279,12 +272,7 @@ def chat_cmd(
     with o.err_console.status(f"loading {model}"):
         loaded = load_for_generation(model, base=base, trust_remote_code=cfg.model.trust_remote_code)
     session = ChatSession(loaded.model, loaded.tokenizer, cfg.generation, check_mode(mode, loaded.tokenizer))
-
-    def write(text: str) -> None:
-        sys.stdout.write(text)
-        sys.stdout.flush()
-
-    run_repl(session, read=input, say=lambda m: o.console.print(m, highlight=False, markup=False), write=write)
+    run_repl(session, read=input, say=views.say(o.console), write=views.write_raw)
 
 
 @o.command(style_app, "attribute")
@@ -300,11 +288,8 @@ def style_attribute(
     from shelley.eval.voice import attribute_texts
 
     who, test, results = attribute_texts(texts, corpus, cfg, str(reference) if reference else None)
-    if as_json:
-        doc = {"author": who.author, "validity": test.validity, "candidates": test.candidates, "texts": results}
-        sys.stdout.write(json.dumps(doc, indent=2, ensure_ascii=False) + "\n")
-    else:
-        views.who_wrote(o.console, who.author, test, results)
+    doc = {"author": who.author, "validity": test.validity, "candidates": test.candidates, "texts": results}
+    views.json_or(as_json, doc, lambda: views.who_wrote(o.console, who.author, test, results))
 
 
 @o.command(style_app, "profile")
@@ -319,16 +304,14 @@ def style_cmd(
     from shelley.eval.style import profile
 
     features, table = profile(text, corpus, cfg.data, features)
-    if as_json:
-        sys.stdout.write(json.dumps({"features": features, "groups": table}, indent=2) + "\n")
-    else:
-        views.style_table(o.console, f"style vs {corpus}", table)
+    doc = {"features": features, "groups": table}
+    views.json_or(as_json, doc, lambda: views.style_table(o.console, f"style vs {corpus}", table))
 
 
 @o.command(app, "ab", config=False)
 def ab_cmd(
     target: o.arg(list[str], help="RUN (write the page), or `score ANSWERS.json` (reveal and tally)."),
-    out: o.opt(Path | None, "--out", help="The page to write [default RUN/ab.html].") = None,
+    out: o.opt(Path | None, "--out", help="The page to write (default: RUN/ab.html).") = None,
     pairs: o.opt(int, "--pairs", min=2, help="Pairs on the page.") = 30,
     words: o.opt(int, "--words", min=5, help="Words per passage (both sides equal).") = 120,
     seed: o.opt(int, "--seed", help="Seed that shuffles passages and sides.") = 0,
@@ -343,11 +326,7 @@ def ab_cmd(
         if len(target) != 2 or key_file is None:
             raise ShelleyError("usage: shelley ab score ANSWERS.json --key RUN/ab-key.json")
         tally = ab.score(ab.read_json(target[1], "answers"), ab.read_json(key_file, "key"))
-        if as_json:
-            sys.stdout.write(json.dumps(tally, indent=2, ensure_ascii=False) + "\n")
-        else:
-            views.ab_tally(o.console, tally)
-        return
+        return views.json_or(as_json, tally, lambda: views.ab_tally(o.console, tally))
     if len(target) != 1:
         raise ShelleyError("usage: shelley ab RUN [--out ab.html]  or  shelley ab score ANSWERS.json --key KEY")
     page, the_key = ab.write_page(Run.at(target[0]), out, pairs=pairs, words=words, seed=seed, overwrite=overwrite)
@@ -406,6 +385,22 @@ def push_cmd(
     views.uploads(o.console, files, repo, public=public, url=url)
 
 
+@o.command(app, "export", config=False)
+def export_cmd(
+    run_dir: o.RunArg,
+    fmt: o.opt(str, "--format", help="gguf (one file), ollama (+ Modelfile) or lmstudio (its folder tree).") = "gguf",
+    quant: o.opt(str, "--quant", help="f16, q8_0 or q4_k_m (q4_k_m needs llama-cpp-python).") = "f16",
+    out: o.opt(Path | None, "--out", help="File (gguf) or folder to write (default: RUN/export/).") = None,
+    overwrite: o.OverwriteOpt = False,
+) -> None:
+    """Export the model for llama.cpp, Ollama or LM Studio (a LoRA adapter is merged first)."""
+    from shelley.export import export_run
+
+    with o.err_console.status(f"writing {fmt} ({quant})"):
+        path = export_run(Run.open(run_dir), fmt, quant=quant, out=out, overwrite=overwrite)
+    views.exported(o.console, path, fmt)
+
+
 @o.command(app, "serve")
 def serve_cmd(
     cfg,
@@ -413,9 +408,7 @@ def serve_cmd(
     host: o.opt(str, "--host", help="Interface to bind (default: this machine only).") = "127.0.0.1",
     port: o.opt(int, "--port", min=1, max=65535, help="Port to listen on.") = 7860,
     concurrency: o.opt(int, "--concurrency", min=1, help="Requests generated at once.") = 1,
-    export_space: o.opt(
-        Path | None, "--export-space", help="Write a Hugging Face Space folder here instead of serving."
-    ) = None,
+    export_space: o.opt(Path | None, "--export-space", help="Write a Hugging Face Space folder here instead.") = None,
     model_repo: o.opt(str | None, "--model-repo", help="With --export-space: the Hub repo the Space loads.") = None,
     base: o.BaseOpt = None,
     overwrite: o.OverwriteOpt = False,
@@ -482,8 +475,9 @@ def models_import_gguf(
 
 
 @app.callback()
-def _root(version: o.VersionOpt = False) -> None:
+def _root(version: o.VersionOpt = False, verbose: o.VerboseOpt = False) -> None:
     """shelley: fine-tune a language model to write in one author's voice."""
+    quiet_libraries(verbose)
 
 
 def main() -> None:

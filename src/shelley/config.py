@@ -124,6 +124,17 @@ class TrainConfig(_Section):
     sample_every: int = Field(100, gt=0, description="Write sample generations every N steps.")
     checkpoint_every: int = Field(100, gt=0, description="Checkpoint every N steps.")
     keep_checkpoints: int = Field(2, gt=0, description="How many recent checkpoints to keep.")
+    checkpoint_every_s: float | None = Field(
+        None,
+        gt=0,
+        description="Also checkpoint when this many seconds (train.budget_clock) passed since the last one (null: by "
+        "steps only). None is taken within this long of the time budget's end: the outputs are saved then anyway.",
+    )
+    drop_checkpoints: bool = Field(
+        False,
+        description="At a successful end, delete the checkpoints (the optimizer state: most of a run dir) and the "
+        "best-weights copy; the model, tokenizer and metrics stay. `shelley run` sets it unless --keep-checkpoints.",
+    )
     lora_r: int = Field(16, gt=0, description="LoRA rank.")
     lora_alpha: int = Field(32, gt=0, description="LoRA scaling alpha.")
     lora_dropout: float = Field(0.05, ge=0, lt=1, description="Dropout on the LoRA path.")

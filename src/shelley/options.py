@@ -211,3 +211,4 @@ def _print_version(value: bool) -> None:
 
 
 VersionOpt = opt(bool, "--version", is_eager=True, callback=_print_version, help="Print the version and exit.")
+VerboseOpt = opt(bool, "--verbose", help="Show the libraries' own logs and progress bars (transformers, accelerate).")

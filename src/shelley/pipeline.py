@@ -87,6 +87,7 @@ def run_pipeline(
     *,
     time_budget_s: float,
     overwrite: bool = False,
+    keep_checkpoints: bool = False,
     on_progress: Callable[[str, int, int], None] | None = None,
 ) -> EvalResult:
     """Everything inside ``time_budget_s``. The report includes a reduced attribution test
@@ -111,6 +112,7 @@ def run_pipeline(
     t_base = time.perf_counter() - t0
     cfg.train.time_budget_s = _train_budget(base, time_budget_s, t_base)
     cfg.train.run_dir = str(run.train_dir)
+    cfg.train.drop_checkpoints = not keep_checkpoints  # a finished run keeps its model, not its optimizer state
     result = train(
         cfg, train_texts, val_texts, run, model=model, tokenizer=tokenizer, final_eval=False, sampler=generate_texts
     )

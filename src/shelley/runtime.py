@@ -53,3 +53,27 @@ def cpu_flags() -> frozenset[str]:
     """The CPU's feature flags (x86 ``flags``, Arm ``Features``); empty where the kernel does not say."""
     info = cpu_info()
     return frozenset((info.get("flags") or info.get("Features") or "").split())
+
+
+def quiet_libraries(verbose: bool = False) -> None:
+    """Turn the libraries' own chatter off (unless ``verbose``): transformers' and the Hub's progress bars and
+    advisory warnings, datasets' bars, and accelerate's note on every checkpoint that it dropped the tied head
+    ("Removed shared tensor ... while saving": the tie is restored on load, which the tests check). shelley's own
+    progress and messages stay. Environment variables set by the user win."""
+    import logging
+    import os
+
+    logging.getLogger("accelerate").setLevel(logging.NOTSET if verbose else logging.ERROR)
+    if not verbose:
+        for name, value in {
+            "HF_HUB_DISABLE_PROGRESS_BARS": "1",
+            "HF_DATASETS_DISABLE_PROGRESS_BARS": "1",
+            "TRANSFORMERS_VERBOSITY": "error",
+            "TRANSFORMERS_NO_ADVISORY_WARNINGS": "1",
+        }.items():
+            os.environ.setdefault(name, value)
+    if "transformers" in sys.modules:  # already imported (a notebook, a test): the variables above came too late
+        from transformers.utils import logging as tf_logging
+
+        tf_logging.set_verbosity_warning() if verbose else tf_logging.set_verbosity_error()
+        tf_logging.enable_progress_bar() if verbose else tf_logging.disable_progress_bar()

@@ -212,11 +212,14 @@ def train_result(console: Console, result) -> None:
     )
 
 
-def streamer(console: Console, tokenizer, prompt: str):
-    """Print the prompt, then (the streamer returned) the one sample token by token as it is generated."""
+def streamer(console: Console, tokenizer, prompt: str, *, raw: bool = False):
+    """Print the prompt, then (the streamer returned) the one sample token by token as it is generated: a
+    transformers ``TextStreamer``, or (``raw``: llama.cpp) a callback for the text pieces."""
+    console.print(prompt, end="", highlight=False)
+    if raw:
+        return write_raw
     from transformers import TextStreamer
 
-    console.print(prompt, end="", highlight=False)
     return TextStreamer(tokenizer, skip_prompt=True, skip_special_tokens=True)
 
 
@@ -225,3 +228,38 @@ def dataset_uploads(console: Console, files: list[tuple[str, int]], repo: str, *
     console.print(f"{verb} {len(files)} files to {repo} ({'public' if public else 'private'}):")
     for name, size in files:
         console.print(f"  {name}  {size:,} bytes", highlight=False)
+
+
+def exported(console: Console, path, fmt: str) -> None:
+    """Where the export went and the command that runs it."""
+    console.print(f"wrote [bold]{path}[/bold]")
+    if fmt == "gguf":
+        console.print(f'run it: llama-cli -m {path} -p "It was a dreary night"', highlight=False, markup=False)
+    elif fmt == "ollama":
+        console.print(f"run it: cd {path} && ollama create {path.parent.parent.name} -f Modelfile", highlight=False)
+    else:
+        console.print(f"run it: copy {path}/shelley into LM Studio's models folder, or `lms import` the .gguf in it")
+
+
+def write_raw(text: str) -> None:
+    """Text as it streams (a chat reply), unstyled and flushed at once."""
+    import sys
+
+    sys.stdout.write(text)
+    sys.stdout.flush()
+
+
+def json_or(as_json: bool, doc: Any, show) -> None:
+    """``doc`` as JSON on stdout (--json: for scripts), or ``show()`` to print it for people."""
+    if as_json:
+        import json
+        import sys
+
+        sys.stdout.write(json.dumps(doc, indent=2, ensure_ascii=False) + "\n")
+    else:
+        show()
+
+
+def say(console: Console):
+    """A callback that prints a plain line (no markup, no highlighting)."""
+    return lambda message: console.print(message, highlight=False, markup=False)

@@ -48,6 +48,8 @@ RESUMABLE_CHANGES = {
     "train.sample_every",
     "train.checkpoint_every",
     "train.keep_checkpoints",
+    "train.checkpoint_every_s",
+    "train.drop_checkpoints",
     "train.merge",
     "train.keep_best",
     "train.patience",
@@ -271,6 +273,7 @@ class _Training:
     evals: list[dict[str, Any]] = field(default_factory=list)
     sampler: Callable[..., list[str]] | None = None
     t0: float = 0.0
+    checkpointed_at: float = 0.0  # the budget clock (seconds) at the last checkpoint
     # The best validation loss seen (None before the first), its step, and evaluations since it without a better one.
     best: dict[str, Any] = field(default_factory=lambda: {"step": None, "val_loss": None, "stale_evals": 0})
 
@@ -515,8 +518,10 @@ def fit(run: _Training, *, show_progress: bool = True, stop_after: int | None = 
             signalled = _agree_signal(run, stop.get("signal"))
             interrupted = (stop_after is not None and step - run.start_step >= stop_after) or bool(signalled)
             state = {"step": step, "tokens_seen": tokens_seen, "loss": last_loss, "horizon": schedule.horizon}
+            # At a normal end the outputs are saved: a last checkpoint is only for runs that keep them.
+            ending = (out_of_time or step == run.max_steps) and not tc.drop_checkpoints
             early = _after_step(run, step, state, last=step == run.max_steps or out_of_time, final_eval=final_eval,
-                                save=out_of_time or interrupted)  # fmt: skip
+                                save=ending or interrupted, clock=spent)  # fmt: skip
             if signalled:
                 raise TrainingInterrupted(
                     f"{signalled} at step {step}: checkpoint saved to {run.files.latest_checkpoint()}; continue "
@@ -616,15 +621,22 @@ def _agree_clocks(run: _Training, spent: float, pace: float) -> tuple[float, flo
 
 def _agree_signal(run: _Training, signalled: str | None) -> str | None:
     """A signal may reach one rank only: all stop together."""
+    return signalled or (_agree_any(run, bool(signalled)) and "SIGTERM") or None
+
+
+def _agree_any(run: _Training, flag: bool) -> bool:
+    """True on every rank when it is true on any."""
     import torch
 
-    if run.world > 1:
-        flag = torch.tensor([1.0 if signalled else 0.0], device=run.accelerator.device)
-        signalled = signalled or (bool(run.accelerator.reduce(flag, "sum").item()) and "SIGTERM")
-    return signalled or None
+    if run.world == 1:
+        return flag
+    t = torch.tensor([1.0 if flag else 0.0], device=run.accelerator.device)
+    return bool(run.accelerator.reduce(t, "sum").item())
 
 
-def _after_step(run: _Training, step: int, state: dict[str, Any], *, last: bool, final_eval: bool, save: bool) -> bool:
+def _after_step(
+    run: _Training, step: int, state: dict[str, Any], *, last: bool, final_eval: bool, save: bool, clock: float
+) -> bool:
     """Validation (with best-model tracking), samples and a checkpoint, each on its own schedule (and at the
     end). Returns True when train.patience evaluations in a row brought no improvement: time to stop."""
     tc, accelerator = run.tc, run.accelerator
@@ -637,9 +649,20 @@ def _after_step(run: _Training, step: int, state: dict[str, Any], *, last: bool,
         # The other ranks wait here, not inside their next step, so rank 0's samples do not count as their
         # training time.
         accelerator.wait_for_everyone()
-    if step % tc.checkpoint_every == 0 or save or early or step == run.max_steps:
+    stopping_early = early and not tc.drop_checkpoints
+    if step % tc.checkpoint_every == 0 or save or stopping_early or _checkpoint_due(run, clock):
         _save_checkpoint(accelerator, run.files, step, tc.keep_checkpoints, state | {"best": run.best})
+        run.checkpointed_at = clock
     return early
+
+
+def _checkpoint_due(run: _Training, clock: float) -> bool:
+    """train.checkpoint_every_s has passed on the budget clock since the last checkpoint, and the budget does not
+    end within one more interval (then the outputs are about to be saved; a checkpoint would cost as much disk
+    as the model and its optimizer state). Every rank takes the same decision."""
+    every, budget = run.tc.checkpoint_every_s, run.tc.time_budget_s
+    due = every is not None and clock - run.checkpointed_at >= every and (budget is None or budget - clock > every)
+    return _agree_any(run, due)
 
 
 def _track_best(run: _Training, step: int, row: dict[str, Any]) -> bool:
@@ -744,6 +767,9 @@ def _finish(run: _Training, step: int, reason: str, tokens_seen: int, last_loss:
     output_dir = _save_outputs(run.accelerator, run.model, run.tokenizer, run.files, merge=tc.merge)
     if run.accelerator.is_main_process:
         plot_loss(run.metrics_path, run.files.loss_plot, kept_step=kept)
+        if tc.drop_checkpoints:  # the outputs are on disk: the optimizer state has done its job
+            shutil.rmtree(run.files.checkpoints_dir, ignore_errors=True)
+            shutil.rmtree(run.files.best_dir, ignore_errors=True)
     tps = (tokens_seen - run.tokens_before) / max(run.schedule.train_s, 1e-9)
     left = None
     if tc.time_budget_s is not None and reason in ("early stopping", "max epochs"):

@@ -89,3 +89,26 @@ def check_vocab(model, tokenizer, where: str) -> None:
             f"tokenizer/model vocab mismatch in {where}: the tokenizer has {len(tokenizer)} tokens but the model's "
             f"embedding has {n_embed} rows; load the tokenizer saved with this model"
         )
+
+
+def load_writer(ref: str, engine: str, gguf: Path | None, *, base: str | None = None, trust_remote_code: bool = False):
+    """(Loaded, LlamaCppWriter or None): the model for ``shelley write``. With engine llamacpp the tokenizer and
+    the run (for the originality index) load as usual and llama.cpp runs the exported GGUF: ``gguf``, else the
+    run's ``export/*-f16.gguf``."""
+    if engine not in ("transformers", "llamacpp"):
+        raise ShelleyError(f"unknown engine {engine!r}; use transformers or llamacpp")
+    if engine == "transformers":
+        return load_for_generation(ref, base=base, trust_remote_code=trust_remote_code), None
+    from shelley.generate.llamacpp import LlamaCppWriter, require_llama_cpp
+    from shelley.models.registry import load_tokenizer
+
+    require_llama_cpp()
+    run = Run.find(ref) if Path(ref).is_dir() else None
+    if gguf is None:
+        found = sorted((run.root / "export").glob("*-f16.gguf")) if run is not None else []
+        if not found:
+            raise ShelleyError(f"--engine llamacpp: no exported GGUF for {ref}; make one with `shelley export {ref}`")
+        gguf = found[0]
+    tokenizer = load_tokenizer(str(run.output if run is not None else ref))
+    writer = LlamaCppWriter(gguf)
+    return Loaded(None, tokenizer, str(gguf), run), writer

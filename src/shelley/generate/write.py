@@ -21,15 +21,24 @@ def write(
     tries: int = 5,
     on_note: Callable[[str], None] | None = None,
     streamer=None,
+    engine=None,
 ) -> list[dict[str, Any]]:
     """One dict per prompt x sample: prompt, text, sample number, originality (when an index is given), tries.
 
     With ``original`` every sample whose longest copied span exceeds ``max_span`` words is drawn again (all
     such samples in one batch, a new seed each round) up to ``tries`` rounds in all. A sample that still
-    copies too much keeps its least-copying draw and is flagged ``gave_up``.
+    copies too much keeps its least-copying draw and is flagged ``gave_up``. ``engine`` (a
+    ``generate.llamacpp.LlamaCppWriter``) generates instead of ``model``; ``streamer`` then is a callback that
+    receives the first sample's text as it comes.
     """
     note = on_note or (lambda _m: None)
-    texts = generate_texts(model, tokenizer, prompts, gen, on_note=note, streamer=streamer)
+
+    def sample(prompts: list[str], gen: GenerationConfig, **kw: Any) -> list[str]:
+        if engine is not None:
+            return engine.generate(prompts, gen, on_note=kw.get("on_note"), on_text=kw.get("streamer"))
+        return generate_texts(model, tokenizer, prompts, gen, **kw)
+
+    texts = sample(prompts, gen, on_note=note, streamer=streamer)
     n = gen.num_samples
     results = [
         {"prompt": prompts[i // n], "sample": i % n + 1, "text": t, "tries": 1, "gave_up": False}
@@ -49,7 +58,7 @@ def write(
         note(f"re-sampling {len(bad)} sample(s) that copy more than {max_span} words (try {attempt} of {tries})")
         # One batch of the offending prompts, one sample each, with a seed no earlier round used.
         redo = gen.model_copy(update={"num_samples": 1, "seed": gen.seed + 7919 * (attempt - 1)})
-        new = generate_texts(model, tokenizer, [r["prompt"] for r in bad], redo, on_note=lambda _m: None)
+        new = sample([r["prompt"] for r in bad], redo, on_note=lambda _m: None)
         for r, t in zip(bad, new, strict=True):
             check = index.check(t)
             r["tries"] = attempt

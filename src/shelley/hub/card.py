@@ -200,6 +200,7 @@ def render_model_card(run: Run, *, name: str | None = None) -> str:
         hardware=_hardware(),
         training=_training(results),
         hyper=yaml.safe_dump(results.hyperparameters, sort_keys=False).strip(),
+        local_prompt=(results.generations[0].prompt if results.generations else "Once upon a time").replace('"', "'"),
     )
     return str(card)
 

@@ -1,0 +1,102 @@
+"""The exported GGUF in llama.cpp (llama-cpp-python): the same greedy text and next-token choices as the model
+shelley saved, Q4_K_M made by llama.cpp's quantizer, and `shelley write --engine llamacpp`.
+
+llama-cpp-python is an optional extra (it compiles for minutes): `make setup-llamacpp`. CI installs it, and
+there a missing llama-cpp-python fails these tests instead of skipping them.
+"""
+
+from __future__ import annotations
+
+import os
+
+import numpy as np
+import pytest
+import torch
+from bench.export_check import greedy_ids, llamacpp_greedy
+
+from test_export import _run
+
+
+def _llama_cpp():
+    try:
+        import llama_cpp
+    except ImportError:
+        if os.environ.get("CI"):
+            pytest.fail("llama-cpp-python is missing: CI installs it with `make setup-llamacpp`")
+        pytest.skip("llama-cpp-python is not installed: `make setup-llamacpp`")
+    return llama_cpp
+
+
+@pytest.fixture(scope="module", params=["llama", "gpt2"])
+def exported(request, tmp_path_factory, tiny_tokenizer_dir, shelley_home):
+    _llama_cpp()
+    from shelley.export import export_run
+
+    run = _run(tmp_path_factory, tiny_tokenizer_dir, request.param)
+    return run, export_run(run, "gguf", quant="f16")
+
+
+def test_llamacpp_greedy_text_matches_transformers_on_the_same_file(exported):
+    """Greedy continuations of the eval prompts: llama.cpp running the GGUF writes exactly what transformers
+    writes with the saved model."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from shelley.generate.llamacpp import LlamaCppWriter
+
+    run, path = exported
+    tok = AutoTokenizer.from_pretrained(run.output)
+    model = AutoModelForCausalLM.from_pretrained(run.output).eval()
+    writer = LlamaCppWriter(path, n_ctx=128)
+    for prompt in run.prompts():
+        ids = tok(prompt, add_special_tokens=False).input_ids
+        assert writer.llm.tokenize(prompt.encode(), add_bos=False) == ids  # the tokenizer travelled with the file
+        # 20 greedy tokens each, end-of-text an ordinary token (llama.cpp's plain loop)
+        assert llamacpp_greedy(writer, ids, 20) == greedy_ids(model, ids, 20)
+
+
+def test_llamacpp_next_token_agrees_with_transformers_on_the_validation_tokens(exported):
+    from transformers import AutoModelForCausalLM
+
+    from shelley.eval.report import cached_stream
+    from shelley.generate.llamacpp import LlamaCppWriter
+
+    run, path = exported
+    ids = [int(x) for x in np.asarray(cached_stream(run))[:64]]
+    writer = LlamaCppWriter(path, n_ctx=128, logits=True)
+    ours = writer.logits(ids)
+    model = AutoModelForCausalLM.from_pretrained(run.output).eval()
+    with torch.no_grad():
+        theirs = model(torch.tensor([ids])).logits[0].numpy()
+    agree = float((ours.argmax(-1) == theirs.argmax(-1)).mean())
+    assert agree >= 0.98
+    assert np.abs(ours - theirs).max() < 5e-3
+
+
+def test_q4_k_m_is_made_by_llamacpp_and_runs(exported):
+    from shelley.export import export_run
+    from shelley.generate.llamacpp import LlamaCppWriter
+
+    run, f16 = exported
+    q4 = export_run(run, "gguf", quant="q4_k_m")
+    assert q4.name.endswith("-q4_k_m.gguf") and q4.stat().st_size < f16.stat().st_size
+    text = LlamaCppWriter(q4, n_ctx=128).generate(["The storm"], run.config().generation)[0]
+    assert isinstance(text, str)
+
+
+def test_write_with_the_llamacpp_engine_keeps_the_originality_guard(cli, exported):
+    import json
+
+    run, _path = exported
+    res = cli("write", run.root, "The storm", "--engine", "llamacpp", "--samples", "2", "-n", "12", "--json")
+    assert res.exit_code == 0, res.stderr
+    doc = json.loads(res.stdout)
+    assert doc["model"].endswith("-f16.gguf") and len(doc["samples"]) == 2
+    assert all("originality" in s and s["originality"]["longest_span"] >= 0 for s in doc["samples"])
+
+
+def test_llamacpp_engine_without_an_export_says_how_to_make_one(cli, tmp_path_factory, tiny_tokenizer_dir):
+    _llama_cpp()
+    run = _run(tmp_path_factory, tiny_tokenizer_dir, "llama")
+    res = cli("write", run.root, "The storm", "--engine", "llamacpp")
+    assert res.exit_code == 2 and f"make one with `shelley export {run.root}`" in res.stderr
+    assert "Traceback" not in res.stderr
