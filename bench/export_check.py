@@ -118,11 +118,12 @@ def measure(run_dir: Path, n_tokens: int = 2000) -> dict[str, Any]:
             out["greedy_50_tokens_identical"] = f"{sum(same)}/{len(same)} prompts"
         del writer
     out["tokens_scored"] = sum(b for _, b in nll_ref)
-    out["engines"] = _speed(run, files["f16"], generate_texts, LlamaCppWriter, load_for_generation, cfg)
+    gguf_paths = {q: files[q] for q in ("f16", "q8_0")}
+    out["engines"] = _speed(run, gguf_paths, generate_texts, LlamaCppWriter, load_for_generation, cfg)
     return out
 
 
-def _speed(run, gguf_path, generate_texts, writer_cls, load, cfg) -> dict[str, Any]:
+def _speed(run, gguf_paths, generate_texts, writer_cls, load, cfg) -> dict[str, Any]:
     """The eval workload on both engines: tokens/s, and the time to the first token of one stream."""
     gen = cfg.generation.model_copy(update={"num_samples": 4, "max_new_tokens": 120, "min_new_tokens": 120})
     prompts = list(cfg.eval.prompts)
@@ -135,18 +136,37 @@ def _speed(run, gguf_path, generate_texts, writer_cls, load, cfg) -> dict[str, A
     n = sum(len(tok(t, add_special_tokens=False).input_ids) for t in texts)
     res["transformers"] = {"tokens": n, "seconds": round(dt, 1), "tokens_per_s": round(n / dt, 1)}
     res["transformers"]["first_token_s"] = _first_token_hf(loaded.model, tok, prompts[0], gen)
-    writer = writer_cls(gguf_path)
     t0 = time.perf_counter()
-    texts = writer.generate(prompts, gen.model_copy(update={"min_new_tokens": 0}))
-    dt = time.perf_counter() - t0
-    n = sum(len(writer.tokenize(t)) for t in texts)
-    res["llamacpp"] = {"tokens": n, "seconds": round(dt, 1), "tokens_per_s": round(n / dt, 1)}
-    t0 = time.perf_counter()
-    first: list[float] = []
-    writer.generate([prompts[0]], gen.model_copy(update={"num_samples": 1, "max_new_tokens": 8}),
-                    on_text=lambda _t: first.append(time.perf_counter() - t0) if not first else None)  # fmt: skip
-    res["llamacpp"]["first_token_s"] = round(first[0], 3) if first else None
+    one = generate_texts(loaded.model, tok, prompts[:1], gen.model_copy(update={"num_samples": 1}))
+    single = len(tok(one[0], add_special_tokens=False).input_ids) / (time.perf_counter() - t0)
+    res["transformers"]["single_stream_tokens_per_s"] = round(single, 1)
+    for quant, path in gguf_paths.items():
+        writer = writer_cls(path)
+        t0 = time.perf_counter()
+        writer.generate(prompts, gen)
+        dt = time.perf_counter() - t0
+        n = sum(writer.token_counts)
+        key = f"llamacpp {quant}"
+        res[key] = {"tokens": n, "seconds": round(dt, 1), "tokens_per_s": round(n / dt, 1)}
+        res[key]["first_token_s"] = _first_token_llamacpp(writer, prompts[0], gen)
+        # one stream of 120 tokens, as `shelley write` with one sample runs
+        t0 = time.perf_counter()
+        writer.generate([prompts[0]], gen.model_copy(update={"num_samples": 1}))
+        res[key]["single_stream_tokens_per_s"] = round(writer.token_counts[0] / (time.perf_counter() - t0), 1)
+        del writer
     return res
+
+
+def _first_token_llamacpp(writer, prompt: str, gen) -> float | None:
+    """Seconds from the call to the first streamed piece of text, one stream."""
+    t0, first = time.perf_counter(), []
+
+    def seen(_text: str) -> None:
+        if not first:
+            first.append(time.perf_counter() - t0)
+
+    writer.generate([prompt], gen.model_copy(update={"num_samples": 1, "max_new_tokens": 8}), on_text=seen)
+    return round(first[0], 3) if first else None
 
 
 def _first_token_hf(model, tok, prompt: str, gen) -> float:

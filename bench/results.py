@@ -170,10 +170,16 @@ def _render_export(r: dict[str, Any]) -> list[str]:
         f"- f16 file loaded by transformers: largest logit difference {r['transformers_f16_max_logit_diff']:.2e}.",
         f"- Greedy 50-token continuations of the eval prompts, llama.cpp (f16) vs transformers: "
         f"{r['greedy_50_tokens_identical']} identical.",
-        f"- Eval workload (5 prompts x 4 samples x 120 tokens): transformers {e['transformers']['tokens_per_s']} "
-        f"tokens/s, llama.cpp (f16) {e['llamacpp']['tokens_per_s']} tokens/s; first token of one stream "
-        f"{e['transformers']['first_token_s']} s vs {e['llamacpp']['first_token_s']} s.",
     ]
+    lines += [
+        "",
+        "| engine | eval workload: 5 prompts x 4 samples x 120 tokens | one stream, 120 tokens | first token |",
+        "|---|---|---|---|",
+    ]
+    for name, x in e.items():
+        workload = f"{x['tokens_per_s']} tokens/s ({x['tokens']} tokens in {x['seconds']} s)"
+        one = x.get("single_stream_tokens_per_s", "—")
+        lines.append(f"| {name} | {workload} | {one} tokens/s | {x['first_token_s']} s |")
     return lines
 
 

@@ -100,3 +100,14 @@ def test_llamacpp_engine_without_an_export_says_how_to_make_one(cli, tmp_path_fa
     res = cli("write", run.root, "The storm", "--engine", "llamacpp")
     assert res.exit_code == 2 and f"make one with `shelley export {run.root}`" in res.stderr
     assert "Traceback" not in res.stderr
+
+
+def test_min_new_tokens_bans_end_of_text_in_llamacpp_as_in_transformers(exported):
+    from shelley.generate.llamacpp import LlamaCppWriter
+
+    run, path = exported
+    writer = LlamaCppWriter(path, n_ctx=128)
+    gen = run.config().generation.model_copy(update={"max_new_tokens": 16, "min_new_tokens": 16, "num_samples": 2})
+    texts = writer.generate(["The storm"], gen)
+    # none ended early (llama-cpp-python may take one token more to finish a character cut in half)
+    assert len(texts) == 2 and all(16 <= n <= 17 for n in writer.token_counts)

@@ -57,13 +57,14 @@ def cpu_flags() -> frozenset[str]:
 
 def quiet_libraries(verbose: bool = False) -> None:
     """Turn the libraries' own chatter off (unless ``verbose``): transformers' and the Hub's progress bars and
-    advisory warnings, datasets' bars, and accelerate's note on every checkpoint that it dropped the tied head
-    ("Removed shared tensor ... while saving": the tie is restored on load, which the tests check). shelley's own
-    progress and messages stay. Environment variables set by the user win."""
+    advisory warnings, datasets' bars, llama.cpp's log, and accelerate's note on every checkpoint that it dropped
+    the tied head ("Removed shared tensor ... while saving": the tie is restored on load, which the tests check).
+    shelley's own progress and messages stay. Environment variables set by the user win."""
     import logging
     import os
 
-    logging.getLogger("accelerate").setLevel(logging.NOTSET if verbose else logging.ERROR)
+    for name in ("accelerate", "llama-cpp-python"):  # llama.cpp's quantizer and loader log through the latter
+        logging.getLogger(name).setLevel(logging.NOTSET if verbose else logging.ERROR)
     if not verbose:
         for name, value in {
             "HF_HUB_DISABLE_PROGRESS_BARS": "1",

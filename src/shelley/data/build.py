@@ -110,17 +110,19 @@ def render_build_report(report: dict[str, Any]) -> str:
 
 def save_dataset(splits: dict[str, list[Snippet]], report: dict[str, Any], out: Path, *, overwrite: bool) -> Path:
     """Save the DatasetDict plus build.json / build.md into ``out`` atomically (temp dir, then rename)."""
-    from datasets.utils.logging import disable_progress_bar, enable_progress_bar
+    from datasets.utils.logging import disable_progress_bar, enable_progress_bar, is_progress_bar_enabled
 
     from shelley.io import atomic_dir, atomic_write_text, write_json
 
     ds = to_dataset_dict(splits)
     with atomic_dir(out, overwrite=overwrite) as tmp:
+        was_on = is_progress_bar_enabled()
         disable_progress_bar()  # one bar per split per shard is noise for a sub-second save
         try:
             ds.save_to_disk(str(tmp))
         finally:
-            enable_progress_bar()
+            if was_on:  # (re-enabling bars that were off, by the user's environment, would warn)
+                enable_progress_bar()
         write_json(tmp / "build.json", report)
         atomic_write_text(tmp / "build.md", render_build_report(report))
         from shelley.data.card import render_dataset_card

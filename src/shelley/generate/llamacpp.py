@@ -3,8 +3,9 @@
 ``LlamaCppWriter.generate`` takes the prompts and the ``GenerationConfig`` that ``generate_texts`` takes and
 returns the continuations, so ``shelley write --engine llamacpp`` keeps the originality guard, the re-sampling
 and the stop strings unchanged. Sampling maps onto llama.cpp's own: temperature (0 or do_sample false: greedy),
-top-k, top-p, repetition penalty, and one seed per sample. Two settings llama.cpp lacks are named, not dropped
-silently: min_new_tokens and no_repeat_ngram_size.
+top-k, top-p, repetition penalty, and one seed per sample; min_new_tokens bans end-of-text for that many tokens
+(llama.cpp's logit bias), as transformers does. no_repeat_ngram_size, which llama.cpp lacks, is named, not
+dropped silently.
 """
 
 from __future__ import annotations
@@ -33,6 +34,7 @@ class LlamaCppWriter:
         if not Path(path).is_file():
             raise ShelleyError(f"no GGUF file at {path}; make one with `shelley export RUN`")
         self.path = Path(path)
+        self.token_counts: list[int] = []  # tokens generated per sample by the last generate()
         self.llm = llama_cpp.Llama(
             model_path=str(path),
             n_ctx=n_ctx or 0,  # 0: the model's own context length
@@ -59,12 +61,10 @@ class LlamaCppWriter:
         """``gen.num_samples`` continuations of every prompt, prompt-major (as ``generate_texts``); ``on_text``
         receives the pieces of the first sample as they come."""
         note = on_note or (lambda _m: None)
-        if gen.min_new_tokens:
-            note("llama.cpp has no min_new_tokens: a sample may end early at end-of-text")
         if gen.no_repeat_ngram_size:
             note("llama.cpp has no no_repeat_ngram_size; the repetition penalty still applies")
         greedy = not gen.do_sample or gen.temperature == 0
-        out = []
+        out, self.token_counts = [], []
         for p in prompts:
             for s in range(gen.num_samples):
                 kwargs = {
@@ -76,15 +76,31 @@ class LlamaCppWriter:
                     "seed": gen.seed + s,
                     "stop": list(gen.stop) or None,
                 }
-                if on_text is not None and not out:
-                    pieces = []
-                    for chunk in self.llm.create_completion(p, stream=True, **kwargs):
-                        pieces.append(chunk["choices"][0]["text"])
-                        on_text(pieces[-1])
-                    out.append("".join(pieces))
-                else:
-                    out.append(self.llm.create_completion(p, **kwargs)["choices"][0]["text"])
+                out.append(self._sample(p, kwargs, gen.min_new_tokens, on_text if not out else None))
         return out
+
+    def _sample(self, prompt: str, kwargs: dict, min_new: int, on_text) -> str:
+        """One continuation: first ``min_new`` tokens with end-of-text banned, then the rest as usual."""
+        text, left, count = "", kwargs["max_tokens"], 0
+        phases = [(min(min_new, left), {self.llm.token_eos(): float("-inf")}), (left - min(min_new, left), None)]
+        for n, bias in phases:
+            if n <= 0:
+                continue
+            args = kwargs | {"max_tokens": n, "logit_bias": bias}
+            if on_text is None:
+                res = self.llm.create_completion(prompt + text, **args)
+                choice = res["choices"][0]
+                text, count = text + choice["text"], count + res["usage"]["completion_tokens"]
+            else:
+                choice = {}
+                for chunk in self.llm.create_completion(prompt + text, stream=True, **args):
+                    choice = chunk["choices"][0]
+                    text, count = text + choice["text"], count + 1  # one chunk per token
+                    on_text(choice["text"])
+            if choice.get("finish_reason") == "stop":  # end-of-text or a stop string: the sample is done
+                break
+        self.token_counts.append(count)
+        return text
 
     def logits(self, ids: list[int]):
         """Next-token logits at every position of ``ids`` (needs ``logits=True``): shape (len(ids), vocab)."""
