@@ -130,7 +130,7 @@ def run_once(corpus: Path, model: Path, work: Path, i: int, rng: random.Random, 
     where = "checkpoint" if i % 2 else "step"
     t0 = time.perf_counter()
     # after the first checkpoint (a kill before it leaves nothing to resume), before the end
-    at = rng.randint(3, STEPS - 3) if not CONFIG else rng.randint(3, 6)
+    at = rng.randint(3, STEPS - 3) if not CONFIG else rng.randint(4, 7)  # preset: first checkpoint at step 3
     hit = kill_at(train_cmd(corpus, model, run), run, where, at)
     resume = subprocess.run(train_cmd(corpus, model, run, "--resume"), capture_output=True, text=True)
     if resume.returncode:

@@ -241,7 +241,8 @@ def render(folder: Path = RESULTS) -> str:
     for doc in (r for r in rows if r.get("kind") == "choices"):
         lines += _render_choices(doc)
     for doc in (r for r in rows if r.get("kind") == "history"):
-        lines += ["", "## Earlier measurements", "", doc.get("note", ""), "", "| what | measured | commit, CPU |"]
+        title = doc.get("title", "Earlier measurements")
+        lines += ["", f"## {title}", "", doc.get("note", ""), "", "| what | measured | commit, CPU |"]
         lines.append("|---|---|---|")
         lines += [f"| {r['what']} | {r['measured']} | {r['commit']}, {r['cpu']} |" for r in doc["rows"]]
     return "\n".join(lines) + "\n"

@@ -38,7 +38,7 @@ def _run(tmp_path_factory, tiny_tokenizer_dir, kind: str):
     return run
 
 
-@pytest.fixture(scope="module", params=["llama", "gpt2"])
+@pytest.fixture(scope="module", params=["llama", "mistral", "gpt2"])  # Mistral is written as llama.cpp's llama
 def trained(request, tmp_path_factory, tiny_tokenizer_dir, shelley_home):
     return _run(tmp_path_factory, tiny_tokenizer_dir, request.param)
 

@@ -7,6 +7,7 @@ there a missing llama-cpp-python fails these tests instead of skipping them.
 
 from __future__ import annotations
 
+import itertools
 import os
 
 import numpy as np
@@ -111,3 +112,33 @@ def test_min_new_tokens_bans_end_of_text_in_llamacpp_as_in_transformers(exported
     texts = writer.generate(["The storm"], gen)
     # none ended early (llama-cpp-python may take one token more to finish a character cut in half)
     assert len(texts) == 2 and all(16 <= n <= 17 for n in writer.token_counts)
+
+
+def test_the_demo_streams_from_llamacpp_and_keeps_the_guard(exported):
+    from shelley.serve.app import load_demo
+
+    run, _path = exported
+    gen = run.config().generation.model_copy(update={"max_new_tokens": 10, "min_new_tokens": 10})
+    demo = load_demo(str(run.root), gen, engine="llamacpp")
+    assert demo.engine is not None and demo.model is None
+    steps = list(demo.generate("The storm", 0.8, 0.95, 10, 7, original=False))
+    assert len(steps) >= 3  # pieces as they arrive, then the final text with its notes
+    assert all(b[0].startswith(a[0]) for a, b in itertools.pairwise(steps))
+    assert "longest copied span" in steps[-1][1]
+    (text, notes), *_ = demo.generate("The storm", 0.8, 0.95, 10, 7, original=True)
+    assert (text and "after 1 draw" in notes) or "draw(s)" in notes
+
+
+def test_chat_in_continue_mode_on_llamacpp(cli, exported):
+    run, _path = exported
+    res = cli("chat", run.root, "--engine", "llamacpp", "-n", "6", "--mode", "continue")
+    assert res.exit_code == 0, res.stderr  # stdin is empty: the REPL ends at once, cleanly
+    from shelley.generate.chat import ChatSession
+    from shelley.generate.load import load_writer
+
+    loaded, fast = load_writer(str(run.root), "llamacpp", None)
+    gen = run.config().generation.model_copy(update={"max_new_tokens": 6, "min_new_tokens": 6})
+    session = ChatSession(loaded.model, loaded.tokenizer, gen, "continue", engine=fast)
+    first = session.reply("The storm", stream=False)
+    second = session.reply("and then", stream=False)
+    assert first and second and len(session.turns) == 2 and fast.token_counts[0] >= 6

@@ -24,7 +24,7 @@ from shelley.data.inspect import inspect_to
 from shelley.data.tokens import token_check
 from shelley.errors import ShelleyError
 from shelley.generate import check_generation, generate_texts
-from shelley.generate.load import load_for_generation, load_writer
+from shelley.generate.load import load_writer
 from shelley.gpt.tokenizer import check_vocab_size, train_and_save
 from shelley.hub.card import write_model_card, write_space_card
 from shelley.hub.push import push, push_dataset
@@ -232,10 +232,8 @@ def write_cmd(
     corpus: o.opt(Path | None, "--corpus", help="Corpus for the originality check (default: the run's).") = None,
     index: o.opt(Path | None, "--index", help="A saved originality index (.npz).") = None,
     base: o.BaseOpt = None,
-    engine: o.opt(
-        str, "--engine", help="transformers, or llamacpp: the exported GGUF, faster on CPU."
-    ) = "transformers",
-    gguf: o.opt(Path | None, "--gguf", help="With --engine llamacpp: the file (default: RUN/export/*-f16.gguf)") = None,
+    engine: o.EngineOpt = "transformers",
+    gguf: o.GgufOpt = None,
     as_json: o.JsonOpt = False,
 ) -> None:
     """Continue prompts in the author's voice; reports (and with --original avoids) copying from the corpus."""
@@ -264,14 +262,17 @@ def chat_cmd(
     model: o.ModelArg,
     mode: o.opt(str, "--mode", help="auto, chat (role turns) or continue (it carries on your text).") = "auto",
     base: o.BaseOpt = None,
+    engine: o.EngineOpt = "transformers",
+    gguf: o.GgufOpt = None,
 ) -> None:
     """Talk to a model, or co-write with it: it streams each reply; /temp, /topp, /reset, /quit."""
     from shelley.generate.chat import ChatSession, check_mode, run_repl
 
     check_generation(cfg.generation)
     with o.err_console.status(f"loading {model}"):
-        loaded = load_for_generation(model, base=base, trust_remote_code=cfg.model.trust_remote_code)
-    session = ChatSession(loaded.model, loaded.tokenizer, cfg.generation, check_mode(mode, loaded.tokenizer))
+        loaded, fast = load_writer(model, engine, gguf, base=base, trust_remote_code=cfg.model.trust_remote_code)
+    mode = check_mode(mode, loaded.tokenizer)
+    session = ChatSession(loaded.model, loaded.tokenizer, cfg.generation, mode, engine=fast)
     run_repl(session, read=input, say=views.say(o.console), write=views.write_raw)
 
 
@@ -411,6 +412,8 @@ def serve_cmd(
     export_space: o.opt(Path | None, "--export-space", help="Write a Hugging Face Space folder here instead.") = None,
     model_repo: o.opt(str | None, "--model-repo", help="With --export-space: the Hub repo the Space loads.") = None,
     base: o.BaseOpt = None,
+    engine: o.EngineOpt = "transformers",
+    gguf: o.GgufOpt = None,
     overwrite: o.OverwriteOpt = False,
 ) -> None:
     """A Gradio demo: prompt, temperature / top-p / max tokens, seed, keep-it-original, streamed output."""
@@ -428,7 +431,7 @@ def serve_cmd(
 
     check_port_free(host, port)  # before minutes of model loading
     with o.err_console.status(f"loading {model}"):
-        demo = load_demo(model, cfg.generation, max_span=cfg.eval.max_copied_span, base=base)
+        demo = load_demo(model, cfg.generation, max_span=cfg.eval.max_copied_span, base=base, engine=engine, gguf=gguf)
     o.err_console.print(f"serving {model} on http://{host}:{port} (Ctrl+C to stop)")
     serve(demo, host=host, port=port, concurrency=concurrency, title=f"shelley · {Path(model).name}")
 

@@ -212,3 +212,6 @@ def _print_version(value: bool) -> None:
 
 VersionOpt = opt(bool, "--version", is_eager=True, callback=_print_version, help="Print the version and exit.")
 VerboseOpt = opt(bool, "--verbose", help="Show the libraries' own logs and progress bars (transformers, accelerate).")
+
+EngineOpt = opt(str, "--engine", help="transformers, or llamacpp: the exported GGUF (`shelley export`), faster on CPU.")
+GgufOpt = opt(Path | None, "--gguf", help="With --engine llamacpp: the GGUF file (default: RUN/export/*-f16.gguf).")

@@ -230,6 +230,11 @@ class BudgetSchedule:
         return sum(recent) / len(recent)
 
     @property
+    def slowest(self) -> float:
+        """The slowest recent step: what the next one may take, for the decision to start it."""
+        return max(self.step_times[-PACE_WINDOW:])
+
+    @property
     def train_s(self) -> float:
         return sum(self.step_times)  # optimizer-step time only (no evals, samples, checkpoints)
 
@@ -242,10 +247,11 @@ class BudgetSchedule:
             left = self.tc.time_budget_s - spent
             self.horizon = max(step + 1, min(self.max_steps, step + int(left / pace)))
 
-    def out_of_time(self, step: int, spent: float, pace: float) -> bool:
-        """True when the next step would not finish inside the budget, or the horizon is reached."""
+    def out_of_time(self, step: int, spent: float, slowest: float) -> bool:
+        """True when the next step, if it is as slow as the slowest recent one, would not finish inside the
+        budget (a step merely as slow as the average could still overrun it), or the horizon is reached."""
         budget = self.tc.time_budget_s
-        return budget is not None and (spent + pace > budget or step >= self.horizon)
+        return budget is not None and (spent + slowest > budget or step >= self.horizon)
 
 
 @dataclass
@@ -504,7 +510,7 @@ def fit(run: _Training, *, show_progress: bool = True, stop_after: int | None = 
             elapsed = time.perf_counter() - run.t0
             # Throughput counts optimizer-step time only: evals, samples and checkpoints are not training.
             schedule.record(time.perf_counter() - step_start)
-            spent, pace = _agree_clocks(run, schedule.spent(elapsed), schedule.pace)
+            spent, pace, slowest = _agree_clocks(run, schedule.spent(elapsed), schedule.pace, schedule.slowest)
             if run.ckpt is None and step - run.start_step >= CALIBRATION_STEPS and tc.time_budget_s is not None:
                 schedule.refit(step, spent, pace)
                 progress.update(task, total=schedule.horizon)
@@ -514,7 +520,7 @@ def fit(run: _Training, *, show_progress: bool = True, stop_after: int | None = 
             row |= {"epoch": round(step / run.steps_per_epoch, 4), "tokens_per_s": tps}
             _log(run.metrics_path, row | {"elapsed_s": elapsed, "train_s": schedule.train_s}, accelerator)
             progress.update(task, completed=step, loss=last_loss, lr=lr, tps=tps)
-            out_of_time = schedule.out_of_time(step, spent, pace)
+            out_of_time = schedule.out_of_time(step, spent, slowest)
             signalled = _agree_signal(run, stop.get("signal"))
             interrupted = (stop_after is not None and step - run.start_step >= stop_after) or bool(signalled)
             state = {"step": step, "tokens_seen": tokens_seen, "loss": last_loss, "horizon": schedule.horizon}
@@ -607,16 +613,16 @@ def _mean_loss(run: _Training, losses: list[float]) -> float:
     return loss
 
 
-def _agree_clocks(run: _Training, spent: float, pace: float) -> tuple[float, float]:
-    """Under a time budget all ranks go by the slowest rank's clock: each times itself, so near the end one
-    could stop while another starts a step, and their cosine horizons (so learning rates) could drift apart."""
+def _agree_clocks(run: _Training, *clocks: float) -> tuple[float, ...]:
+    """Under a time budget all ranks go by the slowest rank's clocks (time spent, step pace, slowest step):
+    each times itself, so near the end one could stop while another starts a step, and their cosine horizons
+    (so learning rates) could drift apart."""
     import torch
 
     if run.world == 1 or run.tc.time_budget_s is None:
-        return spent, pace
-    clocks = torch.tensor([[spent, pace]], dtype=torch.float64, device=run.accelerator.device)
-    spent, pace = (float(x) for x in run.accelerator.gather(clocks).max(dim=0).values)
-    return spent, pace
+        return clocks
+    mine = torch.tensor([clocks], dtype=torch.float64, device=run.accelerator.device)
+    return tuple(float(x) for x in run.accelerator.gather(mine).max(dim=0).values)
 
 
 def _agree_signal(run: _Training, signalled: str | None) -> str | None:
@@ -661,8 +667,9 @@ def _checkpoint_due(run: _Training, clock: float) -> bool:
     end within one more interval (then the outputs are about to be saved; a checkpoint would cost as much disk
     as the model and its optimizer state). Every rank takes the same decision."""
     every, budget = run.tc.checkpoint_every_s, run.tc.time_budget_s
-    due = every is not None and clock - run.checkpointed_at >= every and (budget is None or budget - clock > every)
-    return _agree_any(run, due)
+    if every is None:
+        return False  # (the same on every rank: no need to ask them)
+    return _agree_any(run, clock - run.checkpointed_at >= every and (budget is None or budget - clock > every))
 
 
 def _track_best(run: _Training, step: int, row: dict[str, Any]) -> bool:

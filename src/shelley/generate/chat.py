@@ -42,6 +42,7 @@ class ChatSession:
     gen: GenerationConfig
     mode: Mode = "continue"
     turns: list[tuple[str, str]] = field(default_factory=list)  # (what you wrote, what the model wrote)
+    engine: object = None  # a generate.llamacpp.LlamaCppWriter running the exported GGUF (None: transformers)
 
     # ------------------------------------------------------------------ prompt building
 
@@ -58,7 +59,8 @@ class ChatSession:
         """The prompt for ``message`` and how many old turns had to be dropped to fit the context window."""
         from shelley.generate import context_window
 
-        budget = context_window(self.model) - self.gen.max_new_tokens
+        window = self.engine.context if self.engine is not None else context_window(self.model)
+        budget = window - self.gen.max_new_tokens
         turns = list(self.turns)
         dropped = 0
         while turns and self._n_tokens(self._render(turns, message)) > budget:
@@ -69,13 +71,35 @@ class ChatSession:
     # ------------------------------------------------------------------ one exchange
 
     def reply(self, message: str, *, stream: bool = True, on_note: Callable[[str], None] | None = None) -> str:
-        from shelley.generate import generate_texts
-
         if self.mode == "continue" and self.turns and message and not message[0].isspace():
             message = " " + message  # continue the story as one text, not glued words
         prompt, dropped = self.prompt(message)
         if dropped and on_note:
             on_note(f"(context full: forgot the {dropped} oldest turn{'s' * (dropped > 1)})")
+        gen = self.gen.model_copy(update={"num_samples": 1})
+        if self.engine is not None:
+            text = self._engine_reply(prompt, gen, stream, on_note)
+        else:
+            text = self._model_reply(prompt, gen, stream, on_note)
+        if self.mode == "chat":
+            text = text.strip()
+        self.turns.append((message, text))
+        return text
+
+    def _engine_reply(self, prompt: str, gen: GenerationConfig, stream: bool, on_note) -> str:
+        import sys
+
+        def show(piece: str) -> None:
+            sys.stdout.write(piece)
+            sys.stdout.flush()
+
+        stops = [*gen.stop, USER] if self.mode == "chat" else list(gen.stop)
+        gen = gen.model_copy(update={"seed": self.gen.seed + len(self.turns), "stop": stops})
+        return self.engine.generate([prompt], gen, on_note=on_note, on_text=show if stream else None)[0]
+
+    def _model_reply(self, prompt: str, gen: GenerationConfig, stream: bool, on_note) -> str:
+        from shelley.generate import generate_texts
+
         streamer = None
         if stream:
             from transformers import TextStreamer
@@ -84,8 +108,7 @@ class ChatSession:
         stop_ids = []
         if self.mode == "chat":
             stop_ids = [self.tokenizer.convert_tokens_to_ids(USER)]
-        gen = self.gen.model_copy(update={"num_samples": 1})
-        text = generate_texts(
+        return generate_texts(
             self.model,
             self.tokenizer,
             [prompt],
@@ -95,10 +118,6 @@ class ChatSession:
             streamer=streamer,
             extra_stop_ids=stop_ids,
         )[0]
-        if self.mode == "chat":
-            text = text.strip()
-        self.turns.append((message, text))
-        return text
 
     # ------------------------------------------------------------------ commands
 

@@ -12,6 +12,7 @@ import socket
 import threading
 from collections.abc import Iterator
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 from shelley.config import GenerationConfig
@@ -31,12 +32,14 @@ class Demo:
     max_span: int = 12
     facts: str = ""  # markdown: the run's measured numbers
     placeholder: str = "Write the opening of a scene"  # the run's first eval prompt, when it has one
+    engine: Any = None  # a generate.llamacpp.LlamaCppWriter running the exported GGUF (None: transformers)
 
     def clamp(self, max_tokens: float | int | None) -> tuple[int, list[str]]:
         from shelley.generate import context_window
 
         notes = []
-        limit = min(MAX_TOKENS_LIMIT, context_window(self.model) - 1)
+        window = self.engine.context if self.engine is not None else context_window(self.model)
+        limit = min(MAX_TOKENS_LIMIT, window - 1)
         n = int(max_tokens or 0)
         if n < 1 or n > limit:
             notes.append(f"max tokens {n} is out of range; clamped to {min(max(n, 1), limit)} (1 to {limit})")
@@ -72,31 +75,15 @@ class Demo:
                 original=True,
                 max_span=self.max_span,
                 on_note=notes.append,
+                engine=self.engine,
             )[0]
             o = r["originality"]
             notes.append(f"longest copied span {o['longest_span']} words after {r['tries']} draw(s)")
             yield r["text"], " · ".join(notes)
             return
-        from transformers import TextIteratorStreamer
-
-        from shelley.generate import generate_texts
-
-        streamer = TextIteratorStreamer(self.tokenizer, skip_prompt=True, skip_special_tokens=True, timeout=120)
-        result: dict[str, Any] = {}
-
-        def work() -> None:
-            try:
-                result["text"] = generate_texts(
-                    self.model, self.tokenizer, [prompt], gen, streamer=streamer, on_note=notes.append
-                )[0]
-            except Exception as exc:  # surfaced below; the page shows a message, not a stack trace
-                result["error"] = exc
-                streamer.end()
-
-        thread = threading.Thread(target=work, daemon=True)
-        thread.start()
+        pieces, result, thread = self._stream(prompt, gen, notes)
         text = ""
-        for piece in streamer:
+        for piece in pieces:
             text += piece
             yield text, " · ".join(notes)
         thread.join()
@@ -106,6 +93,39 @@ class Demo:
         if self.index is not None and final:
             notes.append(f"longest copied span {self.index.check(final)['longest_span']} words")
         yield final, " · ".join(notes)
+
+    def _stream(self, prompt: str, gen: GenerationConfig, notes: list[str]):
+        """(the text pieces as they come, the result dict, the thread generating): the final text, or the
+        model's error, is in the result once the thread is joined."""
+        import queue
+
+        from transformers import TextIteratorStreamer
+
+        from shelley.generate import generate_texts
+
+        result: dict[str, Any] = {}
+        q: queue.Queue = queue.Queue()  # llama.cpp's pieces; None ends them
+        streamer = None
+        if self.engine is None:
+            streamer = TextIteratorStreamer(self.tokenizer, skip_prompt=True, skip_special_tokens=True, timeout=120)
+
+        def work() -> None:
+            try:
+                if streamer is None:
+                    result["text"] = self.engine.generate([prompt], gen, on_note=notes.append, on_text=q.put)[0]
+                else:
+                    kw = {"streamer": streamer, "on_note": notes.append}
+                    result["text"] = generate_texts(self.model, self.tokenizer, [prompt], gen, **kw)[0]
+            except Exception as exc:  # surfaced below; the page shows a message, not a stack trace
+                result["error"] = exc
+                if streamer is not None:
+                    streamer.end()
+            finally:
+                q.put(None)
+
+        thread = threading.Thread(target=work, daemon=True)
+        thread.start()
+        return (iter(q.get, None) if streamer is None else streamer), result, thread
 
 
 def run_facts(results: EvalResult | None) -> str:
@@ -173,14 +193,18 @@ def check_port_free(host: str, port: int) -> None:
             raise ShelleyError(f"port {port} on {host} is in use; pass --port with a free port") from None
 
 
-def load_demo(ref: str, gen: GenerationConfig, *, max_span: int = 12, base: str | None = None) -> Demo:
+def load_demo(
+    ref: str, gen: GenerationConfig, *, max_span: int = 12, base: str | None = None, engine: str = "transformers",
+    gguf: Path | None = None,
+) -> Demo:  # fmt: skip
     from shelley.eval.originality import run_index
-    from shelley.generate.load import load_for_generation
+    from shelley.generate.load import load_writer
 
-    loaded = load_for_generation(ref, base=base)
+    loaded, fast = load_writer(ref, engine, gguf, base=base)
     run = loaded.run
     index = run_index(run) if run is not None else None
-    demo = Demo(loaded.model, loaded.tokenizer, gen, index=index, max_span=max_span, facts=run_facts(run_results(run)))
+    facts = run_facts(run_results(run))
+    demo = Demo(loaded.model, loaded.tokenizer, gen, index=index, max_span=max_span, facts=facts, engine=fast)
     prompts = run.prompts() if run is not None else []
     if prompts and prompts[0]:
         demo.placeholder = prompts[0]
