@@ -61,7 +61,8 @@ def test_train_then_eval(cli, tmp_path, corpus, tiny_model_dir, method):
     assert "floor a perfect imitator" in md and "floor a perfect imitator" in (run / "eval.html").read_text()
 
 
-def test_train_qlora_on_cpu_is_a_clean_error(cli, tmp_path, corpus, tiny_model_dir):
+def test_train_qlora_without_bitsandbytes_is_a_clean_error(cli, tmp_path, corpus, tiny_model_dir, monkeypatch):
+    monkeypatch.setitem(__import__("sys").modules, "bitsandbytes.functional", None)  # as if not installed
     result = cli(
         "train",
         corpus,
@@ -74,7 +75,8 @@ def test_train_qlora_on_cpu_is_a_clean_error(cli, tmp_path, corpus, tiny_model_d
         *_sets("data.dedup_near=false"),
     )
     assert result.exit_code == 2
-    assert "qlora needs a CUDA GPU" in result.stderr and "Traceback" not in result.stderr
+    assert "qlora needs bitsandbytes" in result.stderr and "Traceback" not in result.stderr
+    assert not (tmp_path / "run").exists()
 
 
 def test_train_unknown_model_lists_presets(cli, tmp_path, corpus):

@@ -161,3 +161,12 @@ def test_the_model_card_says_how_to_run_it_locally(trained):
     assert "## Run it locally" in card
     assert "llama-cli -m frankenstein-tiny/export/frankenstein-tiny-q8_0.gguf" in card
     assert "ollama create frankenstein-tiny -f Modelfile" in card
+
+
+def test_export_to_an_unwritable_place_or_of_an_untrained_run_is_named(cli, trained, tmp_path, unwritable_dir):
+    res = cli("export", trained.root, "--out", unwritable_dir / "m.gguf")
+    assert res.exit_code == 2 and "m.gguf" in res.stderr and "Traceback" not in res.stderr
+    (tmp_path / "untrained").mkdir()
+    (tmp_path / "untrained" / "config.yaml").write_text("{}")
+    res = cli("export", tmp_path / "untrained")
+    assert res.exit_code == 2 and "has no trained model yet" in res.stderr

@@ -161,9 +161,10 @@ def test_lora_targets_absent_from_the_model(tmp_path, tiny_tokenizer_dir):
         )
 
 
-def test_qlora_without_cuda_fails_cleanly(tmp_path, tiny_tokenizer_dir):
+def test_qlora_without_bitsandbytes_fails_cleanly(tmp_path, tiny_tokenizer_dir, monkeypatch):
     tok = _tokenizer(tiny_tokenizer_dir)
-    with pytest.raises(ShelleyError, match=r"qlora needs a CUDA GPU.*train\.method=lora"):
+    monkeypatch.setitem(__import__("sys").modules, "bitsandbytes.functional", None)  # as if not installed
+    with pytest.raises(ShelleyError, match=r"qlora needs bitsandbytes.*train\.method=lora"):
         train(_cfg("qlora"), TEXTS, TEXTS, tmp_path / "run", tokenizer=tok, show_progress=False)
 
 

@@ -447,10 +447,10 @@ def _setup_optimizer(run: _Training) -> None:
         {"params": [p for p in run.params if p.dim() < 2], "weight_decay": 0.0},
     ]
     groups = [g for g in groups if g["params"]]
-    if tc.method == "qlora":
+    if tc.method == "qlora" and accelerator.device.type == "cuda":
         import bitsandbytes as bnb
 
-        optimizer = bnb.optim.PagedAdamW8bit(groups, lr=tc.learning_rate)
+        optimizer = bnb.optim.PagedAdamW8bit(groups, lr=tc.learning_rate)  # paged: CUDA unified memory
     else:
         # The fused kernel updates every tensor in one pass instead of a chain of foreach ops: on 2 CPU cores
         # a SmolLM2-135M full step's optimizer time drops from ~0.35 s to ~0.15 s. Same math (torch tests it
@@ -473,7 +473,10 @@ def _setup_optimizer(run: _Training) -> None:
 
 def _load_checkpoint(run: _Training, ckpt: Path) -> None:
     try:
-        run.accelerator.load_state(str(ckpt))
+        # QLoRA: the checkpoint holds the 4-bit base with its quantization state, which plain load_state_dict does
+        # not take back. The base is frozen and reloaded from model.name anyway (resume checks the config is the
+        # same), so only the adapters, optimizer, scheduler and RNG need to come back: load non-strictly.
+        run.accelerator.load_state(str(ckpt), strict=run.tc.method != "qlora")
     except (RuntimeError, KeyError, ValueError, pickle.UnpicklingError) as exc:
         # UnpicklingError: torch.load(weights_only=True) refused something that is not plain tensors.
         raise ShelleyError(

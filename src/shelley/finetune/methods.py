@@ -24,28 +24,54 @@ def linear_layer_names(model) -> list[str]:
     return sorted(names)
 
 
+def qlora_compute_dtype(precision: str):
+    """QLoRA's compute dtype: bf16 on a GPU that has it and on a CPU that multiplies bf16 in hardware, else fp32
+    (train.precision fp32 forces fp32; bf16 on a CPU without bf16 hardware is refused: emulated, it is slow)."""
+    import torch
+
+    from shelley.runtime import cpu_flags
+
+    if torch.cuda.is_available():
+        fast = torch.cuda.is_bf16_supported()
+    else:
+        fast = bool(cpu_flags() & {"avx512_bf16", "amx_bf16"})
+    if precision == "bf16" and not fast:
+        raise ShelleyError(
+            "train.precision=bf16 but this CPU has no bf16 hardware (AVX512-BF16 or AMX); QLoRA would compute in "
+            "emulated bf16. Use --set train.precision=auto (fp32 compute here)"
+        )
+    return torch.bfloat16 if fast and precision in ("auto", "bf16") else torch.float32
+
+
 def quantization_config(cfg: ShelleyConfig):
-    """The 4-bit NF4 config of QLoRA (double quantization, bf16 compute); None for other methods."""
+    """The 4-bit NF4 config of QLoRA (double quantization); None for other methods. On CPU it needs
+    bitsandbytes' CPU backend (bitsandbytes 0.49 or later): a probe quantizes one small tensor first."""
     if cfg.train.method != "qlora":
         return None
     import torch
 
-    if not torch.cuda.is_available():
-        raise ShelleyError(
-            "method qlora needs a CUDA GPU with bitsandbytes, and none is available; "
-            "use --set train.method=lora (or full) or a small preset such as configs/smollm2-135m_lora_cpu.yaml"
-        )
     try:
-        import bitsandbytes  # noqa: F401
+        import bitsandbytes.functional as bnbf
     except ImportError:
-        raise ShelleyError("method qlora needs bitsandbytes; pip install 'shelley[gpu]'") from None
+        raise ShelleyError(
+            "method qlora needs bitsandbytes: pip install 'shelley[qlora]' (its CPU backend runs small models; "
+            "Mistral-7B wants a GPU), or use --set train.method=lora"
+        ) from None
+    if not torch.cuda.is_available():
+        try:
+            bnbf.quantize_4bit(torch.zeros(64, 64), quant_type="nf4")
+        except Exception:  # no CPU kernel in this bitsandbytes build: errors differ by version
+            raise ShelleyError(
+                "this bitsandbytes has no CPU backend and there is no CUDA GPU; pip install 'bitsandbytes>=0.49' "
+                "or use --set train.method=lora"
+            ) from None
     from transformers import BitsAndBytesConfig
 
     return BitsAndBytesConfig(
         load_in_4bit=True,
         bnb_4bit_quant_type="nf4",
         bnb_4bit_use_double_quant=True,
-        bnb_4bit_compute_dtype=torch.bfloat16,
+        bnb_4bit_compute_dtype=qlora_compute_dtype(cfg.train.precision),
     )
 
 
@@ -219,17 +245,48 @@ def load_base_model(cfg: ShelleyConfig, *, for_training: bool = True):
 
     qconfig = quantization_config(cfg) if for_training else None
     target = resolve(cfg.model.name)
+    _check_not_quantized(target, cfg)
     kwargs: dict[str, Any] = {"trust_remote_code": cfg.model.trust_remote_code, "revision": cfg.model.revision}
     if qconfig is not None:
-        kwargs |= {"quantization_config": qconfig, "dtype": torch.bfloat16, "device_map": {"": 0}}
+        device = {"": 0} if torch.cuda.is_available() else {"": "cpu"}
+        kwargs |= {"quantization_config": qconfig, "dtype": qconfig.bnb_4bit_compute_dtype, "device_map": device}
     else:
         kwargs["dtype"] = torch.float32
-    return load_causal_lm(
+    model = load_causal_lm(
         target,
         what=f"model {cfg.model.name!r}",
         hint="pass a preset, a directory saved with save_pretrained, or a Hub id while online",
         **kwargs,
     )
+    if qconfig is not None:
+        check_4bit(model, cfg.model.name)
+    return model
+
+
+def check_4bit(model, name: str) -> None:
+    """QLoRA needs layers bitsandbytes turned to 4 bits; a model whose layers it cannot quantize would train
+    as a plain LoRA while claiming to be QLoRA."""
+    if not any(type(m).__name__ == "Linear4bit" for m in model.modules()):
+        raise ShelleyError(
+            f"model {name!r} has no linear layers bitsandbytes can quantize to 4 bits; use --set train.method=lora"
+        )
+
+
+def _check_not_quantized(target: str, cfg: ShelleyConfig) -> None:
+    """A checkpoint saved in 4 or 8 bits trains only as QLoRA: full and LoRA need full-precision weights."""
+    import json
+    from pathlib import Path
+
+    config = Path(target) / "config.json"
+    if (
+        cfg.train.method in ("full", "lora")
+        and config.is_file()
+        and "quantization_config" in json.loads(config.read_text())
+    ):
+        raise ShelleyError(
+            f"model {cfg.model.name!r} is saved quantized; --method {cfg.train.method} needs full-precision weights: "
+            "train it with --method qlora, or point model.name at the full-precision base"
+        )
 
 
 def prepare_for_method(model, cfg: ShelleyConfig):
