@@ -87,7 +87,7 @@ def add_limits(results: dict, peaks: dict[str, float], params: int) -> None:
 
 
 def bench_train(args, out: Path) -> dict:
-    from shelley.finetune.loop import cpu_has_fast_bf16
+    from shelley.runtime import cpu_has_fast_bf16
 
     results = {}
     seconds_per_shape = 0.2 if args.quick else 2.0

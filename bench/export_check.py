@@ -75,7 +75,6 @@ def measure(run_dir: Path, n_tokens: int = 2000) -> dict[str, Any]:
 
     from shelley.eval.report import cached_stream
     from shelley.export import export_run
-    from shelley.generate import generate_texts
     from shelley.generate.llamacpp import LlamaCppWriter
     from shelley.generate.load import load_for_generation
     from shelley.run import Run
@@ -84,7 +83,8 @@ def measure(run_dir: Path, n_tokens: int = 2000) -> dict[str, Any]:
     cfg = run.config()
     files = {q: export_run(run, "gguf", quant=q, overwrite=True) for q in ("f16", "q8_0", "q4_k_m")}
     out: dict[str, Any] = {"sizes_mb": {q: round(p.stat().st_size / 1e6, 1) for q, p in files.items()}}
-    saved = AutoModelForCausalLM.from_pretrained(run.output, dtype=torch.float32).eval()
+    loaded = load_for_generation(str(run.root))  # the saved model in fp32 (an adapter merged), with its tokenizer
+    saved, tok = loaded.model.eval(), loaded.tokenizer
     ids = [int(x) for x in np.asarray(cached_stream(run))[: n_tokens + 1]]
     windows = _windows(ids)
     # transformers, f16 file vs the saved model
@@ -99,7 +99,6 @@ def measure(run_dir: Path, n_tokens: int = 2000) -> dict[str, Any]:
     ref = {i: _hf_logits(saved, w) for i, w in enumerate(windows)}
     nll_ref = [_nll(ref[i], w) for i, w in enumerate(windows)]
     out["perplexity"] = {"saved (transformers)": math.exp(sum(a for a, _ in nll_ref) / sum(b for _, b in nll_ref))}
-    tok = load_for_generation(str(run.root)).tokenizer
     for quant, path in files.items():
         writer = LlamaCppWriter(path, n_ctx=WINDOW + 64, logits=True)
         nll, agree, total = [], 0, 0
@@ -119,15 +118,17 @@ def measure(run_dir: Path, n_tokens: int = 2000) -> dict[str, Any]:
         del writer
     out["tokens_scored"] = sum(b for _, b in nll_ref)
     gguf_paths = {q: files[q] for q in ("f16", "q8_0")}
-    out["engines"] = _speed(run, gguf_paths, generate_texts, LlamaCppWriter, load_for_generation, cfg)
+    out["engines"] = _speed(loaded, gguf_paths, cfg)
     return out
 
 
-def _speed(run, gguf_paths, generate_texts, writer_cls, load, cfg) -> dict[str, Any]:
+def _speed(loaded, gguf_paths, cfg) -> dict[str, Any]:
     """The eval workload on both engines: tokens/s, and the time to the first token of one stream."""
+    from shelley.generate import generate_texts
+    from shelley.generate.llamacpp import LlamaCppWriter
+
     gen = cfg.generation.model_copy(update={"num_samples": 4, "max_new_tokens": 120, "min_new_tokens": 120})
     prompts = list(cfg.eval.prompts)
-    loaded = load(str(run.root))
     tok = loaded.tokenizer
     res: dict[str, Any] = {}
     t0 = time.perf_counter()
@@ -141,7 +142,7 @@ def _speed(run, gguf_paths, generate_texts, writer_cls, load, cfg) -> dict[str, 
     single = len(tok(one[0], add_special_tokens=False).input_ids) / (time.perf_counter() - t0)
     res["transformers"]["single_stream_tokens_per_s"] = round(single, 1)
     for quant, path in gguf_paths.items():
-        writer = writer_cls(path)
+        writer = LlamaCppWriter(path)
         t0 = time.perf_counter()
         writer.generate(prompts, gen)
         dt = time.perf_counter() - t0

@@ -73,6 +73,10 @@ def smol_tokenizer(shelley_home):
 
 @pytest.fixture(scope="session")
 def tiny_tokenizer_dir(tmp_path_factory) -> Path:
+    return save_tiny_tokenizer(tmp_path_factory.mktemp("tiny-tokenizer"))
+
+
+def save_tiny_tokenizer(out: Path) -> Path:
     """A byte-level BPE tokenizer trained in a second on the fixture text, saved like any HF tokenizer."""
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
     from transformers import PreTrainedTokenizerFast
@@ -84,9 +88,7 @@ def tiny_tokenizer_dir(tmp_path_factory) -> Path:
         vocab_size=400, special_tokens=["<|endoftext|>"], initial_alphabet=pre_tokenizers.ByteLevel.alphabet()
     )
     tok.train_from_iterator([BOOK_BODY] * 3, trainer=trainer)
-    fast = PreTrainedTokenizerFast(tokenizer_object=tok, eos_token="<|endoftext|>")
-    out = tmp_path_factory.mktemp("tiny-tokenizer")
-    fast.save_pretrained(out)
+    PreTrainedTokenizerFast(tokenizer_object=tok, eos_token="<|endoftext|>").save_pretrained(out)
     return out
 
 

@@ -55,6 +55,22 @@ def cpu_flags() -> frozenset[str]:
     return frozenset((info.get("flags") or info.get("Features") or "").split())
 
 
+def cpu_has_fast_bf16() -> bool:
+    """Whether this CPU multiplies bf16 in hardware (AVX512-BF16 or AMX): there bf16 matmuls run about twice
+    as fast as fp32 (measured 390 vs 170 GFLOP/s on 2 AMD Zen 4 cores); elsewhere they are emulated and slower.
+    """
+    return bool(cpu_flags() & {"avx512_bf16", "amx_bf16"})  # what the kernel reports, not a private torch probe
+
+
+def has_fast_bf16() -> bool:
+    """Whether the training device computes in bf16 at speed: a CUDA GPU that supports it, else this CPU."""
+    import torch
+
+    if torch.cuda.is_available():
+        return torch.cuda.is_bf16_supported()
+    return cpu_has_fast_bf16()
+
+
 def quiet_libraries(verbose: bool = False) -> None:
     """Turn the libraries' own chatter off (unless ``verbose``): transformers' and the Hub's progress bars and
     advisory warnings, datasets' bars, llama.cpp's log, and accelerate's note on every checkpoint that it dropped

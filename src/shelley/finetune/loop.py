@@ -90,23 +90,12 @@ def check_resume(files: Run, cfg: ShelleyConfig) -> Path:
     return ckpt
 
 
-def cpu_has_fast_bf16() -> bool:
-    """Whether this CPU multiplies bf16 in hardware (AVX512-BF16 or AMX): there bf16 matmuls run about twice
-    as fast as fp32 (measured 390 vs 170 GFLOP/s on 2 AMD Zen 4 cores); elsewhere they are emulated and slower.
-    """
-    from shelley.runtime import cpu_flags
-
-    return bool(cpu_flags() & {"avx512_bf16", "amx_bf16"})  # what the kernel reports, not a private torch probe
-
-
 def resolve_precision(precision: str) -> str:
     """train.precision made concrete for this machine: "bf16", "fp16" or "fp32"."""
-    import torch
+    from shelley.runtime import has_fast_bf16
 
     if precision == "auto":
-        if torch.cuda.is_available():
-            return "bf16" if torch.cuda.is_bf16_supported() else "fp32"
-        return "bf16" if cpu_has_fast_bf16() else "fp32"
+        return "bf16" if has_fast_bf16() else "fp32"
     return precision
 
 

@@ -29,12 +29,9 @@ def qlora_compute_dtype(precision: str):
     (train.precision fp32 forces fp32; bf16 on a CPU without bf16 hardware is refused: emulated, it is slow)."""
     import torch
 
-    from shelley.runtime import cpu_flags
+    from shelley.runtime import has_fast_bf16
 
-    if torch.cuda.is_available():
-        fast = torch.cuda.is_bf16_supported()
-    else:
-        fast = bool(cpu_flags() & {"avx512_bf16", "amx_bf16"})
+    fast = has_fast_bf16()
     if precision == "bf16" and not fast:
         raise ShelleyError(
             "train.precision=bf16 but this CPU has no bf16 hardware (AVX512-BF16 or AMX); QLoRA would compute in "

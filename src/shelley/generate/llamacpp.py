@@ -47,9 +47,6 @@ class LlamaCppWriter:
     def context(self) -> int:
         return self.llm.n_ctx()
 
-    def tokenize(self, text: str) -> list[int]:
-        return self.llm.tokenize(text.encode(), add_bos=False, special=True)
-
     def generate(
         self,
         prompts: list[str],
