@@ -70,7 +70,8 @@ def run(
             result = stats | {"timeline": [], "val_perplexity": score(net, stream), "precision": "fp32"}
         else:
             from shelley.config import load_config
-            from shelley.finetune.loop import resolve_precision, train
+            from shelley.finetune.loop import train
+            from shelley.runtime import resolve_precision
 
             run_cfg = load_config(
                 f"smollm2-135m_{impl}_cpu",  # the packaged preset

@@ -116,8 +116,9 @@ class TrainConfig(_Section):
     max_grad_norm: float = Field(1.0, gt=0, description="Gradient clipping norm.")
     precision: Literal["auto", "fp32", "bf16", "fp16"] = Field(
         "auto",
-        description="Autocast precision of the training steps; `auto` uses bf16 on GPUs that support it and on"
-        " CPUs that multiply bf16 in hardware (AVX512-BF16 or AMX), else fp32. Validation runs without autocast.",
+        description="Autocast precision of the training steps; `auto` uses bf16 where the device has bf16"
+        " hardware (Ampere or later GPUs; CPUs with AVX512-BF16 or AMX), fp16 with loss scaling on older GPUs"
+        " (a T4), else fp32. Validation runs without autocast.",
     )
     seed: int = Field(42, description="Seed for weights init, data order and dropout.")
     eval_every: int = Field(50, gt=0, description="Evaluate validation loss every N steps.")

@@ -63,12 +63,26 @@ def cpu_has_fast_bf16() -> bool:
 
 
 def has_fast_bf16() -> bool:
-    """Whether the training device computes in bf16 at speed: a CUDA GPU that supports it, else this CPU."""
+    """Whether the training device computes in bf16 at speed: a CUDA GPU with bf16 hardware (Ampere or later;
+    not a T4, where torch would emulate it), else this CPU."""
     import torch
 
     if torch.cuda.is_available():
-        return torch.cuda.is_bf16_supported()
+        return torch.cuda.is_bf16_supported(including_emulation=False)
     return cpu_has_fast_bf16()
+
+
+def resolve_precision(precision: str) -> str:
+    """train.precision made concrete for the training device: "bf16", "fp16" or "fp32". ``auto`` is bf16 where
+    the device has bf16 hardware, fp16 on a CUDA GPU without it (a T4: fp16 tensor cores, loss scaling), else
+    fp32 (a CPU without bf16 hardware has no faster low precision)."""
+    import torch
+
+    if precision != "auto":
+        return precision
+    if has_fast_bf16():
+        return "bf16"
+    return "fp16" if torch.cuda.is_available() else "fp32"
 
 
 def quiet_libraries(verbose: bool = False) -> None:
@@ -78,7 +92,12 @@ def quiet_libraries(verbose: bool = False) -> None:
     shelley's own progress and messages stay. Environment variables set by the user win."""
     import logging
     import os
+    import warnings
 
+    if not verbose:
+        # Renames inside the libraries (peft still calls transformers' gradient_checkpointing_enable): nothing
+        # a user of shelley can act on.
+        warnings.filterwarnings("ignore", category=FutureWarning, module=r"transformers\.")
     for name in ("accelerate", "llama-cpp-python"):  # llama.cpp's quantizer and loader log through the latter
         logging.getLogger(name).setLevel(logging.NOTSET if verbose else logging.ERROR)
     if not verbose:

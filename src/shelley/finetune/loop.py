@@ -34,6 +34,7 @@ from shelley.finetune.loss import can_fuse, causal_lm_loss
 from shelley.finetune.packing import PackedBlocks, encode_stream, micro_batch_indices
 from shelley.records import TrainResult
 from shelley.run import TRAINER_STATE, Run, write_manifest
+from shelley.runtime import resolve_precision
 
 CALIBRATION_STEPS = 3  # steps timed before the cosine horizon is first fitted to a time budget
 FUSED_ADAMW_DEVICES = ("cpu", "cuda", "mps")  # torch has a fused AdamW kernel there
@@ -88,15 +89,6 @@ def check_resume(files: Run, cfg: ShelleyConfig) -> Path:
             f"resume with the saved {files.config_file} or start a new run dir"
         )
     return ckpt
-
-
-def resolve_precision(precision: str) -> str:
-    """train.precision made concrete for this machine: "bf16", "fp16" or "fp32"."""
-    from shelley.runtime import has_fast_bf16
-
-    if precision == "auto":
-        return "bf16" if has_fast_bf16() else "fp32"
-    return precision
 
 
 def _autocast(device_type: str, precision: str):

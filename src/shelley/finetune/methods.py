@@ -25,19 +25,20 @@ def linear_layer_names(model) -> list[str]:
 
 
 def qlora_compute_dtype(precision: str):
-    """QLoRA's compute dtype: bf16 on a GPU that has it and on a CPU that multiplies bf16 in hardware, else fp32
-    (train.precision fp32 forces fp32; bf16 on a CPU without bf16 hardware is refused: emulated, it is slow)."""
+    """QLoRA's compute dtype, the training precision made concrete (``runtime.resolve_precision``): bf16 where
+    the device has bf16 hardware, fp16 on a GPU without it (a T4), fp32 on a CPU without it. bf16 asked of a
+    device without bf16 hardware is refused: emulated, it is slow."""
     import torch
 
-    from shelley.runtime import has_fast_bf16
+    from shelley.runtime import has_fast_bf16, resolve_precision
 
-    fast = has_fast_bf16()
-    if precision == "bf16" and not fast:
+    if precision == "bf16" and not has_fast_bf16():
+        where = "this GPU" if torch.cuda.is_available() else "this CPU"
         raise ShelleyError(
-            "train.precision=bf16 but this CPU has no bf16 hardware (AVX512-BF16 or AMX); QLoRA would compute in "
-            "emulated bf16. Use --set train.precision=auto (fp32 compute here)"
+            f"train.precision=bf16 but {where} has no bf16 hardware; QLoRA would compute in emulated bf16. "
+            "Use --set train.precision=auto (fp16 on a GPU, fp32 on a CPU)"
         )
-    return torch.bfloat16 if fast and precision in ("auto", "bf16") else torch.float32
+    return {"bf16": torch.bfloat16, "fp16": torch.float16}.get(resolve_precision(precision), torch.float32)
 
 
 def quantization_config(cfg: ShelleyConfig):
@@ -288,12 +289,17 @@ def _check_not_quantized(target: str, cfg: ShelleyConfig) -> None:
 
 def prepare_for_method(model, cfg: ShelleyConfig):
     """Wrap the base model for its method: as is (full), LoRA adapters (lora), k-bit prep + LoRA (qlora)."""
+    # Non-reentrant checkpointing: torch's recommended variant, which needs no input that requires grad (the
+    # reentrant one does, and with frozen embeddings only PEFT's input hook gives it one).
+    kwargs = {"use_reentrant": False}
     if cfg.train.method == "qlora":
         from peft import prepare_model_for_kbit_training
 
-        model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=cfg.train.gradient_checkpointing)
+        model = prepare_model_for_kbit_training(
+            model, use_gradient_checkpointing=cfg.train.gradient_checkpointing, gradient_checkpointing_kwargs=kwargs
+        )
     elif cfg.train.gradient_checkpointing:
-        model.gradient_checkpointing_enable()
+        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs=kwargs)
         model.config.use_cache = False
     pconf = peft_config(cfg, model)
     if pconf is not None:

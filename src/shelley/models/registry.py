@@ -59,7 +59,7 @@ PRESETS: dict[str, ModelPreset] = {
         ModelPreset(
             "mistral-7b",
             "mistralai/Mistral-7B-v0.1",
-            "Mistral-7B-v0.1; QLoRA on a CUDA GPU (NF4 4-bit, bf16 compute)",
+            "Mistral-7B-v0.1; QLoRA on a CUDA GPU (NF4 4-bit, bf16 compute, fp16 on a T4)",
             default_method="qlora",
             lora_targets=("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"),
             license="apache-2.0",
