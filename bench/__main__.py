@@ -2,10 +2,12 @@
 
     python -m bench [--quick] [--model smollm2-135m] [--corpus CSV] [--budget 300] [--out bench/results]
 
-* train: the plain-Trainer reference (bench/reference.py), run stock, vs shelley full vs shelley LoRA, each in
-  its own process for the same optimizer-step time (``--tuned-reference`` adds the reference with shelley's
-  allocator tuning); real tokens/s, peak RSS, validation perplexity by one function
-  on the same tokens, and how long shelley takes to reach the reference's final perplexity. Each tokens/s is
+* train: two references, the plain-Trainer stock recipe (bench/reference.py) and the strongest stock recipe,
+  TRL's SFTTrainer packed, in bf16 where the CPU has it (bench/reference_trl.py, full and LoRA), vs shelley full
+  vs shelley LoRA, each in its own process for the same optimizer-step time (``--tuned-reference`` adds the
+  stock recipe with shelley's allocator tuning); real tokens/s, peak RSS, validation perplexity by one function
+  on the same tokens, how long shelley takes to reach the stock recipe's final perplexity, and how long each
+  contestant takes to reach ``--target-perplexity`` (36). Each tokens/s is
   also put against this machine's limit, measured in the same sitting: the matmul rate (``matmul_peak``) in
   the precision the contestant trained in (fp32, or bf16 where the CPU has it in hardware) over the FLOPs one
   token costs (6 per parameter for a full fine-tune, 4 for LoRA, whose frozen weights need
@@ -71,7 +73,10 @@ def parameter_count(model: str) -> int:
     return sum(p.numel() for p in net.parameters())
 
 
-FLOPS_PER_PARAM = {"reference": 6, "reference-tuned": 6, "full": 6, "lora": 4}
+FLOPS_PER_PARAM = {"reference": 6, "reference-tuned": 6, "reference-trl": 6, "reference-trl-lora": 4}
+FLOPS_PER_PARAM |= {"full": 6, "lora": 4}
+# Like for like: shelley full against TRL's full fine-tune, shelley LoRA against TRL's LoRA.
+TRL_PEER = {"full": "reference-trl", "lora": "reference-trl-lora"}
 
 
 def add_limits(results: dict, peaks: dict[str, float], params: int) -> None:
@@ -98,7 +103,8 @@ def bench_train(args, out: Path) -> dict:
     peak_bf16 = matmul_peak(seconds_per_shape, "bf16") if cpu_has_fast_bf16() else None
     if peak_bf16:
         print(f"[train] bf16 matmul peak now: {peak_bf16['gflops']:.0f} GFLOP/s", flush=True)
-    contestants = ("reference", "full", "lora") + (("reference-tuned",) if args.tuned_reference else ())
+    contestants = ("reference", "reference-trl", "reference-trl-lora", "full", "lora")
+    contestants += ("reference-tuned",) if args.tuned_reference else ()
     for impl in contestants:
         target = out / f"train-{impl}.json"
         cmd = [
@@ -132,16 +138,27 @@ def bench_train(args, out: Path) -> dict:
         r["time_ratio_to_reference"] = (
             reached[0]["train_seconds"] / ref["train_seconds"] if reached and ref["train_seconds"] else None
         )
+        trl = results[TRL_PEER[impl]]
+        r["speedup_vs_trl"] = r["tokens_per_second"] / trl["tokens_per_second"]
         if "reference-tuned" in results:
             r["speedup_vs_tuned_reference"] = r["tokens_per_second"] / results["reference-tuned"]["tokens_per_second"]
     if "reference-tuned" in results:
         results["reference-tuned"]["speedup_tokens_per_s"] = (
             results["reference-tuned"]["tokens_per_second"] / ref["tokens_per_second"]
         )
+    for r in results.values():
+        reached = [t for t in r.get("timeline", []) if t["val_perplexity"] <= args.target_perplexity]
+        r["seconds_to_target_perplexity"] = reached[0]["train_seconds"] if reached else None
     params = parameter_count(args.model)
     peaks = {"fp32": peak["gflops"]} | ({"bf16": peak_bf16["gflops"]} if peak_bf16 else {})
     add_limits(results, peaks, params)
-    return {"contestants": results, "matmul_peak": peak, "matmul_peak_bf16": peak_bf16, "parameters": params}
+    return {
+        "contestants": results,
+        "matmul_peak": peak,
+        "matmul_peak_bf16": peak_bf16,
+        "parameters": params,
+        "target_perplexity": args.target_perplexity,
+    }
 
 
 def bench_write(args) -> dict:
@@ -258,24 +275,36 @@ def summary_md(train: dict | None, write: dict | None, data: dict | None, commit
     if train:
         peak = train["matmul_peak"]["gflops"]
         bf16 = train.get("matmul_peak_bf16")
+        target = train.get("target_perplexity", 36)
         lines += [
             f"fp32 matmul peak in this sitting: {peak:.0f} GFLOP/s"
             + (f", bf16 {bf16['gflops']:.0f} GFLOP/s" if bf16 else " (bf16 not in hardware)")
             + f"; {train['parameters'] / 1e6:.1f}M parameters (limit = the peak of the contestant's precision / "
             "(6 x parameters) per token for a full fine-tune, / (4 x parameters) for LoRA)",
             "",
-            "| train | precision | steps | real tokens/s | x reference | of limit | peak RSS MB | val perplexity "
-            "| time to reference ppl |",
-            "|---|---|---|---|---|---|---|---|---|",
+            "| train | precision | steps | real tokens/s | x stock | x TRL | of limit | peak RSS MB | val perplexity "
+            f"| time to stock ppl | time to ppl {target:g} |",
+            "|---|---|---|---|---|---|---|---|---|---|---|",
         ]
         for impl, r in train["contestants"].items():
+            to_target = r.get("seconds_to_target_perplexity")
             lines.append(
                 f"| {impl} | {r.get('precision', 'fp32')} | {r['steps']} | {r['tokens_per_second']:.1f} "
                 f"| {r.get('speedup_tokens_per_s', 1.0):.2f} "
-                f"| {r['fraction_of_limit']:.0%} of {r['limit_tokens_per_s']:.0f} | {r['peak_rss_mb']:.0f} "
-                f"| {r['val_perplexity']:.2f} | {_time_to_reference(r)} |"
+                + (f"| {r['speedup_vs_trl']:.2f} " if "speedup_vs_trl" in r else "| - ")
+                + f"| {r['fraction_of_limit']:.0%} of {r['limit_tokens_per_s']:.0f} | {r['peak_rss_mb']:.0f} "
+                f"| {r['val_perplexity']:.2f} | {_time_to_reference(r)} "
+                + (f"| {to_target:.1f} s |" if to_target is not None else "| not reached |")
             )
         lines.append("")
+        c = train["contestants"]
+        if all(k in c for k in ("full", "lora", "reference-trl", "reference-trl-lora")):
+            lines += [
+                f"against the stronger reference (TRL SFTTrainer, packed, {c['reference-trl']['precision']}): shelley "
+                f"full {c['full']['speedup_vs_trl']:.2f}x its tokens/s, LoRA {c['lora']['speedup_vs_trl']:.2f}x "
+                "TRL's LoRA",
+                "",
+            ]
         ref = train["contestants"].get("reference", {})
         if ref.get("padded_tokens"):
             # Where the stock recipe's GEMMs already run near the peak, skipping its padding is most of what
@@ -313,6 +342,7 @@ def main(argv: list[str] | None = None) -> int:
         action="store_true",
         help="also run the stock recipe with shelley's allocator tuning (shows how much of the lead that is)",
     )
+    ap.add_argument("--target-perplexity", type=float, default=36.0, help="report each contestant's time to this")
     ap.add_argument("--only", choices=["train", "write", "data"], action="append")
     ap.add_argument("--out", type=Path, default=HERE / "results")
     args = ap.parse_args(argv)

@@ -25,6 +25,7 @@ import json
 import os
 import re
 import shutil
+import sys
 import tempfile
 import time
 from pathlib import Path
@@ -141,6 +142,46 @@ def _vm(key: str) -> int:
     return int(m.group(1)) * 1024 if m else 0
 
 
+class _LivePeak:
+    """The peak of glibc's live malloc'd bytes (in-use heap chunks plus mmapped blocks) while the block runs,
+    sampled every 5 ms on a thread (torch ops release the GIL); ``peak`` stays None without glibc."""
+
+    def __init__(self) -> None:
+        import ctypes
+        import threading
+
+        fields = ("arena", "ordblks", "smblks", "hblks", "hblkhd", "usmblks", "fsmblks", "uordblks", "fordblks")
+        info = type("mallinfo2", (ctypes.Structure,), {"_fields_": [(f, ctypes.c_size_t) for f in (*fields, "k")]})
+        try:
+            self._call = ctypes.CDLL("libc.so.6").mallinfo2
+            self._call.restype = info
+        except (OSError, AttributeError):
+            self._call = None
+        self.peak: int | None = self.live()
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._sample, daemon=True)
+
+    def live(self) -> int | None:
+        if self._call is None:
+            return None
+        m = self._call()
+        return m.uordblks + m.hblkhd
+
+    def _sample(self) -> None:
+        while not self._stop.wait(0.005):
+            self.peak = max(self.peak or 0, self.live() or 0)
+
+    def __enter__(self):
+        if self._call is not None:
+            self._thread.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self._stop.set()
+        if self._thread.is_alive():
+            self._thread.join()
+
+
 def _reset_peak() -> bool:
     """Reset the kernel's peak-RSS counter (VmHWM), so the peak of the steps is not the peak of the load."""
     try:
@@ -202,7 +243,11 @@ def rehearse(text: str, *, steps: int = 2, workdir: Path | None = None, tiny: bo
         rss0 = _vm("VmRSS")
         if torch.cuda.is_available():
             torch.cuda.reset_peak_memory_stats()
-        result = train(cfg, [text[:split]], [text[split:]], root / "run", model=model, tokenizer=tok, final_eval=False)
+        with _LivePeak() as live:
+            live0 = live.live()
+            result = train(
+                cfg, [text[:split]], [text[split:]], root / "run", model=model, tokenizer=tok, final_eval=False
+            )
         trainable = [p for p in model.parameters() if p.requires_grad]
         n_train = sum(p.numel() for p in trainable)
         tokens = cfg.train.micro_batch_size * cfg.model.max_length
@@ -222,6 +267,9 @@ def rehearse(text: str, *, steps: int = 2, workdir: Path | None = None, tiny: bo
             "footprint_after_prepare_bytes": model.get_memory_footprint(),
             "rss_before_bytes": rss0,
             "peak_rss_bytes": _vm("VmHWM") if peak_reset else None,
+            "live_before_bytes": live0,
+            "peak_live_bytes": live.peak,
+            "malloc_mmap_threshold": os.environ.get("MALLOC_MMAP_THRESHOLD_"),
             "cuda_max_allocated_bytes": torch.cuda.max_memory_allocated() if torch.cuda.is_available() else None,
         }
         report["activations_estimate"] = activation_estimate(config, tokens, compute_bytes)
@@ -239,10 +287,10 @@ def t4_projection(report: dict[str, Any], config, tokens: int) -> dict[str, Any]
     weights: the footprint after k-bit preparation, measured (bitsandbytes' 4-bit format is the same on every
     device; the embeddings, head and norms are fp32 after preparation on both). adapters: fp32 LoRA weights and
     their gradients, measured; optimizer: paged 8-bit AdamW, two bytes per trainable parameter. activations: the
-    measured working set of the steps here (peak RSS above the RSS before them, less adapters, gradients and
-    AdamW state), scaled by the layer-structure estimate's ratio of fp16 to this run's compute dtype; where this
-    machine gives no measured peak, the estimate itself. Plus the CUDA context and the largest 4-bit weight
-    dequantized to fp16 for its matmul."""
+    measured working set of the steps here (peak live bytes above those before them, else the same of the RSS,
+    less adapters, gradients and AdamW state), scaled by the layer-structure estimate's ratio of fp16 to this
+    run's compute dtype; where this machine gives no measured peak, the estimate itself. Plus the CUDA context
+    and the largest 4-bit weight dequantized to fp16 for its matmul."""
     tr = report["train"]
     weights = tr["footprint_after_prepare_bytes"]
     adapters = tr["adapter_bytes"]
@@ -250,10 +298,14 @@ def t4_projection(report: dict[str, Any], config, tokens: int) -> dict[str, Any]
     optimizer = 2 * tr["trainable_parameters"]
     here = report["activations_estimate"]["total"]
     fp16 = activation_estimate(config, tokens, 2)["total"]
-    if tr["peak_rss_bytes"] is not None:
-        measured = tr["peak_rss_bytes"] - tr["rss_before_bytes"] - adapters - grads - tr["adamw_state_bytes"]
+    if tr.get("peak_live_bytes") is not None or tr["peak_rss_bytes"] is not None:
+        if tr.get("peak_live_bytes") is not None:  # live bytes: the analogue of max_memory_allocated
+            grown, what = tr["peak_live_bytes"] - tr["live_before_bytes"], "live malloc peak"
+        else:
+            grown, what = tr["peak_rss_bytes"] - tr["rss_before_bytes"], "peak RSS"
+        measured = grown - adapters - grads - tr["adamw_state_bytes"]
         activations = int(max(measured, 0) * fp16 / here)
-        basis = "measured here, scaled to fp16 by the estimate's ratio"
+        basis = f"{what} of the steps here less adapters, gradients and AdamW state, scaled to fp16 by the estimate"
     else:
         measured, activations, basis = None, fp16, "layer-structure estimate"
     dequant = config.intermediate_size * config.hidden_size * 2
@@ -291,7 +343,8 @@ def summary_lines(r: dict[str, Any]) -> list[str]:
         f"{tr['steps']} steps of micro-batch {tr['micro_batch_size']} x {tr['max_length']} tokens, gradient "
         f"checkpointing {tr['gradient_checkpointing']}: {tr['seconds_per_step']:.0f} s/step, "
         f"loss {tr['last_loss']:.3f}",
-        f"RSS before the steps {g(tr['rss_before_bytes'])}, peak during them {g(tr['peak_rss_bytes'])}"
+        f"RSS before the steps {g(tr['rss_before_bytes'])}, peak during them {g(tr['peak_rss_bytes'])}; live malloc "
+        f"bytes {g(tr['live_before_bytes'])} before, peak {g(tr['peak_live_bytes'])}"
         + (f"; CUDA max allocated {g(tr['cuda_max_allocated_bytes'])}" if tr["cuda_max_allocated_bytes"] else ""),
         f"activations: measured here {g(t4['activations_measured_here_bytes'])}, layer-structure estimate "
         f"{g(est['total'])} (layer inputs {g(est['layer_inputs'])}, one layer {g(est['one_layer'])}, head and loss "
@@ -318,6 +371,10 @@ def main() -> None:
     ap.add_argument("--record", default=None, help="also keep the figures in docs/results/NAME.json")
     ap.add_argument("--tiny", action="store_true", help="a 2-layer miniature: checks the path in seconds")
     args = ap.parse_args()
+    if sys.platform.startswith("linux") and "MALLOC_MMAP_THRESHOLD_" not in os.environ:
+        # glibc reads it at start-up: run again with freed buffers handed back, so RSS tracks live memory.
+        env = os.environ | {"MALLOC_MMAP_THRESHOLD_": str(4 << 20)}  # 4 MiB, fixed
+        os.execve(sys.executable, [sys.executable, "-m", "bench.qlora_memory", *sys.argv[1:]], env)
     if not args.text.is_file():
         raise SystemExit(f"no text at {args.text}: pass --text FILE (any plain-text file) or set SHELLEY_DATA_DIR")
     report = rehearse(args.text.read_text(encoding="utf-8"), steps=args.steps, workdir=args.workdir, tiny=args.tiny)

@@ -13,6 +13,7 @@ last), so the collator sees one batch more than the Trainer steps on.
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 
@@ -27,7 +28,11 @@ def train_reference(
     batch_size: int = 8,
     lr: float = 5e-5,
     seed: int = 42,
+    eval_every: int | None = None,
+    score: Callable | None = None,
 ) -> dict:
+    """Train for ``budget_s`` seconds of optimizer steps; with ``score(model)``, score every ``eval_every`` steps
+    (outside the budget) into the result's ``timeline``."""
     from datasets import Dataset
     from transformers import DataCollatorForLanguageModeling, Trainer, TrainerCallback, TrainingArguments
 
@@ -40,6 +45,7 @@ def train_reference(
     )
     base_collator = DataCollatorForLanguageModeling(tokenizer, mlm=False)
     seen = {"steps": 0, "train_s": 0.0}
+    timeline: list[dict] = []
     batch_tokens: list[int] = []  # real tokens of each collated batch, in the order the steps consume them
     batch_padded: list[int] = []  # all positions of each collated batch, padding included (B x longest)
 
@@ -53,9 +59,14 @@ def train_reference(
         def on_step_begin(self, args, state, control, **kw):
             self.t = time.perf_counter()
 
-        def on_step_end(self, args, state, control, **kw):
+        def on_step_end(self, args, state, control, model=None, **kw):
             seen["train_s"] += time.perf_counter() - self.t
             seen["steps"] = state.global_step
+            if score is not None and eval_every and state.global_step % eval_every == 0:
+                timeline.append(
+                    {"step": state.global_step, "train_seconds": seen["train_s"], "val_perplexity": score(model)}
+                )
+                model.train()
             if seen["train_s"] >= budget_s:
                 control.should_training_stop = True
 
@@ -84,4 +95,5 @@ def train_reference(
         "collated_batches": len(batch_tokens),
         "tokens_per_second": real_tokens / max(seen["train_s"], 1e-9),
         "padded_tokens_per_second": padded_tokens / max(seen["train_s"], 1e-9),
+        "timeline": timeline,
     }

@@ -1,14 +1,16 @@
 """One training contestant of the train bench, in its own process so its peak RSS is its own:
 
-    python -m bench.train_one {reference,reference-tuned,full,lora} --budget 300 --out result.json \
-        [--model M] [--corpus C]
+    python -m bench.train_one {reference,reference-tuned,reference-trl,reference-trl-lora,full,lora} \
+        --budget 300 --out result.json [--model M] [--corpus C]
 
 Every contestant trains the same base model on the same corpus split for the same optimizer-step wall time,
 and is scored by the same function (``shelley.models.perplexity.perplexity``) on the same validation tokens.
 
 ``reference`` is the stock recipe as a user would run it. ``reference-tuned`` is the same recipe with shelley's
 process tuning (``shelley.runtime.tune_allocator``) applied first, to show how much of shelley's lead is that
-setting alone.
+setting alone. ``reference-trl`` and ``reference-trl-lora`` are the strongest stock recipe (``bench.reference_trl``:
+TRL's SFTTrainer, packed, bf16 where the CPU has it), full and LoRA. Every contestant is scored every
+``--eval-every`` steps outside its budget, for the seconds it needs to reach a perplexity.
 """
 
 from __future__ import annotations
@@ -20,6 +22,7 @@ import tempfile
 import time
 from pathlib import Path
 
+CONTESTANTS = ("reference", "reference-tuned", "reference-trl", "reference-trl-lora", "full", "lora")
 EVAL = {"max_length": 128, "stride": 128}  # the one evaluation every contestant gets (no overlap: cheap)
 
 
@@ -60,14 +63,30 @@ def run(
         work = Path(tmp)
         cfg, train_texts, val_texts, tok, stream = _setup(model, corpus, eval_tokens, work)
         t0 = time.perf_counter()
-        if impl.startswith("reference"):
+        if impl.startswith("reference-trl"):
+            from bench.reference_trl import train_trl
+            from shelley.finetune.methods import load_base_model
+            from shelley.runtime import cpu_has_fast_bf16
+
+            cfg.train.method = "full"
+            bf16 = cpu_has_fast_bf16()
+            stats = train_trl(
+                load_base_model(cfg), tok, train_texts, budget_s=budget_s, out_dir=work / "trainer",
+                lora=impl.endswith("lora"), bf16=bf16, eval_every=eval_every, score=lambda m: score(m, stream),
+            )  # fmt: skip
+            net = stats.pop("model")
+            result = stats | {"val_perplexity": score(net, stream), "precision": "bf16" if bf16 else "fp32"}
+        elif impl.startswith("reference"):
             from bench.reference import train_reference
             from shelley.finetune.methods import load_base_model
 
             cfg.train.method = "full"
             net = load_base_model(cfg)
-            stats = train_reference(net, tok, train_texts, budget_s=budget_s, out_dir=work / "trainer")
-            result = stats | {"timeline": [], "val_perplexity": score(net, stream), "precision": "fp32"}
+            stats = train_reference(
+                net, tok, train_texts, budget_s=budget_s, out_dir=work / "trainer", eval_every=eval_every,
+                score=lambda m: score(m, stream),
+            )  # fmt: skip
+            result = stats | {"val_perplexity": score(net, stream), "precision": "fp32"}
         else:
             from shelley.config import load_config
             from shelley.finetune.loop import train
@@ -118,7 +137,7 @@ def run(
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser()
-    ap.add_argument("impl", choices=["reference", "reference-tuned", "full", "lora"])
+    ap.add_argument("impl", choices=CONTESTANTS)
     ap.add_argument("--model", default="smollm2-135m")
     ap.add_argument("--corpus", type=Path, required=True)
     ap.add_argument("--budget", type=float, default=300)

@@ -237,7 +237,7 @@ NOTEBOOKS: dict[str, list[tuple[str, str]]] = {
         (
             "code",
             "# Build the wheel where you cloned shelley (`pip wheel --no-deps . -w dist`), upload it to Colab, then:\n"
-            "!pip install -q ./shelley-0.1.0-py3-none-any.whl bitsandbytes\n"
+            "!pip install -q ./shelley-*.whl bitsandbytes\n"
             "!nvidia-smi",
         ),
         (

@@ -37,15 +37,20 @@ def test_bench_quick_writes_every_figure(tmp_path, tiny_model_dir, novel_dir):
     contestants = train["train"]["contestants"]
     keys = ("steps", "train_seconds", "real_tokens", "tokens_per_second", "peak_rss_mb", "val_perplexity")
     keys += ("limit_tokens_per_s", "fraction_of_limit")
-    for impl in ("reference", "full", "lora"):
+    for impl in ("reference", "reference-trl", "reference-trl-lora", "full", "lora"):
         r = contestants[impl]
+        assert r["timeline"], impl  # periodic evals give the time-to-perplexity curve
+        assert "seconds_to_target_perplexity" in r
         for key in keys:
             assert isinstance(r[key], int | float) and r[key] > 0 and math.isfinite(r[key]), (impl, key, r[key])
     ref = contestants["reference"]
     assert ref["padded_tokens"] >= ref["real_tokens"] and ref["padded_fraction_of_limit"] >= ref["fraction_of_limit"]
-    for impl in ("full", "lora"):
-        assert contestants[impl]["speedup_tokens_per_s"] > 0
-        assert contestants[impl]["timeline"], impl  # periodic evals give the time-to-perplexity curve
+    for impl, peer in (("full", "reference-trl"), ("lora", "reference-trl-lora")):
+        r = contestants[impl]
+        assert r["speedup_tokens_per_s"] > 0
+        assert math.isclose(r["speedup_vs_trl"], r["tokens_per_second"] / contestants[peer]["tokens_per_second"])
+    assert "padding-free" in contestants["reference-trl"]["packing"]  # TRL's default packing, as users get it
+    assert contestants["reference-trl"]["precision"] == contestants["full"]["precision"]  # bf16 where the CPU has it
     # The limit is the matmul rate measured in the contestant's precision over 6 (full) or 4 (LoRA) FLOPs per
     # parameter and token; bf16 is measured (and used by shelley's `auto`) only where the CPU has it in hardware.
     peak, params = train["train"]["matmul_peak"], train["train"]["parameters"]
@@ -55,7 +60,7 @@ def test_bench_quick_writes_every_figure(tmp_path, tiny_model_dir, novel_dir):
         assert bf16["dtype"] == "bf16" and bf16["gflops"] == max(bf16["by_shape"].values()) > 0
         peaks["bf16"] = bf16["gflops"]
     assert ref["precision"] == "fp32"  # the stock recipe as a user runs it
-    for impl, flops in (("reference", 6), ("full", 6), ("lora", 4)):
+    for impl, flops in (("reference", 6), ("reference-trl", 6), ("reference-trl-lora", 4), ("full", 6), ("lora", 4)):
         r = contestants[impl]
         assert math.isclose(r["limit_tokens_per_s"] * flops * params, peaks[r["precision"]] * 1e9, rel_tol=1e-9)
 
@@ -69,6 +74,7 @@ def test_bench_quick_writes_every_figure(tmp_path, tiny_model_dir, novel_dir):
     assert data["sizes"][1]["rows"] > data["sizes"][0]["rows"]  # the perturbed copy survives deduplication
     summary = (out / "summary.md").read_text()
     assert "| reference |" in summary and "reference padding: " in summary
+    assert "| reference-trl |" in summary and "against the stronger reference (TRL SFTTrainer" in summary
 
 
 def test_summary_table_formats_time_to_the_reference_perplexity():
@@ -87,16 +93,20 @@ def test_summary_table_formats_time_to_the_reference_perplexity():
             "reference-tuned": row | {"speedup_tokens_per_s": 1.1},  # a multiple, but never timed to the perplexity
             "full": row
             | {"speedup_tokens_per_s": 1.6, "seconds_to_reference_perplexity": 38.61234}
+            | {"speedup_vs_trl": 1.234, "seconds_to_target_perplexity": 120.04}
             | {"time_ratio_to_reference": 0.1281},
             "lora": row
             | {"speedup_tokens_per_s": 2.1, "seconds_to_reference_perplexity": None, "time_ratio_to_reference": None},
         },
     }
     md = summary_md(train, None, None, "abc1234")
-    rows = {line.split("|")[1].strip(): line.split("|")[-2].strip() for line in md.splitlines() if line[:2] == "| "}
+    cells = {line.split("|")[1].strip(): [c.strip() for c in line.split("|")[2:-1]] for line in md.splitlines()}
+    rows = {name: c[-2] for name, c in cells.items() if c}  # time to the stock recipe's perplexity
     assert rows["reference"] == rows["reference-tuned"] == "-"
     assert rows["full"] == "38.6 s (0.13x)"
     assert rows["lora"] == "not reached"
+    assert cells["full"][-1] == "120.0 s" and cells["lora"][-1] == "not reached"  # time to perplexity 36
+    assert cells["full"][4] == "1.23" and cells["lora"][4] == "-"  # x TRL
     assert "commit abc1234" in md and "None" not in md
     # 600 of 1,600 positions are padding; at 80% of the limit counting them, dropping them is worth 1.60x
     assert "reference padding: 38% of the positions it computes on" in md
@@ -128,3 +138,28 @@ def test_reference_counts_only_the_batches_its_steps_trained_on(tmp_path, tiny_m
     assert stats["real_tokens"] == sum(collated[: stats["steps"]])
     assert stats["padded_tokens"] == sum(padded[: stats["steps"]]) > stats["real_tokens"]  # texts of unequal length
     assert math.isclose(stats["tokens_per_second"], stats["real_tokens"] / stats["train_seconds"])
+
+
+def test_qlora_memory_rehearsal_runs_the_7b_path_on_a_miniature_and_deletes_its_checkpoint(tmp_path, novel_dir):
+    """bench.qlora_memory on a 2-layer Mistral: the same write, 4-bit load, LoRA and steps as the 7B rehearsal."""
+    from bench.qlora_memory import activation_estimate, mistral_7b_config, rehearse, summary_lines
+
+    text = (novel_dir / "frankenstein.txt").read_text(encoding="utf-8")[:60_000]
+    r = rehearse(text, steps=2, workdir=tmp_path, tiny=True)
+    assert r["checkpoint_deleted"] and list(tmp_path.iterdir()) == []
+    cfg = mistral_7b_config(tiny=True)
+    h, f, kv = cfg.hidden_size, cfg.intermediate_size, cfg.hidden_size * cfg.num_key_value_heads // 4
+    # r=16 LoRA on q, k, v, o, gate, up, down of every layer: r * (in + out) each
+    per_layer = 16 * (2 * (h + h) + 2 * (h + kv) + 3 * (h + f))
+    tr = r["train"]
+    assert tr["steps"] == 2 and tr["trainable_parameters"] == per_layer * cfg.num_hidden_layers
+    assert math.isfinite(tr["last_loss"]) and tr["adamw_state_bytes"] == 2 * tr["adapter_bytes"]
+    assert r["load"]["footprint_bytes"] < r["checkpoint"]["bytes"]  # 4-bit linear layers (the rest stays fp32)
+    assert tr["peak_rss_bytes"] >= tr["rss_before_bytes"] > 0
+    t4 = r["t4"]
+    assert t4["fits"] and t4["expected_peak_bytes"] + t4["margin_bytes"] == t4["t4_bytes"]
+    big = mistral_7b_config()
+    assert big.num_hidden_layers == 32 and big.intermediate_size == 14336 and big.num_key_value_heads == 8
+    est = activation_estimate(big, 1024, 2)
+    assert est["total"] < activation_estimate(big, 1024, 4)["total"] < activation_estimate(big, 2048, 4)["total"]
+    assert any("fits, margin" in line for line in summary_lines(r))

@@ -60,3 +60,36 @@ def test_one_process_agrees_with_itself():
     run = _run(time_budget_s=10)
     assert _agree_clocks(run, 1.0, 2.0, 3.0) == (1.0, 2.0, 3.0)
     assert _agree_any(run, True) and not _agree_any(run, False)
+
+
+@pytest.mark.parametrize(
+    ("cuda", "bf16_hw", "cpu_flags", "auto", "dtype"),
+    [
+        (True, False, "", "fp16", "float16"),  # a T4: bf16 only emulated; fp16 tensor cores with loss scaling
+        (True, True, "", "bf16", "bfloat16"),  # an A100, L4 or H100
+        (False, False, "avx2", "fp32", "float32"),  # a CPU without bf16 hardware (Zen 3)
+        (False, False, "avx2 avx512_bf16", "bf16", "bfloat16"),  # Zen 4, Sapphire Rapids
+    ],
+)
+def test_precision_auto_and_the_qlora_compute_dtype_follow_the_hardware(
+    monkeypatch, cuda, bf16_hw, cpu_flags, auto, dtype
+):
+    import torch
+
+    import shelley.runtime as rt
+    from shelley.errors import ShelleyError
+    from shelley.finetune.methods import qlora_compute_dtype
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: cuda)
+    # torch counts emulation as support unless told not to: a T4 "supports" bf16 only with emulation.
+    monkeypatch.setattr(
+        torch.cuda, "is_bf16_supported", lambda including_emulation=True: bf16_hw or including_emulation
+    )
+    monkeypatch.setattr(rt, "cpu_flags", lambda: frozenset(cpu_flags.split()))
+    assert rt.resolve_precision("auto") == auto and rt.resolve_precision("fp32") == "fp32"
+    assert qlora_compute_dtype("auto") == getattr(torch, dtype)
+    assert qlora_compute_dtype("fp32") == torch.float32
+    if auto != "bf16":
+        where = "GPU" if cuda else "CPU"
+        with pytest.raises(ShelleyError, match=rf"this {where} has no bf16 hardware.*train\.precision=auto"):
+            qlora_compute_dtype("bf16")

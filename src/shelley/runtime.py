@@ -8,6 +8,11 @@ fine-tuning on 2 cores: minor page faults 3.7M -> 1.4M, system time 22 s -> 11 s
 Transparent huge pages are deliberately left off. Both ways of asking for them were measured on a SmolLM2-135M
 LoRA run (60 s and 90 s budgets, alternated with the plain setting): PyTorch's ``THP_MEM_ALLOC_ENABLE=1`` ran
 222.5 and 223.6 tokens/s, glibc's ``glibc.malloc.hugetlb=1`` 227.7 and 228.9, the plain setting 232.8 and 232.4.
+
+The price is memory: freed blocks stay resident, so the process's RSS is what the steps ever touched, not what
+they hold at once. On SmolLM2 that is a few hundred MB; on a 7B model (``bench.qlora_memory``) it grew the RSS
+of a QLoRA step far past its live tensors. Setting ``MALLOC_MMAP_THRESHOLD_`` in the environment (glibc reads it
+at start-up) opts out: the user's setting wins and ``tune_allocator`` leaves malloc alone.
 """
 
 from __future__ import annotations
@@ -22,8 +27,10 @@ _applied = False
 
 def tune_allocator() -> bool:
     """Keep freed memory in the process instead of returning it to the kernel (glibc only; no-op elsewhere)."""
+    import os
+
     global _applied
-    if _applied or not sys.platform.startswith("linux"):
+    if _applied or not sys.platform.startswith("linux") or "MALLOC_MMAP_THRESHOLD_" in os.environ:
         return _applied
     try:
         libc = ctypes.CDLL("libc.so.6")
