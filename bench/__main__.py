@@ -142,10 +142,9 @@ def bench_train(args, out: Path) -> dict:
         r["speedup_vs_trl"] = r["tokens_per_second"] / trl["tokens_per_second"]
         if "reference-tuned" in results:
             r["speedup_vs_tuned_reference"] = r["tokens_per_second"] / results["reference-tuned"]["tokens_per_second"]
-    if "reference-tuned" in results:
-        results["reference-tuned"]["speedup_tokens_per_s"] = (
-            results["reference-tuned"]["tokens_per_second"] / ref["tokens_per_second"]
-        )
+    for impl in ("reference-trl", "reference-trl-lora", "reference-tuned"):
+        if impl in results:
+            results[impl]["speedup_tokens_per_s"] = results[impl]["tokens_per_second"] / ref["tokens_per_second"]
     for r in results.values():
         reached = [t for t in r.get("timeline", []) if t["val_perplexity"] <= args.target_perplexity]
         r["seconds_to_target_perplexity"] = reached[0]["train_seconds"] if reached else None

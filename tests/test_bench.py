@@ -100,7 +100,8 @@ def test_summary_table_formats_time_to_the_reference_perplexity():
         },
     }
     md = summary_md(train, None, None, "abc1234")
-    cells = {line.split("|")[1].strip(): [c.strip() for c in line.split("|")[2:-1]] for line in md.splitlines()}
+    table = [line.split("|") for line in md.splitlines() if line[:2] == "| "]
+    cells = {row[1].strip(): [c.strip() for c in row[2:-1]] for row in table}
     rows = {name: c[-2] for name, c in cells.items() if c}  # time to the stock recipe's perplexity
     assert rows["reference"] == rows["reference-tuned"] == "-"
     assert rows["full"] == "38.6 s (0.13x)"

@@ -93,3 +93,11 @@ def test_precision_auto_and_the_qlora_compute_dtype_follow_the_hardware(
         where = "GPU" if cuda else "CPU"
         with pytest.raises(ShelleyError, match=rf"this {where} has no bf16 hardware.*train\.precision=auto"):
             qlora_compute_dtype("bf16")
+
+
+def test_the_allocator_tuning_stands_aside_when_the_user_set_glibcs_mmap_threshold(monkeypatch):
+    import shelley.runtime as rt
+
+    monkeypatch.setattr(rt, "_applied", False)
+    monkeypatch.setenv("MALLOC_MMAP_THRESHOLD_", str(4 << 20))
+    assert rt.tune_allocator() is False and rt._applied is False  # glibc already took the user's setting
