@@ -332,8 +332,8 @@ def summary_lines(r: dict[str, Any]) -> list[str]:
     verdict = "fits" if t4["fits"] else "does NOT fit"
     return [
         f"{r['architecture']}: {r['checkpoint']['parameters'] / 1e9:.2f} B parameters, random bf16 checkpoint "
-        f"{g(r['checkpoint']['bytes'])} written in {r['checkpoint']['seconds']:.0f} s "
-        f"(deleted afterwards: {r['checkpoint_deleted']})",
+        f"{g(r['checkpoint']['bytes'])} written in {r['checkpoint']['seconds']:.0f} s, "
+        + ("deleted afterwards" if r["checkpoint_deleted"] else "NOT deleted"),
         f"4-bit load ({r['load']['compute_dtype']} compute): {r['load']['seconds']:.0f} s, get_memory_footprint "
         f"{g(r['load']['footprint_bytes'])}; after k-bit preparation and LoRA "
         f"{g(tr['footprint_after_prepare_bytes'])}",
@@ -343,7 +343,7 @@ def summary_lines(r: dict[str, Any]) -> list[str]:
         f"{tr['steps']} steps of micro-batch {tr['micro_batch_size']} x {tr['max_length']} tokens, gradient "
         f"checkpointing {tr['gradient_checkpointing']}: {tr['seconds_per_step']:.0f} s/step, "
         f"loss {tr['last_loss']:.3f}",
-        f"RSS before the steps {g(tr['rss_before_bytes'])}, peak during them {g(tr['peak_rss_bytes'])}; live malloc "
+        f"memory: RSS before the steps {g(tr['rss_before_bytes'])}, peak during them {g(tr['peak_rss_bytes'])}; live malloc "
         f"bytes {g(tr['live_before_bytes'])} before, peak {g(tr['peak_live_bytes'])}"
         + (f"; CUDA max allocated {g(tr['cuda_max_allocated_bytes'])}" if tr["cuda_max_allocated_bytes"] else ""),
         f"activations: measured here {g(t4['activations_measured_here_bytes'])}, layer-structure estimate "
@@ -354,7 +354,7 @@ def summary_lines(r: dict[str, Any]) -> list[str]:
         f"activations {g(t4['activations_bytes'])} ({t4['activations_basis']}) + dequantized weight "
         f"{g(t4['dequant_transient_bytes'])} + CUDA context {g(t4['cuda_context_bytes'])} = "
         f"{g(t4['expected_peak_bytes'])}: {verdict}, margin {g(t4['margin_bytes'])}",
-        f"rehearsal wall time {r['seconds'] / 60:.1f} min",
+        f"rehearsal wall time: {r['seconds'] / 60:.1f} min",
     ]
 
 

@@ -31,6 +31,8 @@ def nb(cells: list[tuple[str, str]]) -> nbformat.NotebookNode:
     out = new_notebook()
     out.metadata["kernelspec"] = {"name": "python3", "display_name": "Python 3", "language": "python"}
     out.cells = [new_markdown_cell(src) if kind == "md" else new_code_cell(src) for kind, src in cells]
+    for i, cell in enumerate(out.cells):
+        cell.id = f"cell-{i:02d}"  # stable ids: rebuilding a notebook changes only the cells that changed
     return out
 
 
@@ -228,11 +230,25 @@ NOTEBOOKS: dict[str, list[tuple[str, str]]] = {
         (
             "md",
             "# 10 · QLoRA of Mistral-7B on a Colab T4\n\n**QLoRA** freezes the base model in 4-bit NF4 (a 4-bit "
-            "number format spaced for normally distributed weights) and trains small LoRA matrices on top in "
-            "16-bit. Mistral-7B needs ~14 GB in fp16 but ~4 GB in 4-bit, so it fits a 16 GB T4 with room for "
-            "activations. Double quantization also stores the quantization constants in 8 bits.\n\n"
-            "Avoiding out-of-memory: keep `micro_batch_size` at 1-2 and raise `grad_accum` instead, use "
-            "`gradient_checkpointing`, and keep `max_length` at 256-512. Runtime → Change runtime type → T4 GPU.",
+            "number format spaced for normally distributed weights) and trains small LoRA matrices on top. "
+            "Double quantization also stores the quantization constants in 8 bits. A T4 has no bf16 hardware, so "
+            "the preset's `precision: auto` computes in fp16 with loss scaling there (bf16 on an A100, L4 or H100)."
+            "\n\n**Will it fit?** shelley rehearsed this notebook's exact settings (the `mistral-7b_qlora_gpu` "
+            "preset: micro-batch 2 x 512 tokens, LoRA r=16 on all seven projections, gradient checkpointing) on "
+            "Mistral-7B's architecture with random weights (`python -m bench.qlora_memory`, on a CPU; "
+            "`docs/results.md` has every figure):\n\n"
+            "| part | measured |\n|---|---|\n"
+            "| 4-bit weights (`get_memory_footprint`) | 4.23 GiB; 4.38 GiB after k-bit preparation (embeddings "
+            "and head in fp32) and LoRA |\n"
+            "| LoRA | 41.9 M trainable parameters: 0.16 GiB, the same again for gradients, 0.08 GiB of paged "
+            "8-bit AdamW state |\n"
+            "| activations of one step | 1.12 GiB measured in fp32, about 0.94 GiB in fp16 |\n"
+            "| expected T4 peak | **6.3 GiB of 15.0 GiB: fits, with about 8.7 GiB to spare** (with 0.5 GiB for "
+            "the CUDA context) |\n\n"
+            "So the defaults leave room: doubling the tokens per micro-batch (`micro_batch_size` 4, or "
+            "`max_length` 1024) roughly doubles the activations and still fits. If you do hit out-of-memory, "
+            "lower `micro_batch_size` and raise `grad_accum` (same effective batch), keep `gradient_checkpointing` "
+            "on, and shorten `max_length`. Runtime → Change runtime type → T4 GPU.",
         ),
         (
             "code",
