@@ -343,8 +343,8 @@ def summary_lines(r: dict[str, Any]) -> list[str]:
         f"{tr['steps']} steps of micro-batch {tr['micro_batch_size']} x {tr['max_length']} tokens, gradient "
         f"checkpointing {tr['gradient_checkpointing']}: {tr['seconds_per_step']:.0f} s/step, "
         f"loss {tr['last_loss']:.3f}",
-        f"memory: RSS before the steps {g(tr['rss_before_bytes'])}, peak during them {g(tr['peak_rss_bytes'])}; live malloc "
-        f"bytes {g(tr['live_before_bytes'])} before, peak {g(tr['peak_live_bytes'])}"
+        f"memory: RSS before the steps {g(tr['rss_before_bytes'])}, peak during them {g(tr['peak_rss_bytes'])}; "
+        f"live malloc bytes {g(tr['live_before_bytes'])} before, peak {g(tr['peak_live_bytes'])}"
         + (f"; CUDA max allocated {g(tr['cuda_max_allocated_bytes'])}" if tr["cuda_max_allocated_bytes"] else ""),
         f"activations: measured here {g(t4['activations_measured_here_bytes'])}, layer-structure estimate "
         f"{g(est['total'])} (layer inputs {g(est['layer_inputs'])}, one layer {g(est['one_layer'])}, head and loss "

@@ -3,6 +3,7 @@ the CPU and the date) and ``docs/results.md`` is generated from them, never edit
 
     python -m bench.results record runs/fr --name frankenstein_default_run   # a run's eval.json -> docs/results/
     python -m bench.results record-train runs/minigpt-tiny --name scratch       # a training curve and its kept step
+    python -m bench.results record-bench bench/results/train.json --name bench_two_references  # a train bench
     python -m bench.results render                                           # docs/results/*.json -> docs/results.md
 """
 
@@ -156,6 +157,41 @@ def record_export(figures: dict[str, Any], name: str, note: str = "", at_commit:
     return path
 
 
+def record_bench(train_json: Path, name: str, note: str = "") -> Path:
+    """Keep a train bench's table (``python -m bench``'s train.json) as docs/results/<name>.json: one row per
+    contestant with its tokens/s, share of the limit, multiples, final perplexity and time to the target."""
+    doc = json.loads(train_json.read_text())
+    train = doc["train"]
+    target = train.get("target_perplexity", 36)
+    peak = f"fp32 matmul peak {train['matmul_peak']['gflops']:.0f} GFLOP/s"
+    if train.get("matmul_peak_bf16"):
+        peak += f", bf16 {train['matmul_peak_bf16']['gflops']:.0f}"
+    rows = []
+    for impl, r in train["contestants"].items():
+        reached = r.get("seconds_to_target_perplexity")
+        measured = (
+            f"{r['precision']}, {r['steps']} steps, {r['tokens_per_second']:.1f} real tokens/s = "
+            f"{r['fraction_of_limit']:.1%} of its limit ({r['limit_tokens_per_s']:.0f}); "
+            f"{r.get('speedup_tokens_per_s', 1.0):.2f}x the stock recipe"
+            + (f", {r['speedup_vs_trl']:.2f}x TRL" if "speedup_vs_trl" in r else "")
+            + f"; perplexity {r['val_perplexity']:.2f}; "
+            + (f"perplexity {target:g} after {reached:.1f} s" if reached is not None else f"did not reach {target:g}")
+            + f"; peak RSS {r['peak_rss_mb']:.0f} MB"
+        )
+        rows.append({"what": impl, "measured": measured, "commit": doc["commit"], "cpu": cpu_name()})
+    out = {
+        "kind": "history",
+        "name": name,
+        "title": f"Train bench against both references (`python -m bench`), {peak}",
+        "note": note,
+        "date": time.strftime("%Y-%m-%d"),
+        "rows": rows,
+    }
+    path = RESULTS / f"{name}.json"
+    path.write_text(json.dumps(out, indent=1) + "\n")
+    return path
+
+
 def _render_export(r: dict[str, Any]) -> list[str]:
     ppl, agree, e = r["perplexity"], r["top1_agreement_vs_saved"], r["engines"]
     lines = ["", f"## Local runtimes: {r['name']}", "", f"{r.get('note', '')} (commit {r['commit']}, {r['cpu']}).", ""]
@@ -271,10 +307,16 @@ def main() -> None:
     trn.add_argument("--name", required=True)
     trn.add_argument("--note", default="")
     trn.add_argument("--commit", default=None)
+    bench = sub.add_parser("record-bench", help="keep a train bench's table (bench/results/train.json)")
+    bench.add_argument("train_json", type=Path)
+    bench.add_argument("--name", required=True)
+    bench.add_argument("--note", default="")
     sub.add_parser("render", help="write docs/results.md from docs/results/*.json")
     args = ap.parse_args()
     if args.cmd == "record":
         print("wrote", record(args.run, args.name, args.note, args.commit))
+    elif args.cmd == "record-bench":
+        print("wrote", record_bench(args.train_json, args.name, args.note))
     elif args.cmd == "record-train":
         print("wrote", record_training(args.run, args.name, args.note, args.commit))
     PAGE.write_text(render())

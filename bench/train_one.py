@@ -55,8 +55,9 @@ def run(
     eval_every: int,
     overrides: tuple[str, ...] = (),
 ) -> dict:
-    from shelley.runtime import tune_allocator
+    from shelley.runtime import quiet_libraries, tune_allocator
 
+    quiet_libraries()  # libraries' progress bars and notes would interleave with the bench's own lines
     if impl != "reference":  # the stock recipe runs with the stock allocator
         tune_allocator()
     with tempfile.TemporaryDirectory(prefix=f"bench-{impl}-") as tmp:
