@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 import re
 import shutil
@@ -92,14 +93,8 @@ def write_checkpoint(config, out: Path, *, seed: int = 0) -> dict[str, Any]:
     index = {"metadata": {"total_size": total}, "weight_map": weight_map}
     (out / "model.safetensors.index.json").write_text(json.dumps(index, indent=1))
     config.save_pretrained(out)
-    return {"bytes": total, "parameters": sum(_numel(s) for s in shapes.values()), "seconds": time.perf_counter() - t0}
-
-
-def _numel(shape: tuple[int, ...]) -> int:
-    n = 1
-    for d in shape:
-        n *= d
-    return n
+    parameters = sum(math.prod(s) for s in shapes.values())
+    return {"bytes": total, "parameters": parameters, "seconds": time.perf_counter() - t0}
 
 
 def _tokenizer(text: str, vocab_size: int, out: Path):

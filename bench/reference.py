@@ -15,6 +15,62 @@ from __future__ import annotations
 import time
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
+
+from transformers import TrainerCallback
+
+
+class StepBudget(TrainerCallback):
+    """Stops a ``Trainer`` after ``budget_s`` seconds of optimizer steps; with ``score(model)``, scores it every
+    ``eval_every`` steps outside the budget into ``timeline``. Both references (this one and TRL's) use it."""
+
+    def __init__(self, budget_s: float, eval_every: int | None = None, score: Callable | None = None) -> None:
+        self.budget_s, self.eval_every, self.score = budget_s, eval_every, score
+        self.steps, self.train_s = 0, 0.0
+        self.timeline: list[dict] = []
+
+    def on_step_begin(self, args, state, control, **kw):
+        self._t = time.perf_counter()
+
+    def on_step_end(self, args, state, control, model=None, **kw):
+        self.train_s += time.perf_counter() - self._t
+        self.steps = state.global_step
+        if self.score is not None and self.eval_every and self.steps % self.eval_every == 0:
+            perplexity = self.score(model)
+            self.timeline.append({"step": self.steps, "train_seconds": self.train_s, "val_perplexity": perplexity})
+            model.train()
+        if self.train_s >= self.budget_s:
+            control.should_training_stop = True
+
+    def stats(self, batch_tokens: list[int]) -> dict[str, Any]:
+        """The run's figures from the real tokens of each collated batch, in the order the steps took them: only
+        the batches the steps trained on count (one per step, no gradient accumulation)."""
+        real_tokens = sum(batch_tokens[: self.steps])
+        return {
+            "steps": self.steps,
+            "train_seconds": self.train_s,
+            "real_tokens": real_tokens,
+            "collated_batches": len(batch_tokens),
+            "tokens_per_second": real_tokens / max(self.train_s, 1e-9),
+            "timeline": self.timeline,
+        }
+
+
+def trainer_args(out_dir: Path, *, batch_size: int, lr: float, seed: int) -> dict[str, Any]:
+    """The ``TrainingArguments`` both references share: CPU, no logging or saving, a step count the budget ends."""
+    return {
+        "output_dir": str(out_dir),
+        "per_device_train_batch_size": batch_size,
+        "learning_rate": lr,
+        "max_steps": 100_000,
+        "logging_strategy": "no",
+        "save_strategy": "no",
+        "report_to": [],
+        "use_cpu": True,
+        "seed": seed,
+        "dataloader_num_workers": 0,
+        "disable_tqdm": True,
+    }
 
 
 def train_reference(
@@ -34,7 +90,7 @@ def train_reference(
     """Train for ``budget_s`` seconds of optimizer steps; with ``score(model)``, score every ``eval_every`` steps
     (outside the budget) into the result's ``timeline``."""
     from datasets import Dataset
-    from transformers import DataCollatorForLanguageModeling, Trainer, TrainerCallback, TrainingArguments
+    from transformers import DataCollatorForLanguageModeling, Trainer, TrainingArguments
 
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token
@@ -44,8 +100,6 @@ def train_reference(
         remove_columns=["text"],
     )
     base_collator = DataCollatorForLanguageModeling(tokenizer, mlm=False)
-    seen = {"steps": 0, "train_s": 0.0}
-    timeline: list[dict] = []
     batch_tokens: list[int] = []  # real tokens of each collated batch, in the order the steps consume them
     batch_padded: list[int] = []  # all positions of each collated batch, padding included (B x longest)
 
@@ -55,45 +109,13 @@ def train_reference(
         batch_padded.append(batch["input_ids"].numel())
         return batch
 
-    class Budget(TrainerCallback):
-        def on_step_begin(self, args, state, control, **kw):
-            self.t = time.perf_counter()
-
-        def on_step_end(self, args, state, control, model=None, **kw):
-            seen["train_s"] += time.perf_counter() - self.t
-            seen["steps"] = state.global_step
-            if score is not None and eval_every and state.global_step % eval_every == 0:
-                timeline.append(
-                    {"step": state.global_step, "train_seconds": seen["train_s"], "val_perplexity": score(model)}
-                )
-                model.train()
-            if seen["train_s"] >= budget_s:
-                control.should_training_stop = True
-
-    args = TrainingArguments(
-        output_dir=str(out_dir),
-        per_device_train_batch_size=batch_size,
-        learning_rate=lr,
-        max_steps=100_000,
-        logging_strategy="no",
-        save_strategy="no",
-        report_to=[],
-        use_cpu=True,
-        seed=seed,
-        dataloader_num_workers=0,
-        disable_tqdm=True,
-    )
-    trainer = Trainer(model=model, args=args, train_dataset=ds, data_collator=collator, callbacks=[Budget()])
+    budget = StepBudget(budget_s, eval_every, score)
+    args = TrainingArguments(**trainer_args(out_dir, batch_size=batch_size, lr=lr, seed=seed))
+    trainer = Trainer(model=model, args=args, train_dataset=ds, data_collator=collator, callbacks=[budget])
     trainer.train()
-    real_tokens = sum(batch_tokens[: seen["steps"]])  # one batch per step (no gradient accumulation)
-    padded_tokens = sum(batch_padded[: seen["steps"]])
-    return {
-        "steps": seen["steps"],
-        "train_seconds": seen["train_s"],
-        "real_tokens": real_tokens,
+    stats = budget.stats(batch_tokens)
+    padded_tokens = sum(batch_padded[: budget.steps])
+    return stats | {
         "padded_tokens": padded_tokens,
-        "collated_batches": len(batch_tokens),
-        "tokens_per_second": real_tokens / max(seen["train_s"], 1e-9),
-        "padded_tokens_per_second": padded_tokens / max(seen["train_s"], 1e-9),
-        "timeline": timeline,
+        "padded_tokens_per_second": padded_tokens / max(budget.train_s, 1e-9),
     }

@@ -11,7 +11,6 @@ ahead), and can score itself every ``eval_every`` steps outside the budget, for 
 
 from __future__ import annotations
 
-import time
 from collections.abc import Callable
 from pathlib import Path
 
@@ -33,46 +32,20 @@ def train_trl(
     score: Callable | None = None,
 ) -> dict:
     from datasets import Dataset
-    from transformers import TrainerCallback
     from trl import SFTConfig, SFTTrainer
+
+    from bench.reference import StepBudget, trainer_args
 
     # The learning rates of the side-by-side: TRL's full fine-tune at 1e-4, its LoRA at 1e-3.
     lr = lr if lr is not None else (1e-3 if lora else 1e-4)
-    seen = {"steps": 0, "train_s": 0.0}
-    timeline: list[dict] = []
+    budget = StepBudget(budget_s, eval_every, score)
     batch_tokens: list[int] = []
-
-    class Budget(TrainerCallback):
-        def on_step_begin(self, args, state, control, **kw):
-            self.t = time.perf_counter()
-
-        def on_step_end(self, args, state, control, model=None, **kw):
-            seen["train_s"] += time.perf_counter() - self.t
-            seen["steps"] = state.global_step
-            if score is not None and eval_every and state.global_step % eval_every == 0:
-                timeline.append(
-                    {"step": state.global_step, "train_seconds": seen["train_s"], "val_perplexity": score(model)}
-                )
-                model.train()
-            if seen["train_s"] >= budget_s:
-                control.should_training_stop = True
-
     args = SFTConfig(
-        output_dir=str(out_dir),
+        **trainer_args(out_dir, batch_size=batch_size, lr=lr, seed=seed),
         packing=True,
         max_length=max_length,
-        per_device_train_batch_size=batch_size,
-        learning_rate=lr,
         bf16=bf16,
         gradient_checkpointing=False,
-        max_steps=100_000,
-        logging_strategy="no",
-        save_strategy="no",
-        report_to=[],
-        use_cpu=True,
-        seed=seed,
-        dataloader_num_workers=0,
-        disable_tqdm=True,
     )
     peft_config = None
     if lora:
@@ -85,7 +58,7 @@ def train_trl(
         train_dataset=Dataset.from_dict({"text": train_texts}),
         processing_class=tokenizer,
         peft_config=peft_config,
-        callbacks=[Budget()],
+        callbacks=[budget],
     )
     stock = trainer.data_collator
 
@@ -98,14 +71,7 @@ def train_trl(
 
     trainer.data_collator = counting
     trainer.train()
-    real_tokens = sum(batch_tokens[: seen["steps"]])
-    return {
-        "steps": seen["steps"],
-        "train_seconds": seen["train_s"],
-        "real_tokens": real_tokens,
-        "collated_batches": len(batch_tokens),
-        "tokens_per_second": real_tokens / max(seen["train_s"], 1e-9),
-        "timeline": timeline,
+    return budget.stats(batch_tokens) | {
         "packing": f"{args.packing_strategy}, padding-free" if trainer.padding_free else args.packing_strategy,
         "learning_rate": lr,
         "model": trainer.model,
