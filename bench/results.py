@@ -171,8 +171,15 @@ def record_bench(train_json: Path, name: str, note: str = "") -> Path:
         reached = r.get("seconds_to_target_perplexity")
         measured = (
             f"{r['precision']}, {r['steps']} steps, {r['tokens_per_second']:.1f} real tokens/s = "
-            f"{r['fraction_of_limit']:.1%} of its limit ({r['limit_tokens_per_s']:.0f}); "
-            f"{r.get('speedup_tokens_per_s', 1.0):.2f}x the stock recipe"
+            f"{r['fraction_of_limit']:.1%} of its limit ({r['limit_tokens_per_s']:.0f})"
+            + (
+                f", {r['fraction_of_own_limit']:.1%} of the limit its own process measured "
+                f"({r['own_limit_tokens_per_s']:.0f}; peak {r['own_peak']['before']:.0f} before, "
+                f"{r['own_peak']['after']:.0f} after)"
+                if "fraction_of_own_limit" in r
+                else ""
+            )
+            + f"; {r.get('speedup_tokens_per_s', 1.0):.2f}x the stock recipe"
             + (f", {r['speedup_vs_trl']:.2f}x TRL" if "speedup_vs_trl" in r else "")
             + f"; perplexity {r['val_perplexity']:.2f}; "
             + (f"perplexity {target:g} after {reached:.1f} s" if reached is not None else f"did not reach {target:g}")

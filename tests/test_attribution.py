@@ -266,3 +266,31 @@ def test_delta_sentence_says_raised_or_lowered():
         "author_train_sample": "Jane Austen (train, same length)",
         "held_out": "Jane Austen (held out, reference)",
     }
+
+
+def test_bag_text_opens_with_the_side_by_side_samples(monkeypatch):
+    """The report's side-by-side samples count toward the bags: the rounds write only the rest, with seeds past
+    the one those samples used, and the text starts with them."""
+    import shelley.generate
+    from shelley.config import GenerationConfig
+    from shelley.eval.voice import generate_for_bags
+
+    calls = []
+
+    def fake_generate(model, tokenizer, prompts, gen, *, seed=None):
+        calls.append((seed, gen.num_samples, gen.max_new_tokens))
+        return [" ".join(["round"] * 100) for _ in range(len(prompts) * gen.num_samples)]
+
+    monkeypatch.setattr(shelley.generate, "generate_texts", fake_generate)
+    gen = GenerationConfig(seed=7)
+    prompts = ["It was", "The night"]
+    alone = generate_for_bags(None, None, prompts, gen, 1000)
+    rows_alone = sum(n * len(prompts) for _, n, _ in calls)
+    calls.clear()
+    first = [" ".join(["side"] * 60) for _ in range(8)]  # 480 words already written
+    reused = generate_for_bags(None, None, prompts, gen, 1000, first=first)
+    assert reused["text"].startswith(first[0]) and reused["words"] >= 1000
+    assert reused["samples"] == len(first) + sum(n * len(prompts) for _, n, _ in calls)
+    assert sum(n * len(prompts) for _, n, _ in calls) < rows_alone  # fewer rows written than without them
+    assert calls[0][0] == 8 and all(t == 256 for _, _, t in calls)  # seeds start past gen.seed
+    assert alone["text"].count("side") == 0

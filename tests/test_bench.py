@@ -63,6 +63,11 @@ def test_bench_quick_writes_every_figure(tmp_path, tiny_model_dir, novel_dir):
     for impl, flops in (("reference", 6), ("reference-trl", 6), ("reference-trl-lora", 4), ("full", 6), ("lora", 4)):
         r = contestants[impl]
         assert math.isclose(r["limit_tokens_per_s"] * flops * params, peaks[r["precision"]] * 1e9, rel_tol=1e-9)
+        # ... and against the peak its own process measured around its training (the machine's speed drifts)
+        own = r["own_peak"]
+        assert own["before"] > 0 and own["after"] > 0
+        assert math.isclose(own["gflops"], (own["before"] + own["after"]) / 2)
+        assert math.isclose(r["fraction_of_own_limit"] * own["gflops"] * 1e9, r["tokens_per_second"] * flops * params)
 
     write = json.loads((out / "write.json").read_text())["write"]
     assert write["hf_one_at_a_time"]["tokens_per_second"] > 0 and write["shelley_batched"]["tokens_per_second"] > 0
@@ -75,6 +80,7 @@ def test_bench_quick_writes_every_figure(tmp_path, tiny_model_dir, novel_dir):
     summary = (out / "summary.md").read_text()
     assert "| reference |" in summary and "reference padding: " in summary
     assert "| reference-trl |" in summary and "against the stronger reference (TRL SFTTrainer" in summary
+    assert "| of own limit |" in summary
 
 
 def test_summary_table_formats_time_to_the_reference_perplexity():

@@ -171,12 +171,16 @@ def evaluate_run(
     base = score_model(base_model, tokenizer, stream, cfg)
     written = {}
     if voice:
-        written["base"] = voice_text(base_model, tokenizer, cfg, attribution_bags, "base", on_progress)
+        written["base"] = voice_text(
+            base_model, tokenizer, cfg, attribution_bags, "base", on_progress, first=base["generations"]
+        )
     del base_model
     tuned_model = load_model_dir(out, trust_remote_code=cfg.model.trust_remote_code)
     tuned = score_model(tuned_model, tokenizer, stream, cfg)
     if voice:
-        written["finetuned"] = voice_text(tuned_model, tokenizer, cfg, attribution_bags, "finetuned", on_progress)
+        written["finetuned"] = voice_text(
+            tuned_model, tokenizer, cfg, attribution_bags, "finetuned", on_progress, first=tuned["generations"]
+        )
     results = combine(cfg, base, tuned, run.train_result())
     results.run_dir = str(run.root)
     if cfg.train.method == "scratch":
@@ -197,8 +201,11 @@ def evaluate_run(
     return results, texts
 
 
-def voice_text(model, tokenizer, cfg: ShelleyConfig, bags: int, who: str, on_progress=None) -> dict[str, Any]:
-    """Enough of ``model``'s text for ``bags`` attribution bags (the eval prompts, sampled as in the report)."""
+def voice_text(
+    model, tokenizer, cfg: ShelleyConfig, bags: int, who: str, on_progress=None, first: list[str] | None = None
+) -> dict[str, Any]:
+    """Enough of ``model``'s text for ``bags`` attribution bags (the eval prompts, sampled as in the report).
+    ``first``: the model's side-by-side samples, which open the text so they are not written twice."""
     from shelley.eval.voice import generate_for_bags
 
     def on_round(done: int, total: int) -> None:
@@ -206,7 +213,7 @@ def voice_text(model, tokenizer, cfg: ShelleyConfig, bags: int, who: str, on_pro
             on_progress(who, done, total)
 
     return generate_for_bags(
-        model, tokenizer, cfg.eval.prompts, cfg.generation, bags * cfg.eval.bag_words, on_round=on_round
+        model, tokenizer, cfg.eval.prompts, cfg.generation, bags * cfg.eval.bag_words, first=first, on_round=on_round
     )
 
 

@@ -72,26 +72,34 @@ def generate_for_bags(
     gen: GenerationConfig,
     words_needed: int,
     *,
+    first: list[str] | None = None,
     on_round: Callable[[int, int], None] | None = None,
     max_rounds: int = 50,
 ) -> dict[str, Any]:
     """Continuations of ``prompts`` (prompts removed), in rounds with fresh seeds, until they hold
-    ``words_needed`` words. Each round is one left-padded batch of every prompt x ``gen.num_samples``."""
+    ``words_needed`` words. Each round is one left-padded batch of every prompt x ``gen.num_samples``.
+
+    ``first``: continuations the model already wrote for the same prompts with the same sampling settings (the
+    report's side-by-side samples). They count toward the words and open the text, so the rounds only write
+    the rest; the rounds' seeds then start one past ``gen.seed``, which those samples used."""
     from shelley.generate import generate_texts
 
     gen = gen.model_copy(update={"max_new_tokens": SAMPLE_TOKENS, "min_new_tokens": SAMPLE_TOKENS})
-    samples: list[str] = []
-    words = 0
+    samples = list(first or [])
+    words = sum(word_count(t) for t in samples)
+    own_rows = own_words = 0  # this function's rounds: their words per row size the next round
+    seed0 = gen.seed + (1 if samples else 0)
     t0 = time.perf_counter()
     for r in range(max_rounds):
         if words >= words_needed:
             break
-        per_row = words / len(samples) if samples else SAMPLE_TOKENS * WORDS_PER_TOKEN
+        per_row = own_words / own_rows if own_rows else SAMPLE_TOKENS * WORDS_PER_TOKEN
         rows_needed = max(1, round((words_needed - words) / max(per_row, 1.0) * 1.05))
         gen.num_samples = max(1, min(8, -(-rows_needed // len(prompts))))
-        batch = generate_texts(model, tokenizer, prompts, gen, seed=gen.seed + r)
+        batch = generate_texts(model, tokenizer, prompts, gen, seed=seed0 + r)
         samples += batch
-        words += sum(word_count(t) for t in batch)
+        new = sum(word_count(t) for t in batch)
+        words, own_rows, own_words = words + new, own_rows + len(batch), own_words + new
         if on_round:
             on_round(min(words, words_needed), words_needed)
     if words < words_needed:
