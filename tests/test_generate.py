@@ -47,6 +47,46 @@ def test_temperature_zero_is_greedy(tokenizer):
     assert greedy == zero
 
 
+@pytest.mark.parametrize(("temperature", "top_k", "top_p"), [(0.8, 50, 0.95), (1.3, 5, 0.5), (0.3, 200, 1.0)])
+def test_top_k_top_p_processor_equals_hf_warpers(temperature, top_k, top_p):
+    import torch
+    from transformers.generation.logits_process import TemperatureLogitsWarper, TopKLogitsWarper, TopPLogitsWarper
+
+    from shelley.generate import _top_k_top_p
+
+    torch.manual_seed(0)
+    for scale in (0.5, 3.0, 10.0):  # flat to peaked distributions: top-p cuts at different ranks
+        scores = torch.randn(6, 3000) * scale
+        expected = TemperatureLogitsWarper(temperature)(None, scores.clone())
+        expected = TopPLogitsWarper(top_p)(None, TopKLogitsWarper(top_k)(None, expected))
+        got = _top_k_top_p(temperature, top_k, top_p)(None, scores.clone())
+        assert torch.equal(got, expected)
+        kept = torch.isfinite(got).sum(dim=1)  # (rows,)
+        assert int(kept.min()) >= 1 and int(kept.max()) <= top_k
+
+
+def test_sampling_draws_what_hf_warpers_draw(tokenizer):
+    """generate_texts' own top-k/top-p processor samples the very tokens HF's warpers would, seed for seed."""
+    import torch
+
+    model = tiny_causal_lm("llama", len(tokenizer), seed=4)
+    gen = GenerationConfig(max_new_tokens=12, min_new_tokens=12, num_samples=2, temperature=0.9, top_k=20, top_p=0.9)
+    ours = generate_texts(model, tokenizer, PROMPTS, gen, seed=11)
+    ids = [tokenizer(p, add_special_tokens=False)["input_ids"] for p in PROMPTS for _ in range(2)]
+    width = max(map(len, ids))
+    input_ids = torch.tensor([[0] * (width - len(r)) + r for r in ids])
+    attention = torch.tensor([[0] * (width - len(r)) + [1] * len(r) for r in ids])
+    torch.manual_seed(11)
+    with torch.inference_mode():
+        out = model.generate(
+            input_ids=input_ids, attention_mask=attention, max_new_tokens=12, min_new_tokens=12, do_sample=True,
+            temperature=0.9, top_k=20, top_p=0.9, repetition_penalty=gen.repetition_penalty, pad_token_id=0,
+            eos_token_id=tokenizer.eos_token_id,
+        )  # fmt: skip
+    assert ours == tokenizer.batch_decode(out[:, width:], skip_special_tokens=True)
+    assert len(set(ours)) > 1
+
+
 def test_stop_string_cuts_every_sample():
     assert cut_at_stop("a dark night. And then", [". "]) == "a dark night"
     assert cut_at_stop("no stop here", ["###"]) == "no stop here"

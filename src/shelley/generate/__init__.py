@@ -100,8 +100,15 @@ def generate_texts(
         # Extra ids end a sample like EOS does (the chat REPL stops when the model opens a new user turn).
         "eos_token_id": [tokenizer.eos_token_id, *(extra_stop_ids or [])] if extra_stop_ids else tokenizer.eos_token_id,
     }
-    if sample:
-        kwargs |= {"temperature": gen.temperature, "top_k": gen.top_k or None, "top_p": gen.top_p}
+    if sample and gen.top_k:
+        # Temperature, top-k and top-p in one processor over the k best tokens: the same scores HF's three
+        # warpers produce (same order, after the repetition penalty), without their full-vocabulary sort.
+        from transformers import LogitsProcessorList
+
+        kwargs |= {"temperature": 1.0, "top_k": 0, "top_p": 1.0}
+        kwargs["logits_processor"] = LogitsProcessorList([_top_k_top_p(gen.temperature, gen.top_k, gen.top_p)])
+    elif sample:
+        kwargs |= {"temperature": gen.temperature, "top_k": None, "top_p": gen.top_p}
     else:
         kwargs |= {"temperature": None, "top_k": None, "top_p": None}
     if gen.no_repeat_ngram_size:
@@ -118,3 +125,34 @@ def generate_texts(
     texts = tokenizer.batch_decode(out[:, width:], skip_special_tokens=True)
     # A batch runs until every row stops, so rows that met a stop string early have text after it.
     return [cut_at_stop(t, gen.stop) for t in texts]
+
+
+def _top_k_top_p(temperature: float, top_k: int, top_p: float):
+    """A logits processor equal to HF's ``TemperatureLogitsWarper``, ``TopKLogitsWarper`` and ``TopPLogitsWarper``
+    applied in that order, computed on the ``top_k`` best scores only.
+
+    HF's top-p sorts the whole vocabulary on every decoding step even when top-k already left 50 candidates:
+    with SmolLM2's 49k vocabulary and 40 rows, temperature + top-k + top-p took about 84 ms a step on 2 CPU cores
+    next to a ~200 ms forward pass. Dividing by the temperature does not change which scores are the top k, so
+    the k best are found first and only they are scaled, sorted and cut; the output is the same tensor (the
+    kept tokens' scaled scores, -inf elsewhere), so sampling draws the same tokens. One difference: a tie with
+    the k-th score keeps k tokens here where HF keeps every tied one."""
+    import torch
+    from transformers import LogitsProcessor
+
+    class TopKTopP(LogitsProcessor):
+        def __call__(self, input_ids, scores):
+            k = min(top_k, scores.shape[-1])
+            values, indices = scores.topk(k, dim=-1)  # (B, k), descending
+            values = values / temperature
+            if top_p < 1.0:
+                probs = values.softmax(dim=-1)
+                # HF drops a token when the mass of it and every less likely token is at most 1 - top_p, and
+                # always keeps the most likely one.
+                tail = probs.flip(-1).cumsum(-1).flip(-1)  # (B, k): mass from this token down
+                drop = tail <= 1 - top_p
+                drop[:, 0] = False
+                values = values.masked_fill(drop, -float("inf"))
+            return torch.full_like(scores, -float("inf")).scatter_(-1, indices, values)
+
+    return TopKTopP()
