@@ -294,3 +294,28 @@ def test_bag_text_opens_with_the_side_by_side_samples(monkeypatch):
     assert sum(n * len(prompts) for _, n, _ in calls) < rows_alone  # fewer rows written than without them
     assert calls[0][0] == 8 and all(t == 256 for _, _, t in calls)  # seeds start past gen.seed
     assert alone["text"].count("side") == 0
+
+
+def test_side_by_side_samples_come_from_the_bag_pass(tiny_tokenizer_dir):
+    """Written in one pass, the side-by-side samples are the very samples a separate full-length generation
+    with the same seed writes (the end of text is held off in both), and they open their bag rows."""
+    from transformers import AutoTokenizer
+
+    from conftest import tiny_causal_lm
+    from shelley.config import GenerationConfig
+    from shelley.eval.voice import generate_for_bags
+    from shelley.generate import generate_texts
+
+    tok = AutoTokenizer.from_pretrained(tiny_tokenizer_dir)
+    tok.pad_token = tok.eos_token
+    model = tiny_causal_lm("llama", len(tok), seed=5, max_positions=300)
+    gen = GenerationConfig(max_new_tokens=10, temperature=1.0, top_k=30, top_p=0.9, seed=3)
+    prompts = ["The storm", "My"]
+    out = generate_for_bags(model, tok, prompts, gen, 10, side_by_side=3)
+    assert len(out["side_by_side"]) == 6 and out["samples"] == 6  # one round: 3 rows per prompt were enough
+    alone = generate_texts(
+        model, tok, prompts, gen.model_copy(update={"min_new_tokens": 10, "num_samples": 3}), seed=gen.seed
+    )
+    assert out["side_by_side"] == alone
+    assert out["text"].startswith(alone[0]) and all(head in out["text"] for head in alone)
+    assert out["words"] > sum(len(h.split()) for h in alone)  # the rows go on past their heads

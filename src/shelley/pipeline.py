@@ -60,19 +60,18 @@ def _prepare(cfg: ShelleyConfig, source: Path, run: Run, overwrite: bool):
 
 def _score(model, tokenizer, stream, cfg: ShelleyConfig, voice, who: str, on_progress) -> dict[str, Any]:
     """Perplexity and side-by-side generations, plus the attribution text when there is a test to run."""
-    from shelley.eval.report import score_model, voice_text
+    from shelley.eval.report import score_model, score_with_voice
 
-    scored = score_model(model, tokenizer, stream, cfg)
     if voice:
-        bags = cfg.eval.run_attribution_bags
-        scored["voice"] = voice_text(model, tokenizer, cfg, bags, who, on_progress, first=scored["generations"])
-    return scored
+        return score_with_voice(model, tokenizer, stream, cfg, cfg.eval.run_attribution_bags, who, on_progress)
+    return score_model(model, tokenizer, stream, cfg)
 
 
 def _train_budget(scored: dict[str, Any], time_budget_s: float, used_s: float) -> float:
     """What is left for training once the fine-tuned model's scoring (timed on the base model) is reserved."""
     scoring_s = scored["perplexity"]["seconds"] + scored["generation_seconds"]
-    scoring_s += scored["voice"]["seconds"] if "voice" in scored else 0.0
+    voice = scored.get("voice", {})
+    scoring_s += 0.0 if voice.get("shared", True) else voice["seconds"]  # shared: the side-by-side pass wrote it
     train_budget = time_budget_s - used_s - scoring_s * SCORING_SLACK - SAVE_MARGIN_S
     if train_budget < 30:
         raise ShelleyError(

@@ -29,6 +29,39 @@ def cached_stream(run: Run, split: str = "validation") -> np.ndarray:
 def score_model(model, tokenizer, stream: np.ndarray, cfg: ShelleyConfig) -> dict[str, Any]:
     """Perplexity on ``stream`` and generations for the eval prompts (fixed seed), each timed."""
     from shelley.generate import generate_texts
+
+    ppl = _perplexity(model, stream, cfg)
+    t0 = time.perf_counter()
+    gen = cfg.generation.model_copy(update={"num_samples": cfg.eval.samples_per_prompt})
+    if cfg.eval.full_length:
+        gen.min_new_tokens = gen.max_new_tokens
+    texts = generate_texts(model, tokenizer, cfg.eval.prompts, gen)  # same seed and settings for every model
+    return {"perplexity": ppl, "generations": texts, "generation_seconds": round(time.perf_counter() - t0, 2)}
+
+
+def score_with_voice(
+    model, tokenizer, stream: np.ndarray, cfg: ShelleyConfig, bags: int, who: str, on_progress=None
+) -> dict[str, Any]:
+    """``score_model`` plus ``bags`` attribution bags of the model's text under ``"voice"``.
+
+    With ``eval.full_length`` the side-by-side samples are the first tokens of the attribution text's first
+    round (see ``generate_for_bags``), so one generation pass writes both; ``generation_seconds`` is then that
+    pass's time, shared with ``voice["seconds"]`` (``voice["shared"]``). Otherwise the side-by-side samples are
+    written first and open the attribution text."""
+    from shelley.eval.voice import SAMPLE_TOKENS
+
+    if not (cfg.eval.full_length and cfg.generation.max_new_tokens <= SAMPLE_TOKENS):
+        scored = score_model(model, tokenizer, stream, cfg)
+        scored["voice"] = voice_text(model, tokenizer, cfg, bags, who, on_progress, first=scored["generations"])
+        return scored
+    ppl = _perplexity(model, stream, cfg)
+    voice = voice_text(model, tokenizer, cfg, bags, who, on_progress, side_by_side=cfg.eval.samples_per_prompt)
+    voice["shared"] = True
+    seconds = round(voice["seconds"], 2)
+    return {"perplexity": ppl, "generations": voice.pop("side_by_side"), "generation_seconds": seconds, "voice": voice}
+
+
+def _perplexity(model, stream: np.ndarray, cfg: ShelleyConfig) -> dict[str, Any]:
     from shelley.models.perplexity import perplexity
 
     t0 = time.perf_counter()
@@ -41,12 +74,7 @@ def score_model(model, tokenizer, stream: np.ndarray, cfg: ShelleyConfig) -> dic
         max_tokens=cfg.eval.max_eval_tokens,
     )
     ppl["seconds"] = round(time.perf_counter() - t0, 2)
-    t0 = time.perf_counter()
-    gen = cfg.generation.model_copy(update={"num_samples": cfg.eval.samples_per_prompt})
-    if cfg.eval.full_length:
-        gen.min_new_tokens = gen.max_new_tokens
-    texts = generate_texts(model, tokenizer, cfg.eval.prompts, gen)  # same seed and settings for every model
-    return {"perplexity": ppl, "generations": texts, "generation_seconds": round(time.perf_counter() - t0, 2)}
+    return ppl
 
 
 def combine(
@@ -168,19 +196,15 @@ def evaluate_run(
         )
     stream = cached_stream(run)
     base_model, tokenizer = _base_for_eval(cfg, out)
-    base = score_model(base_model, tokenizer, stream, cfg)
-    written = {}
-    if voice:
-        written["base"] = voice_text(
-            base_model, tokenizer, cfg, attribution_bags, "base", on_progress, first=base["generations"]
-        )
+    def score(model, who: str) -> dict[str, Any]:
+        if voice:
+            return score_with_voice(model, tokenizer, stream, cfg, attribution_bags, who, on_progress)
+        return score_model(model, tokenizer, stream, cfg)
+
+    base = score(base_model, "base")
     del base_model
-    tuned_model = load_model_dir(out, trust_remote_code=cfg.model.trust_remote_code)
-    tuned = score_model(tuned_model, tokenizer, stream, cfg)
-    if voice:
-        written["finetuned"] = voice_text(
-            tuned_model, tokenizer, cfg, attribution_bags, "finetuned", on_progress, first=tuned["generations"]
-        )
+    tuned = score(load_model_dir(out, trust_remote_code=cfg.model.trust_remote_code), "finetuned")
+    written = {"base": base["voice"], "finetuned": tuned["voice"]} if voice else {}
     results = combine(cfg, base, tuned, run.train_result())
     results.run_dir = str(run.root)
     if cfg.train.method == "scratch":
@@ -202,10 +226,18 @@ def evaluate_run(
 
 
 def voice_text(
-    model, tokenizer, cfg: ShelleyConfig, bags: int, who: str, on_progress=None, first: list[str] | None = None
+    model,
+    tokenizer,
+    cfg: ShelleyConfig,
+    bags: int,
+    who: str,
+    on_progress=None,
+    first: list[str] | None = None,
+    side_by_side: int = 0,
 ) -> dict[str, Any]:
     """Enough of ``model``'s text for ``bags`` attribution bags (the eval prompts, sampled as in the report).
-    ``first``: the model's side-by-side samples, which open the text so they are not written twice."""
+    ``first``: the model's side-by-side samples, which open the text so they are not written twice;
+    ``side_by_side``: write that many side-by-side samples per prompt in the same pass instead."""
     from shelley.eval.voice import generate_for_bags
 
     def on_round(done: int, total: int) -> None:
@@ -213,8 +245,9 @@ def voice_text(
             on_progress(who, done, total)
 
     return generate_for_bags(
-        model, tokenizer, cfg.eval.prompts, cfg.generation, bags * cfg.eval.bag_words, first=first, on_round=on_round
-    )
+        model, tokenizer, cfg.eval.prompts, cfg.generation, bags * cfg.eval.bag_words, first=first,
+        side_by_side=side_by_side, on_round=on_round,
+    )  # fmt: skip
 
 
 def attribution_results(

@@ -73,6 +73,7 @@ def generate_for_bags(
     words_needed: int,
     *,
     first: list[str] | None = None,
+    side_by_side: int = 0,
     on_round: Callable[[int, int], None] | None = None,
     max_rounds: int = 50,
 ) -> dict[str, Any]:
@@ -81,22 +82,36 @@ def generate_for_bags(
 
     ``first``: continuations the model already wrote for the same prompts with the same sampling settings (the
     report's side-by-side samples). They count toward the words and open the text, so the rounds only write
-    the rest; the rounds' seeds then start one past ``gen.seed``, which those samples used."""
+    the rest; the rounds' seeds then start one past ``gen.seed``, which those samples used.
+
+    ``side_by_side``: write the report's side-by-side samples in the same pass instead: the first round has at
+    least that many rows per prompt, and the first ``gen.max_new_tokens`` tokens of those rows are returned as
+    ``side_by_side`` (prompt 1's samples, then prompt 2's, ...). Every sample is generated to SAMPLE_TOKENS
+    with the end of text held off, so such a head is a ``gen.max_new_tokens``-token sample like the report's
+    own (``eval.full_length``), and one batch of 256 steps replaces a separate one of 120."""
     from shelley.generate import generate_texts
 
+    head_tokens = gen.max_new_tokens
     gen = gen.model_copy(update={"max_new_tokens": SAMPLE_TOKENS, "min_new_tokens": SAMPLE_TOKENS})
     samples = list(first or [])
+    heads: list[str] = []
     words = sum(word_count(t) for t in samples)
     own_rows = own_words = 0  # this function's rounds: their words per row size the next round
     seed0 = gen.seed + (1 if samples else 0)
     t0 = time.perf_counter()
     for r in range(max_rounds):
-        if words >= words_needed:
+        if words >= words_needed and (r or not side_by_side):
             break
         per_row = own_words / own_rows if own_rows else SAMPLE_TOKENS * WORDS_PER_TOKEN
         rows_needed = max(1, round((words_needed - words) / max(per_row, 1.0) * 1.05))
         gen.num_samples = max(1, min(8, -(-rows_needed // len(prompts))))
-        batch = generate_texts(model, tokenizer, prompts, gen, seed=seed0 + r)
+        if r == 0 and side_by_side:
+            gen.num_samples = max(gen.num_samples, side_by_side)
+            batch, firsts = generate_texts(model, tokenizer, prompts, gen, seed=seed0, heads=head_tokens)
+            n = gen.num_samples
+            heads = [h for i in range(len(prompts)) for h in firsts[i * n : i * n + side_by_side]]
+        else:
+            batch = generate_texts(model, tokenizer, prompts, gen, seed=seed0 + r)
         samples += batch
         new = sum(word_count(t) for t in batch)
         words, own_rows, own_words = words + new, own_rows + len(batch), own_words + new
@@ -107,7 +122,9 @@ def generate_for_bags(
             f"the model wrote only {words} of the {words_needed} words needed in {max_rounds} rounds; "
             "lower --bags or check its generations"
         )
-    return {"text": "\n\n".join(samples), "samples": len(samples), "words": words, "seconds": time.perf_counter() - t0}
+    out = {"text": "\n\n".join(samples), "samples": len(samples), "words": words}
+    out["seconds"] = time.perf_counter() - t0
+    return out | ({"side_by_side": heads} if side_by_side else {})
 
 
 def judge_voice(test: AttributionTest, texts: dict[str, str], bags: int) -> dict[str, Any]:

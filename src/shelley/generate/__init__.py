@@ -69,10 +69,15 @@ def generate_texts(
     on_note: Callable[[str], None] | None = None,
     streamer=None,
     extra_stop_ids: list[int] | None = None,
-) -> list[str]:
+    heads: int | None = None,
+) -> list[str] | tuple[list[str], list[str]]:
     """Continue every prompt ``gen.num_samples`` times in one left-padded batch; returns the continuations
     only, in order prompt 1 sample 1..n, prompt 2 sample 1..n, ...  ``temperature 0`` or ``do_sample False``
-    decodes greedily. ``extra_stop_ids`` are token ids that end a sample like EOS."""
+    decodes greedily. ``extra_stop_ids`` are token ids that end a sample like EOS.
+
+    ``heads``: also return each continuation's first ``heads`` tokens, decoded on their own: (texts, heads).
+    With ``min_new_tokens`` at least ``heads`` these are samples of ``heads`` tokens with the same settings,
+    since each token depends only on the ones before it."""
     import torch
 
     check_generation(gen)
@@ -124,7 +129,11 @@ def generate_texts(
     model.train(was_training)
     texts = tokenizer.batch_decode(out[:, width:], skip_special_tokens=True)
     # A batch runs until every row stops, so rows that met a stop string early have text after it.
-    return [cut_at_stop(t, gen.stop) for t in texts]
+    texts = [cut_at_stop(t, gen.stop) for t in texts]
+    if heads is None:
+        return texts
+    firsts = tokenizer.batch_decode(out[:, width : width + heads], skip_special_tokens=True)
+    return texts, [cut_at_stop(t, gen.stop) for t in firsts]
 
 
 def _top_k_top_p(temperature: float, top_k: int, top_p: float):
