@@ -196,6 +196,7 @@ def evaluate_run(
         )
     stream = cached_stream(run)
     base_model, tokenizer = _base_for_eval(cfg, out)
+
     def score(model, who: str) -> dict[str, Any]:
         if voice:
             return score_with_voice(model, tokenizer, stream, cfg, attribution_bags, who, on_progress)
