@@ -72,7 +72,6 @@ def run(
         if impl.startswith("reference-trl"):
             from bench.reference_trl import train_trl
             from shelley.finetune.methods import load_base_model
-            from shelley.runtime import cpu_has_fast_bf16
 
             cfg.train.method = "full"
             bf16 = cpu_has_fast_bf16()

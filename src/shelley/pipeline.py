@@ -70,8 +70,9 @@ def _score(model, tokenizer, stream, cfg: ShelleyConfig, voice, who: str, on_pro
 def _train_budget(scored: dict[str, Any], time_budget_s: float, used_s: float) -> float:
     """What is left for training once the fine-tuned model's scoring (timed on the base model) is reserved."""
     scoring_s = scored["perplexity"]["seconds"] + scored["generation_seconds"]
-    voice = scored.get("voice", {})
-    scoring_s += 0.0 if voice.get("shared", True) else voice["seconds"]  # shared: the side-by-side pass wrote it
+    voice = scored.get("voice")
+    if voice and not voice.get("shared"):  # shared: generation_seconds already counts the pass that wrote it
+        scoring_s += voice["seconds"]
     train_budget = time_budget_s - used_s - scoring_s * SCORING_SLACK - SAVE_MARGIN_S
     if train_budget < 30:
         raise ShelleyError(

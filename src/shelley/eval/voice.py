@@ -122,8 +122,7 @@ def generate_for_bags(
             f"the model wrote only {words} of the {words_needed} words needed in {max_rounds} rounds; "
             "lower --bags or check its generations"
         )
-    out = {"text": "\n\n".join(samples), "samples": len(samples), "words": words}
-    out["seconds"] = time.perf_counter() - t0
+    out = {"text": "\n\n".join(samples), "samples": len(samples), "words": words, "seconds": time.perf_counter() - t0}
     return out | ({"side_by_side": heads} if side_by_side else {})
 
 
