@@ -58,15 +58,6 @@ def _prepare(cfg: ShelleyConfig, source: Path, run: Run, overwrite: bool):
     return cfg, train_texts, val_texts, report, who
 
 
-def _score(model, tokenizer, stream, cfg: ShelleyConfig, voice, who: str, on_progress) -> dict[str, Any]:
-    """Perplexity and side-by-side generations, plus the attribution text when there is a test to run."""
-    from shelley.eval.report import score_model, score_with_voice
-
-    if voice:
-        return score_with_voice(model, tokenizer, stream, cfg, cfg.eval.run_attribution_bags, who, on_progress)
-    return score_model(model, tokenizer, stream, cfg)
-
-
 def _train_budget(scored: dict[str, Any], time_budget_s: float, used_s: float) -> float:
     """What is left for training once the fine-tuned model's scoring (timed on the base model) is reserved."""
     scoring_s = scored["perplexity"]["seconds"] + scored["generation_seconds"]
@@ -96,7 +87,7 @@ def run_pipeline(
     """Everything inside ``time_budget_s``. The report includes a reduced attribution test
     (``eval.run_attribution_bags`` bags per model) when a reference set is there; ``on_progress(model, words,
     needed)`` follows its generation."""
-    from shelley.eval.report import attribution_results, combine, judge, write_eval
+    from shelley.eval.report import attribution_results, combine, judge, score_with_voice, write_eval
     from shelley.finetune.loop import train
     from shelley.finetune.methods import load_base_model, load_tokenizer_for_training
     from shelley.finetune.packing import encode_stream
@@ -111,7 +102,8 @@ def run_pipeline(
     tokenizer = load_tokenizer_for_training(cfg)
     model = load_base_model(cfg)
     stream = encode_stream(val_texts, tokenizer, run.root / "cache", "validation")
-    base = _score(model, tokenizer, stream, cfg, voice, "base", on_progress)
+    bags = cfg.eval.run_attribution_bags if voice else 0  # the attribution text only when there is a test to run
+    base = score_with_voice(model, tokenizer, stream, cfg, bags, "base", on_progress)
     t_base = time.perf_counter() - t0
     cfg.train.time_budget_s = _train_budget(base, time_budget_s, t_base)
     cfg.train.run_dir = str(run.train_dir)
@@ -121,7 +113,7 @@ def run_pipeline(
     )
     t_train = time.perf_counter() - t0 - t_base
     # `model` was trained in place (full) or wrapped with the trained adapter (LoRA): score it as it is.
-    tuned = _score(model, tokenizer, stream, cfg, voice, "finetuned", on_progress)
+    tuned = score_with_voice(model, tokenizer, stream, cfg, bags, "finetuned", on_progress)
     results = judge(combine(cfg, base, tuned, result), run, cfg)
     texts = None
     if voice:

@@ -40,9 +40,10 @@ def score_model(model, tokenizer, stream: np.ndarray, cfg: ShelleyConfig) -> dic
 
 
 def score_with_voice(
-    model, tokenizer, stream: np.ndarray, cfg: ShelleyConfig, bags: int, who: str, on_progress=None
+    model, tokenizer, stream: np.ndarray, cfg: ShelleyConfig, bags: int | None, who: str, on_progress=None
 ) -> dict[str, Any]:
-    """``score_model`` plus ``bags`` attribution bags of the model's text under ``"voice"``.
+    """``score_model`` plus ``bags`` attribution bags of the model's text under ``"voice"`` (no bags: just
+    ``score_model``).
 
     With ``eval.full_length`` the side-by-side samples are the first tokens of the attribution text's first
     round (see ``generate_for_bags``), so one generation pass writes both; ``generation_seconds`` is then that
@@ -50,6 +51,8 @@ def score_with_voice(
     written first and open the attribution text."""
     from shelley.eval.voice import SAMPLE_TOKENS
 
+    if not bags:
+        return score_model(model, tokenizer, stream, cfg)
     if not (cfg.eval.full_length and cfg.generation.max_new_tokens <= SAMPLE_TOKENS):
         scored = score_model(model, tokenizer, stream, cfg)
         scored["voice"] = voice_text(model, tokenizer, cfg, bags, who, on_progress, first=scored["generations"])
@@ -196,15 +199,10 @@ def evaluate_run(
         )
     stream = cached_stream(run)
     base_model, tokenizer = _base_for_eval(cfg, out)
-
-    def score(model, who: str) -> dict[str, Any]:
-        if voice:
-            return score_with_voice(model, tokenizer, stream, cfg, attribution_bags, who, on_progress)
-        return score_model(model, tokenizer, stream, cfg)
-
-    base = score(base_model, "base")
+    base = score_with_voice(base_model, tokenizer, stream, cfg, attribution_bags, "base", on_progress)
     del base_model
-    tuned = score(load_model_dir(out, trust_remote_code=cfg.model.trust_remote_code), "finetuned")
+    tuned_model = load_model_dir(out, trust_remote_code=cfg.model.trust_remote_code)
+    tuned = score_with_voice(tuned_model, tokenizer, stream, cfg, attribution_bags, "finetuned", on_progress)
     written = {"base": base["voice"], "finetuned": tuned["voice"]} if voice else {}
     results = combine(cfg, base, tuned, run.train_result())
     results.run_dir = str(run.root)
