@@ -89,6 +89,20 @@ def test_top_k_top_p_draws_from_the_warped_distribution(temperature, top_k, top_
     assert bool(((freq[kept] - probs[kept].double()).abs() <= 4.5 * stderr + 1e-9).all())
 
 
+def test_a_zero_exponential_draw_never_picks_a_dropped_token(monkeypatch):
+    """exponential_ can return exactly 0 on CPU (about once in 2**25 draws); -inf - log(0) would be NaN, and
+    argmax picks NaN."""
+    import torch
+
+    from shelley.generate import _top_k_top_p
+
+    monkeypatch.setattr(torch.Tensor, "exponential_", lambda self: self.zero_())
+    scores = torch.tensor([[5.0, 4.0, -3.0, -4.0, 0.0]])
+    out = _top_k_top_p(1.0, 3, 0.5, draw=True)(None, scores.clone())
+    assert not bool(out.isnan().any())
+    assert int(out.argmax(-1)) == 0  # top-p 0.5 keeps only the first token
+
+
 def test_sampling_with_top_k_is_seeded_random_and_wired(tokenizer):
     """generate_texts draws through the processor: seeded, the rows differ, and top_k=1 leaves only the argmax."""
     model = tiny_causal_lm("llama", len(tokenizer), seed=4)

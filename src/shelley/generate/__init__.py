@@ -171,7 +171,10 @@ def _top_k_top_p(temperature: float, top_k: int, top_p: float, *, draw: bool = F
                 drop[:, 0] = False
                 values = values.masked_fill(drop, -float("inf"))
             if draw:
-                values = values - torch.empty_like(values).exponential_().log()  # + Gumbel(0, 1); -inf stays
+                # + Gumbel(0, 1). Clamped so a draw of exactly 0 cannot turn a dropped token's -inf into NaN,
+                # which argmax would pick.
+                noise = torch.empty_like(values).exponential_().clamp_min_(torch.finfo(values.dtype).tiny)
+                values = values - noise.log()
             return torch.full_like(scores, -float("inf")).scatter_(-1, indices, values)
 
     return TopKTopP()
