@@ -90,7 +90,7 @@ def test_top_k_top_p_draws_from_the_warped_distribution(temperature, top_k, top_
 
 
 def test_a_zero_exponential_draw_never_picks_a_dropped_token(monkeypatch):
-    """exponential_ can return exactly 0 on CPU (about once in 2**25 draws); -inf - log(0) would be NaN, and
+    """exponential_ can return exactly 0 on CPU (-log(1 - u) at u = 0); -inf - log(0) would be NaN, and
     argmax picks NaN."""
     import torch
 
