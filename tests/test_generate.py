@@ -85,8 +85,9 @@ def test_top_k_top_p_draws_from_the_warped_distribution(temperature, top_k, top_
     assert float(freq[probs == 0].sum()) == 0.0
     kept = probs > 0
     assert int(kept.sum()) > 1  # a real choice, not one certain token
-    stderr = (probs[kept].double() * (1 - probs[kept].double()) / n).sqrt()
-    assert bool(((freq[kept] - probs[kept].double()).abs() <= 4.5 * stderr + 1e-9).all())
+    p = probs[kept].double()  # (kept,)
+    stderr = (p * (1 - p) / n).sqrt()
+    assert bool(((freq[kept] - p).abs() <= 4.5 * stderr + 1e-9).all())
 
 
 def test_a_zero_exponential_draw_never_picks_a_dropped_token(monkeypatch):
