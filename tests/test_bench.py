@@ -170,3 +170,28 @@ def test_qlora_memory_rehearsal_runs_the_7b_path_on_a_miniature_and_deletes_its_
     est = activation_estimate(big, 1024, 2)
     assert est["total"] < activation_estimate(big, 1024, 4)["total"] < activation_estimate(big, 2048, 4)["total"]
     assert any("fits, margin" in line for line in summary_lines(r))
+
+
+def test_attention_bench_times_two_kernels_that_agree(capsys):
+    """`python -m bench.attention`: its eager kernel is the same attention as SDPA (outputs and gradients), so
+    the timings it prints compare like with like."""
+    import torch
+    from bench.attention import _kernels, main
+
+    torch.manual_seed(0)
+    q = torch.randn(2, 4, 16, 8, requires_grad=True)  # (B, H, T, D)
+    k, v = (torch.randn(2, 2, 16, 8, requires_grad=True) for _ in range(2))  # (B, KV, T, D): 2 query heads each
+    results = {}
+    for name, fn in _kernels(16, 2).items():
+        q.grad = k.grad = v.grad = None
+        out = fn(q, k, v)
+        (out * torch.arange(8.0)).sum().backward()
+        results[name] = [out.detach(), q.grad, k.grad, v.grad]
+    for a, b in zip(results["sdpa"], results["eager"], strict=True):
+        torch.testing.assert_close(a, b, atol=1e-5, rtol=1e-5)
+
+    small = ["--batch", "1", "--length", "16", "--heads", "4", "--kv-heads", "2", "--head-dim", "8", "--reps", "2"]
+    assert main(small) == 0
+    rows = [line.split() for line in capsys.readouterr().out.splitlines()[1:]]
+    assert {(r[0], r[1]) for r in rows} >= {("fp32", "sdpa"), ("fp32", "eager")}
+    assert all(float(r[3]) > 0 and float(r[6]) > 0 for r in rows)  # forward and backward milliseconds

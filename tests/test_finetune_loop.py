@@ -274,3 +274,55 @@ def test_runs_in_one_process_may_each_have_their_own_precision(tmp_path, tiny_to
     for i, precision in enumerate(("bf16", "fp32", "bf16")):
         cfg = _cfg("full", **{"train.precision": precision, "train.steps": 1})
         assert _train(cfg, tmp_path / str(i), _tiny_model("llama", len(tok)), tok).steps == 1
+
+
+def test_attention_kernel_of_the_training_forward():
+    from shelley.finetune.methods import training_attention
+
+    def choice(method="full", device="cpu", **sets):
+        return training_attention(_cfg(method, **sets), device)
+
+    # eager exactly where SDPA's CPU kernel is slow: the bf16 training forward on a CPU
+    assert choice(**{"train.precision": "bf16"}) == "eager"
+    assert choice("lora", **{"train.precision": "bf16"}) == "eager"
+    assert choice(**{"train.precision": "fp32"}) is None
+    assert choice(device="cuda", **{"train.precision": "bf16"}) is None
+    assert choice("scratch", **{"train.precision": "bf16"}) is None  # our GPT has its own attention
+    # a choice the user set is kept wherever it runs
+    assert choice(**{"train.precision": "bf16", "train.attention": "sdpa"}) == "sdpa"
+    assert choice(device="cuda", **{"train.attention": "eager"}) == "eager"
+
+
+@pytest.mark.parametrize("precision", ["bf16", "fp32"])
+def test_bf16_steps_run_eager_attention_the_model_keeps_its_own(tmp_path, tiny_tokenizer_dir, monkeypatch, precision):
+    """The bf16 steps on a CPU run eager attention; validation, samples and the returned model use the model's
+    own kernel (SDPA), so a logged perplexity is the saved model's."""
+    import transformers.models.llama.modeling_llama as llama
+
+    calls = []  # whether autocast was on at each eager attention call: on in the steps, off in validation
+    eager = llama.eager_attention_forward
+
+    def counting(*args, **kwargs):
+        calls.append(torch.is_autocast_enabled("cpu"))
+        return eager(*args, **kwargs)
+
+    monkeypatch.setattr(llama, "eager_attention_forward", counting)
+    tok = _tokenizer(tiny_tokenizer_dir)
+    model = _tiny_model("llama", len(tok))
+    assert model.config._attn_implementation == "sdpa"
+    sets = {"train.precision": precision, "train.steps": 4, "train.eval_every": 2, "train.sample_every": 2}
+    cfg = _cfg("full", **sets)
+
+    def sampler(m, t, prompts, g):  # one forward of the model the samples are drawn from
+        with torch.no_grad():
+            m(torch.tensor([[1, 2, 3]]))
+        return ["x"] * len(prompts)
+
+    result = _train(cfg, tmp_path / "run", model, tok, sampler=sampler)
+    assert len(result.evals) == 2
+    if precision == "bf16":
+        assert calls and all(calls)  # every step's layers (2 layers x 4 steps), never a validation batch
+        assert len(calls) == 2 * 4
+    else:
+        assert calls == []
+    assert model.config._attn_implementation == "sdpa"

@@ -162,6 +162,13 @@ class TrainConfig(_Section):
         "(shelley.finetune.loss). null: on CPU only, for the model types in loss.FUSABLE_MODEL_TYPES; other "
         "models always use their own loss.",
     )
+    attention: Literal["auto", "sdpa", "eager"] = Field(
+        "auto",
+        description="Attention kernel of the training forward (Hugging Face models; the scratch GPT has its own). "
+        "auto: eager (matmul and softmax) where training autocasts to bf16 on a CPU, where torch's SDPA "
+        "flash kernel is several times slower at these lengths (docs/results.md), else the model's own choice. The "
+        "model gets its own kernel back when training ends; saved models keep it.",
+    )
     keep_best: bool = Field(
         True,
         description="Save the weights (or adapter) of the best validation loss seen as the run's output, not the "

@@ -253,6 +253,7 @@ class _Training:
     schedule: BudgetSchedule | None = None
     loss_head: Any = None
     precision: str = "fp32"  # bf16, fp16 or fp32: the autocast of the training forward
+    own_attention: str | None = None  # the model's attention kernel, put back at the end (None: never switched)
     scaler: Any = None  # torch.amp.GradScaler, enabled for fp16 only
     ckpt: Path | None = None
     start_step: int = 0
@@ -331,9 +332,10 @@ def train(
     with _removed_on_error(files.train_dir, enabled=not resume and accelerator.is_main_process):
         if accelerator.is_main_process:
             _write_run_files(cfg, files, train_texts, val_texts, resume=resume)
-        model, tokenizer = _setup_model(cfg, accelerator, files, train_texts, model, tokenizer)
+        model, tokenizer, own_attention = _setup_model(cfg, accelerator, files, train_texts, model, tokenizer)
         blocks, val_stream = _setup_data(cfg, accelerator, tokenizer, files, train_texts, val_texts)
     run = _Training(cfg, files, accelerator, model, tokenizer, blocks, val_stream, val_texts, sampler=sampler)
+    run.own_attention = own_attention
     _setup_optimizer(run)
     if ckpt is not None:
         _load_checkpoint(run, ckpt)
@@ -381,8 +383,15 @@ def _setup_model(cfg: ShelleyConfig, accelerator, files: Run, train_texts: list[
     """The model and tokenizer of the method: passed in, loaded from model.name, or a new scratch GPT."""
     import torch
 
-    from shelley.finetune.methods import load_base_model, load_tokenizer_for_training, prepare_for_method
+    from shelley.finetune.methods import (
+        load_base_model,
+        load_tokenizer_for_training,
+        prepare_for_method,
+        set_attention,
+        training_attention,
+    )
 
+    own_attention = None  # the attention kernel the model had, when training switched it (training_attention)
     if cfg.train.method == "scratch":
         from shelley.gpt.setup import scratch_model, scratch_tokenizer
 
@@ -392,13 +401,14 @@ def _setup_model(cfg: ShelleyConfig, accelerator, files: Run, train_texts: list[
     else:
         tokenizer = tokenizer or load_tokenizer_for_training(cfg)
         model = model if model is not None else load_base_model(cfg)
+        own_attention = set_attention(model, training_attention(cfg, accelerator.device.type))
         model = prepare_for_method(model, cfg)
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token
     if cfg.train.compile:
         # Compiled before accelerate wraps it; unwrap_model(keep_torch_compile=False) gives the plain module back.
         model = torch.compile(model)
-    return model, tokenizer
+    return model, tokenizer, own_attention
 
 
 def _setup_data(cfg: ShelleyConfig, accelerator, tokenizer, files: Run, train_texts, val_texts):
@@ -706,15 +716,16 @@ def validate(run: _Training, step: int) -> dict[str, Any]:
     from shelley.models.perplexity import perplexity
 
     # No autocast here: the training forward's is a context around the steps, not a wrapper on the model, so
-    # validation scores the weights as saved, in their own precision.
-    res = perplexity(
-        _unwrap(run.accelerator, run.model),
-        run.val_stream,
-        max_length=run.cfg.model.max_length,
-        stride=run.cfg.eval.stride,
-        batch_size=run.tc.micro_batch_size,
-        max_tokens=run.cfg.eval.max_eval_tokens,
-    )
+    # validation scores the weights as saved, in their own precision (and with their own attention kernel).
+    with _own_attention(run):
+        res = perplexity(
+            _unwrap(run.accelerator, run.model),
+            run.val_stream,
+            max_length=run.cfg.model.max_length,
+            stride=run.cfg.eval.stride,
+            batch_size=run.tc.micro_batch_size,
+            max_tokens=run.cfg.eval.max_eval_tokens,
+        )
     row = {"kind": "eval", "step": step, "val_loss": res["nll"], "val_perplexity": res["perplexity"]}
     row["val_tokens"] = res["tokens"]
     run.evals.append(row)
@@ -735,17 +746,33 @@ def _write_samples(run: _Training, step: int) -> None:
         }
     )
     prompts = run.cfg.eval.prompts or corpus_prompts(run.val_texts)
-    model = _inference_model(run.accelerator, run.model, run.tokenizer)
-    texts = run.sampler(model, run.tokenizer, prompts, gen)
+    with _own_attention(run):
+        model = _inference_model(run.accelerator, run.model, run.tokenizer)
+        texts = run.sampler(model, run.tokenizer, prompts, gen)
     with run.files.samples_file.open("a") as fh:
         for p, t in zip(prompts, texts, strict=True):
             fh.write(json.dumps({"step": step, "prompt": p, "text": t}) + "\n")
+
+
+@contextmanager
+def _own_attention(run: _Training):
+    """The model with the attention kernel it came with (``training_attention`` may have switched it for the
+    steps): validation and samples see the model as it will be saved and loaded."""
+    from shelley.finetune.methods import set_attention
+
+    model = _unwrap(run.accelerator, run.model)
+    training = set_attention(model, run.own_attention)
+    try:
+        yield
+    finally:
+        set_attention(model, training)
 
 
 def _finish(run: _Training, step: int, reason: str, tokens_seen: int, last_loss: float) -> TrainResult:
     """Keep the best weights when the last ones validated worse, then save the model or adapter, the loss plot
     (the kept step marked) and train_summary.json. Last weights that were never validated (``shelley run``
     scores them itself) are kept: nothing says they are worse."""
+    from shelley.finetune.methods import set_attention
     from shelley.io import write_json
 
     elapsed = time.perf_counter() - run.t0
@@ -755,6 +782,8 @@ def _finish(run: _Training, step: int, reason: str, tokens_seen: int, last_loss:
     if tc.keep_best and best["step"] is not None and best["step"] != step and last_validated:
         _restore_best(run)
         kept = best["step"]
+    # The caller may go on to generate with this model: it gets the attention kernel it came with.
+    set_attention(_unwrap(run.accelerator, run.model), run.own_attention)
     output_dir = _save_outputs(run.accelerator, run.model, run.tokenizer, run.files, merge=tc.merge)
     if run.accelerator.is_main_process:
         plot_loss(run.metrics_path, run.files.loss_plot, kept_step=kept)

@@ -287,6 +287,33 @@ def _check_not_quantized(target: str, cfg: ShelleyConfig) -> None:
         )
 
 
+def training_attention(cfg: ShelleyConfig, device_type: str) -> str | None:
+    """The attention implementation the training forward should use, or None to keep the model's own.
+
+    torch's SDPA on a CPU runs a flash kernel whose bf16 backward is slow at fine-tuning lengths: eager
+    attention's two matmuls and fp32 softmax take a fraction of its time there, while in fp32 the two are even
+    (docs/results.md). So ``auto`` takes eager exactly there."""
+    from shelley.runtime import resolve_precision
+
+    choice = cfg.train.attention
+    if choice != "auto":
+        return choice
+    if cfg.train.method != "scratch" and device_type == "cpu" and resolve_precision(cfg.train.precision) == "bf16":
+        return "eager"
+    return None
+
+
+def set_attention(model, implementation: str | None) -> str | None:
+    """Switch a Hugging Face model to ``implementation``; returns the one it had (None: nothing changed, as for
+    models without ``set_attn_implementation``, e.g. the scratch GPT)."""
+    if implementation is None or not hasattr(model, "set_attn_implementation"):
+        return None
+    before = model.config._attn_implementation
+    if before != implementation:
+        model.set_attn_implementation(implementation)
+    return before
+
+
 def prepare_for_method(model, cfg: ShelleyConfig):
     """Wrap the base model for its method: as is (full), LoRA adapters (lora), k-bit prep + LoRA (qlora)."""
     # Non-reentrant checkpointing: torch's recommended variant, which needs no input that requires grad (the
