@@ -128,22 +128,23 @@ def write(path: Path, text: str | bytes) -> Path:
     return path
 
 
-def tiny_causal_lm(kind: str, vocab: int, *, seed: int = 0, max_positions: int = 64):
-    """A 2-layer random GPT-2, Llama or Mistral built from its config; token 0 is the tiny tokenizer's EOS."""
+def tiny_causal_lm(kind: str, vocab: int, *, seed: int = 0, max_positions: int = 64, hidden: int = 32):
+    """A 2-layer random GPT-2, Llama or Mistral built from its config, ``hidden`` wide; token 0 is the tiny
+    tokenizer's EOS."""
     import torch
     from transformers import AutoModelForCausalLM, GPT2Config, LlamaConfig, MistralConfig
 
     torch.manual_seed(seed)
     ids = {"bos_token_id": 0, "eos_token_id": 0, "pad_token_id": 0, "vocab_size": vocab}
     if kind == "gpt2":
-        config = GPT2Config(n_layer=2, n_head=2, n_embd=32, n_positions=max_positions, **ids)
+        config = GPT2Config(n_layer=2, n_head=2, n_embd=hidden, n_positions=max_positions, **ids)
     else:
         shape = {
             "num_hidden_layers": 2,
             "num_attention_heads": 2,
             "num_key_value_heads": 1,
-            "hidden_size": 32,
-            "intermediate_size": 64,
+            "hidden_size": hidden,
+            "intermediate_size": 2 * hidden,
             "max_position_embeddings": max_positions,
             **ids,
         }
@@ -151,12 +152,12 @@ def tiny_causal_lm(kind: str, vocab: int, *, seed: int = 0, max_positions: int =
     return AutoModelForCausalLM.from_config(config)
 
 
-def save_tiny_model(kind: str, tokenizer_dir: Path, out: Path) -> Path:
+def save_tiny_model(kind: str, tokenizer_dir: Path, out: Path, *, hidden: int = 32) -> Path:
     """A tiny random model of ``kind`` saved with save_pretrained next to its tokenizer: a 'local path' model."""
     from transformers import AutoTokenizer
 
     tok = AutoTokenizer.from_pretrained(tokenizer_dir)
-    tiny_causal_lm(kind, len(tok), max_positions=128).save_pretrained(out)
+    tiny_causal_lm(kind, len(tok), max_positions=128, hidden=hidden).save_pretrained(out)
     tok.save_pretrained(out)
     return out
 

@@ -258,7 +258,19 @@ def load_base_model(cfg: ShelleyConfig, *, for_training: bool = True):
     )
     if qconfig is not None:
         check_4bit(model, cfg.model.name)
+        _keep_4bit_layout(model)
     return model
+
+
+def _keep_4bit_layout(model) -> None:
+    """bitsandbytes, on a CPU with AVX512-BF16, repacks a 4-bit layer in place for its bf16 inference kernel at the
+    first forward in eval mode without gradients, rounding the block scales to bf16 on the way. In training that
+    forward is a validation pass: the frozen base the next steps train against would change under them (and a
+    resumed run, which has not validated yet, would train against the other one). A model loaded for training
+    keeps the layout it was loaded with."""
+    for module in model.modules():
+        if hasattr(module, "support_avx512bf16_for_cpu"):
+            module.support_avx512bf16_for_cpu = False
 
 
 def check_4bit(model, name: str) -> None:
