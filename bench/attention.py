@@ -2,9 +2,10 @@
 
     python -m bench.attention [--batch 8 --length 128 --heads 9 --kv-heads 3 --head-dim 64] [--reps 30]
 
-``sdpa`` is ``torch.nn.functional.scaled_dot_product_attention`` with torch's own choice of backend (what
-transformers' "sdpa" calls), ``eager`` is transformers' "eager": two matmuls and a softmax in fp32. The
-defaults are one SmolLM2-135M layer on a bench micro-batch. What ``train.attention: auto`` rests on.
+``sdpa`` and ``eager`` are transformers' own attention functions (``sdpa_attention_forward``, torch's SDPA with
+its own choice of backend; ``eager_attention_forward``, two matmuls and a softmax in fp32), called as a
+Llama-family layer calls them. The defaults are one SmolLM2-135M layer on a bench micro-batch. What
+``train.attention: auto`` rests on.
 """
 
 from __future__ import annotations
@@ -15,20 +16,18 @@ import time
 
 def _kernels(length: int, groups: int):
     import torch
+    from transformers.integrations.sdpa_attention import sdpa_attention_forward
+    from transformers.models.llama.modeling_llama import eager_attention_forward
 
-    causal = torch.full((length, length), float("-inf")).triu(1)  # (T, T): the future is masked
+    layer = torch.nn.Module()  # what both functions read off an attention layer
+    layer.num_key_value_groups, layer.is_causal = groups, True  # every group of query heads shares a key/value head
+    causal = torch.full((length, length), float("-inf")).triu(1)[None, None]  # (1, 1, T, T): the future is masked
 
-    def expand(kv):  # (B, KV, T, D) -> (B, KV * groups, T, D): every query head gets its key/value head
-        b, kv_heads, t, d = kv.shape
-        return kv[:, :, None].expand(b, kv_heads, groups, t, d).reshape(b, kv_heads * groups, t, d)
-
-    def sdpa(q, k, v):
-        return torch.nn.functional.scaled_dot_product_attention(q, expand(k), expand(v), is_causal=True)
+    def sdpa(q, k, v):  # (B, H, T, D), (B, KV, T, D) x 2 -> (B, T, H, D)
+        return sdpa_attention_forward(layer, q, k, v, None, scaling=q.shape[-1] ** -0.5)[0]
 
     def eager(q, k, v):
-        scores = torch.matmul(q, expand(k).transpose(-1, -2)) * q.shape[-1] ** -0.5 + causal.to(q.dtype)  # (B,H,T,T)
-        weights = torch.softmax(scores, dim=-1, dtype=torch.float32).to(q.dtype)
-        return torch.matmul(weights, expand(v))  # (B, H, T, D)
+        return eager_attention_forward(layer, q, k, v, causal.to(q.dtype), scaling=q.shape[-1] ** -0.5)[0]
 
     return {"sdpa": sdpa, "eager": eager}
 
@@ -42,7 +41,7 @@ def time_kernel(fn, shape: tuple[int, int, int, int, int], dtype, reps: int) -> 
     q = torch.randn(batch, heads, length, dim, dtype=dtype, requires_grad=True)
     k = torch.randn(batch, kv_heads, length, dim, dtype=dtype, requires_grad=True)
     v = torch.randn(batch, kv_heads, length, dim, dtype=dtype, requires_grad=True)
-    grad = torch.randn(batch, heads, length, dim, dtype=dtype)
+    grad = torch.randn(batch, length, heads, dim, dtype=dtype)  # the output's (B, T, H, D)
     for _ in range(3):
         fn(q, k, v).backward(grad)
     forward = backward = 0.0

@@ -166,7 +166,7 @@ class TrainConfig(_Section):
         "auto",
         description="Attention kernel of the training forward (Hugging Face models; the scratch GPT has its own). "
         "auto: eager (matmul and softmax) where training autocasts to bf16 on a CPU, where torch's SDPA "
-        "flash kernel is several times slower at these lengths (docs/results.md), else the model's own choice. The "
+        "flash kernel is over twice as slow at these lengths (docs/results.md), else the model's own choice. The "
         "model gets its own kernel back when training ends; saved models keep it.",
     )
     keep_best: bool = Field(

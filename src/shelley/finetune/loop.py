@@ -334,8 +334,10 @@ def train(
             _write_run_files(cfg, files, train_texts, val_texts, resume=resume)
         model, tokenizer, own_attention = _setup_model(cfg, accelerator, files, train_texts, model, tokenizer)
         blocks, val_stream = _setup_data(cfg, accelerator, tokenizer, files, train_texts, val_texts)
-    run = _Training(cfg, files, accelerator, model, tokenizer, blocks, val_stream, val_texts, sampler=sampler)
-    run.own_attention = own_attention
+    run = _Training(
+        cfg, files, accelerator, model, tokenizer, blocks, val_stream, val_texts, sampler=sampler,
+        own_attention=own_attention,
+    )  # fmt: skip
     _setup_optimizer(run)
     if ckpt is not None:
         _load_checkpoint(run, ckpt)

@@ -303,8 +303,8 @@ def training_attention(cfg: ShelleyConfig, device_type: str) -> str | None:
     """The attention implementation the training forward should use, or None to keep the model's own.
 
     torch's SDPA on a CPU runs a flash kernel whose bf16 backward is slow at fine-tuning lengths: eager
-    attention's two matmuls and fp32 softmax take a fraction of its time there, while in fp32 the two are even
-    (docs/results.md). So ``auto`` takes eager exactly there."""
+    attention's two matmuls and fp32 softmax take less than half its time there, while in fp32 SDPA is the
+    faster (docs/results.md). So ``auto`` takes eager exactly there."""
     from shelley.runtime import resolve_precision
 
     choice = cfg.train.attention
