@@ -326,3 +326,12 @@ def test_bf16_steps_run_eager_attention_the_model_keeps_its_own(tmp_path, tiny_t
     else:
         assert calls == []
     assert model.config._attn_implementation == "sdpa"
+
+
+def test_an_interrupted_bf16_run_gives_the_model_its_own_attention_back(tmp_path, tiny_tokenizer_dir):
+    tok = _tokenizer(tiny_tokenizer_dir)
+    model = _tiny_model("llama", len(tok))
+    cfg = _cfg("full", **{"train.precision": "bf16", "train.steps": 4})
+    result = _train(cfg, tmp_path / "run", model, tok, stop_after=1)
+    assert result.stop_reason == "interrupted" and result.steps == 1
+    assert model.config._attn_implementation == "sdpa"

@@ -23,6 +23,12 @@ def test_warmup_then_cosine_to_zero_at_the_horizon():
     assert s.lr_lambda(100) == pytest.approx(0.0, abs=1e-12)
 
 
+def test_the_cosine_ends_at_the_floor_it_is_given():
+    s = BudgetSchedule(_tc(steps=100, warmup_steps=4, min_lr_ratio=0.25))
+    assert s.lr_lambda(4) == pytest.approx(1.0) and s.lr_lambda(52) == pytest.approx(0.625)
+    assert s.lr_lambda(100) == pytest.approx(0.25) and s.lr_lambda(500) == pytest.approx(0.25)
+
+
 def test_the_horizon_fits_the_time_left_at_the_measured_pace():
     s = BudgetSchedule(_tc(steps=1000, warmup_steps=0, time_budget_s=100))
     for t in (2.0, 2.0, 2.0, 2.0):

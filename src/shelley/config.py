@@ -113,6 +113,12 @@ class TrainConfig(_Section):
     learning_rate: float = Field(2e-4, gt=0, description="Peak learning rate after warmup.")
     weight_decay: float = Field(0.0, ge=0, description="AdamW weight decay.")
     warmup_steps: int = Field(10, ge=0, description="Linear warmup steps before the cosine decay.")
+    min_lr_ratio: float = Field(
+        0.0,
+        ge=0,
+        le=1,
+        description="The cosine decays to this fraction of train.learning_rate instead of to zero.",
+    )
     max_grad_norm: float = Field(1.0, gt=0, description="Gradient clipping norm.")
     precision: Literal["auto", "fp32", "bf16", "fp16"] = Field(
         "auto",

@@ -33,7 +33,7 @@ class TrainResult(_Record):
     schema_version: int = SCHEMA_VERSION
     run_dir: Path
     steps: int
-    stopped_early: bool
+    stopped_early: bool = Field(description="Ended before train.steps, for the reason in stop_reason.")
     train_seconds: float
     tokens_seen: int
     tokens_per_second: float

@@ -30,6 +30,7 @@ import yaml
 
 from shelley.config import ShelleyConfig
 from shelley.errors import ShelleyError, TrainingInterrupted
+from shelley.finetune.autocast import frozen_casts
 from shelley.finetune.loss import can_fuse, causal_lm_loss
 from shelley.finetune.packing import PackedBlocks, encode_stream, micro_batch_indices
 from shelley.records import TrainResult
@@ -182,12 +183,13 @@ def plot_loss(metrics_path: Path, out: Path, kept_step: int | None = None) -> No
 
 
 class BudgetSchedule:
-    """Linear warmup, then cosine decay to zero over a horizon that fits the time budget.
+    """Linear warmup, then cosine decay to zero (or to train.min_lr_ratio of the peak) over a horizon that fits
+    the time budget.
 
     The horizon is train.steps. With train.time_budget_s it is re-fitted after every step, once
     CALIBRATION_STEPS have been timed, from the recent step time and the time left, so the learning rate still
-    reaches zero as the budget runs out instead of being cut off near its peak. LambdaLR reads the horizon at
-    each step; checkpoints carry it, and a resumed run keeps the horizon it was saved with."""
+    reaches the end of its decay as the budget runs out instead of being cut off near its peak. LambdaLR reads
+    the horizon at each step; checkpoints carry it, and a resumed run keeps the horizon it was saved with."""
 
     def __init__(self, tc, max_steps: int | None = None):
         self.tc = tc
@@ -200,7 +202,8 @@ class BudgetSchedule:
         if s < tc.warmup_steps:
             return (s + 1) / (tc.warmup_steps + 1)
         progress = min(1.0, (s - tc.warmup_steps) / max(1, self.horizon - tc.warmup_steps))
-        return 0.5 * (1.0 + math.cos(math.pi * progress))
+        floor = tc.min_lr_ratio
+        return floor + (1.0 - floor) * 0.5 * (1.0 + math.cos(math.pi * progress))
 
     def record(self, seconds: float) -> None:
         self.step_times.append(seconds)
@@ -316,8 +319,8 @@ def train(
     loop depends on no generation code.
 
     With ``train.time_budget_s`` the loop never starts a step it cannot finish in the budget, and the cosine
-    horizon follows the measured step time (``BudgetSchedule``), so the learning rate reaches zero when the
-    budget runs out, not before and not after.
+    horizon follows the measured step time (``BudgetSchedule``), so the learning rate reaches the end of its
+    decay when the budget runs out, not before and not after.
     """
     from accelerate.utils import set_seed
 
@@ -339,9 +342,15 @@ def train(
         own_attention=own_attention,
     )  # fmt: skip
     _setup_optimizer(run)
-    if ckpt is not None:
-        _load_checkpoint(run, ckpt)
-    return fit(run, show_progress=show_progress, stop_after=stop_after, final_eval=final_eval)
+    try:
+        if ckpt is not None:
+            _load_checkpoint(run, ckpt)
+        with frozen_casts():  # LoRA's frozen base cast to bf16 once per run, not once per step
+            return fit(run, show_progress=show_progress, stop_after=stop_after, final_eval=final_eval)
+    finally:  # however training ends (interrupted, an error), the caller's model has its own kernel back
+        from shelley.finetune.methods import set_attention
+
+        set_attention(_unwrap(accelerator, run.model), own_attention)
 
 
 def _check_run_dir(cfg: ShelleyConfig, files: Run, *, resume: bool, overwrite: bool, tokenizer_given: bool):
