@@ -38,6 +38,15 @@ def test_the_horizon_fits_the_time_left_at_the_measured_pace():
     assert math.isclose(s.train_s, 8.0)
 
 
+def test_the_horizon_never_passes_the_step_limit():
+    s = BudgetSchedule(_tc(steps=1000, warmup_steps=0, time_budget_s=100), max_steps=80)
+    s.refit(step=80, spent=50.0, pace=1.0)  # the last step of the pass, with budget to spare
+    assert s.horizon == 80
+    assert not s.out_of_time(step=80, spent=50.0, slowest=1.0)  # the step limit ended it, not the budget
+    s.refit(step=79, spent=99.9, pace=1.0)  # out of time: one more step is still the horizon
+    assert s.horizon == 80
+
+
 def test_a_step_is_not_started_when_the_slowest_recent_one_would_overrun_the_budget():
     s = BudgetSchedule(_tc(steps=1000, time_budget_s=10))
     for t in (1.0, 1.0, 3.0):

@@ -30,7 +30,6 @@ import yaml
 
 from shelley.config import ShelleyConfig
 from shelley.errors import ShelleyError, TrainingInterrupted
-from shelley.finetune.autocast import frozen_casts
 from shelley.finetune.loss import can_fuse, causal_lm_loss
 from shelley.finetune.packing import PackedBlocks, encode_stream, micro_batch_indices
 from shelley.records import TrainResult
@@ -229,13 +228,15 @@ class BudgetSchedule:
     def refit(self, step: int, spent: float, pace: float) -> None:
         if self.tc.time_budget_s is not None:
             left = self.tc.time_budget_s - spent
-            self.horizon = max(step + 1, min(self.max_steps, step + int(left / pace)))
+            # at least one more step while any remain; never past train.steps / train.max_epochs
+            self.horizon = min(self.max_steps, max(step + 1, step + int(left / pace)))
 
     def out_of_time(self, step: int, spent: float, slowest: float) -> bool:
         """True when the next step, if it is as slow as the slowest recent one, would not finish inside the
         budget (a step merely as slow as the average could still overrun it), or the horizon is reached."""
         budget = self.tc.time_budget_s
-        return budget is not None and (spent + slowest > budget or step >= self.horizon)
+        # the horizon reached before the step limit is the budget's end; at the step limit the loop ends anyway
+        return budget is not None and (spent + slowest > budget or self.max_steps > step >= self.horizon)
 
 
 @dataclass
@@ -345,8 +346,7 @@ def train(
     try:
         if ckpt is not None:
             _load_checkpoint(run, ckpt)
-        with frozen_casts():  # LoRA's frozen base cast to bf16 once per run, not once per step
-            return fit(run, show_progress=show_progress, stop_after=stop_after, final_eval=final_eval)
+        return fit(run, show_progress=show_progress, stop_after=stop_after, final_eval=final_eval)
     finally:  # however training ends (interrupted, an error), the caller's model has its own kernel back
         from shelley.finetune.methods import set_attention
 
