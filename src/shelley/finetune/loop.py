@@ -233,9 +233,9 @@ class BudgetSchedule:
 
     def out_of_time(self, step: int, spent: float, slowest: float) -> bool:
         """True when the next step, if it is as slow as the slowest recent one, would not finish inside the
-        budget (a step merely as slow as the average could still overrun it), or the horizon is reached."""
+        budget (a step merely as slow as the average could still overrun it), or the time-fitted horizon is
+        reached before the step limit (at the step limit the loop ends anyway, for that reason)."""
         budget = self.tc.time_budget_s
-        # the horizon reached before the step limit is the budget's end; at the step limit the loop ends anyway
         return budget is not None and (spent + slowest > budget or self.max_steps > step >= self.horizon)
 
 
