@@ -31,6 +31,7 @@ import yaml
 from shelley.config import ShelleyConfig
 from shelley.errors import ShelleyError, TrainingInterrupted
 from shelley.finetune.loss import can_fuse, causal_lm_loss
+from shelley.finetune.methods import set_attention
 from shelley.finetune.packing import PackedBlocks, encode_stream, micro_batch_indices
 from shelley.records import TrainResult
 from shelley.run import TRAINER_STATE, Run, write_manifest
@@ -348,8 +349,6 @@ def train(
             _load_checkpoint(run, ckpt)
         return fit(run, show_progress=show_progress, stop_after=stop_after, final_eval=final_eval)
     finally:  # however training ends (interrupted, an error), the caller's model has its own kernel back
-        from shelley.finetune.methods import set_attention
-
         set_attention(_unwrap(accelerator, run.model), own_attention)
 
 
@@ -398,7 +397,6 @@ def _setup_model(cfg: ShelleyConfig, accelerator, files: Run, train_texts: list[
         load_base_model,
         load_tokenizer_for_training,
         prepare_for_method,
-        set_attention,
         training_attention,
     )
 
@@ -769,8 +767,6 @@ def _write_samples(run: _Training, step: int) -> None:
 def _own_attention(run: _Training):
     """The model with the attention kernel it came with (``training_attention`` may have switched it for the
     steps): validation and samples see the model as it will be saved and loaded."""
-    from shelley.finetune.methods import set_attention
-
     model = _unwrap(run.accelerator, run.model)
     training = set_attention(model, run.own_attention)
     try:
@@ -783,7 +779,6 @@ def _finish(run: _Training, step: int, reason: str, tokens_seen: int, last_loss:
     """Keep the best weights when the last ones validated worse, then save the model or adapter, the loss plot
     (the kept step marked) and train_summary.json. Last weights that were never validated (``shelley run``
     scores them itself) are kept: nothing says they are worse."""
-    from shelley.finetune.methods import set_attention
     from shelley.io import write_json
 
     elapsed = time.perf_counter() - run.t0
@@ -793,7 +788,7 @@ def _finish(run: _Training, step: int, reason: str, tokens_seen: int, last_loss:
     if tc.keep_best and best["step"] is not None and best["step"] != step and last_validated:
         _restore_best(run)
         kept = best["step"]
-    # The caller may go on to generate with this model: it gets the attention kernel it came with.
+    # Saved with the attention kernel it came with (train() hands it back so on every other exit too).
     set_attention(_unwrap(run.accelerator, run.model), run.own_attention)
     output_dir = _save_outputs(run.accelerator, run.model, run.tokenizer, run.files, merge=tc.merge)
     if run.accelerator.is_main_process:
