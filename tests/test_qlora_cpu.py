@@ -71,6 +71,31 @@ def test_qlora_trains_on_cpu_with_a_frozen_4bit_base(tmp_path, base):
     assert json.loads((adapter / "adapter_config.json").read_text())["peft_type"] == "LORA"
 
 
+def test_a_4bit_model_the_caller_loaded_keeps_its_layout_through_validation(tmp_path, base, monkeypatch):
+    """A model passed to train() gets the same guard as one shelley loads: on a CPU with AVX512-BF16, bitsandbytes
+    would repack it for its bf16 inference kernel at the first no-grad eval-mode forward (the validation), rounding
+    the frozen base's scales, and the next steps would run through a kernel without a backward."""
+    import bitsandbytes.nn.modules as bnb_modules
+    from transformers import AutoModelForCausalLM, BitsAndBytesConfig
+
+    repacked = []
+    convert = bnb_modules._convert_weight_packed_for_cpu
+
+    def counted(*args, **kwargs):
+        repacked.append(1)
+        return convert(*args, **kwargs)
+
+    monkeypatch.setattr(bnb_modules, "_convert_weight_packed_for_cpu", counted)
+    quant = BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_compute_dtype=torch.float32)
+    model = AutoModelForCausalLM.from_pretrained(base, quantization_config=quant, dtype=torch.float32)
+    train(_cfg(base, **{"train.steps": 4, "train.eval_every": 2}), TEXTS, TEXTS[:6], tmp_path / "run", model=model,
+          show_progress=False)  # fmt: skip
+    assert not repacked
+    with pytest.raises(ShelleyError, match=r"no linear layers bitsandbytes can quantize .* train\.method=lora"):
+        train(_cfg(base), TEXTS, TEXTS[:6], tmp_path / "plain", model=AutoModelForCausalLM.from_pretrained(base),
+              show_progress=False)  # fmt: skip
+
+
 def test_the_adapter_reloads_onto_a_fresh_4bit_base_with_equal_logits(tmp_path, base):
     from peft import PeftModel, prepare_model_for_kbit_training
 

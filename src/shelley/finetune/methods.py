@@ -266,8 +266,9 @@ def _keep_4bit_layout(model) -> None:
     """bitsandbytes, on a CPU with AVX512-BF16, repacks a 4-bit layer in place for its bf16 inference kernel at the
     first forward in eval mode without gradients, rounding the block scales to bf16 on the way. In training that
     forward is a validation pass: the frozen base the next steps train against would change under them (and a
-    resumed run, which has not validated yet, would train against the other one). A model loaded for training
-    keeps the layout it was loaded with."""
+    resumed run, which has not validated yet, would train against the other one), and those steps would run
+    through the repacked kernel, which has no backward (no gradient reaches the adapters below the layer). A model
+    trained keeps the layout it was loaded with."""
     for module in model.modules():
         if hasattr(module, "support_avx512bf16_for_cpu"):
             module.support_avx512bf16_for_cpu = False
@@ -327,13 +328,17 @@ def set_attention(model, implementation: str | None) -> str | None:
 
 
 def prepare_for_method(model, cfg: ShelleyConfig):
-    """Wrap the base model for its method: as is (full), LoRA adapters (lora), k-bit prep + LoRA (qlora)."""
+    """Wrap the base model for its method: as is (full), LoRA adapters (lora), k-bit prep + LoRA (qlora).
+    ``model`` may come from load_base_model or from the caller (train(model=...))."""
     # Non-reentrant checkpointing: torch's recommended variant, which needs no input that requires grad (the
     # reentrant one does, and with frozen embeddings only PEFT's input hook gives it one).
     kwargs = {"use_reentrant": False}
     if cfg.train.method == "qlora":
         from peft import prepare_model_for_kbit_training
 
+        # again here for a model the caller loaded: the same checks as load_base_model's
+        check_4bit(model, cfg.model.name)
+        _keep_4bit_layout(model)
         model = prepare_model_for_kbit_training(
             model, use_gradient_checkpointing=cfg.train.gradient_checkpointing, gradient_checkpointing_kwargs=kwargs
         )
