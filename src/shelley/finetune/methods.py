@@ -267,7 +267,8 @@ def _keep_4bit_layout(model) -> None:
     first forward in eval mode without gradients, rounding the block scales to bf16 on the way. In training that
     forward is a validation pass: the frozen base the next steps train against would change under them (and a
     resumed run, which has not validated yet, would train against the other one), and those steps would run
-    through the repacked kernel, which has no backward (no gradient reaches the adapters below the layer). A model
+    through the repacked kernel, which has no backward (torch warns, and no gradient flows back through the frozen
+    base path to the adapters below). A model
     trained keeps the layout it was loaded with."""
     for module in model.modules():
         if hasattr(module, "support_avx512bf16_for_cpu"):
