@@ -268,8 +268,7 @@ def _keep_4bit_layout(model) -> None:
     forward is a validation pass: the frozen base the next steps train against would change under them (and a
     resumed run, which has not validated yet, would train against the other one), and those steps would run
     through the repacked kernel, which has no backward (torch warns, and no gradient flows back through the frozen
-    base path to the adapters below). A model
-    trained keeps the layout it was loaded with."""
+    base path to the adapters below). A model trained keeps the layout it was loaded with."""
     for module in model.modules():
         if hasattr(module, "support_avx512bf16_for_cpu"):
             module.support_avx512bf16_for_cpu = False
