@@ -91,7 +91,7 @@ def test_a_4bit_model_the_caller_loaded_keeps_its_layout_through_validation(tmp_
     train(_cfg(base, **{"train.steps": 4, "train.eval_every": 2}), TEXTS, TEXTS[:6], tmp_path / "run", model=model,
           show_progress=False)  # fmt: skip
     assert not repacked
-    with pytest.raises(ShelleyError, match=r"no linear layers bitsandbytes can quantize .* train\.method=lora"):
+    with pytest.raises(ShelleyError, match=r"given to train\(\) has no 4-bit layers: .*load_in_4bit=True.*method=lora"):
         train(_cfg(base), TEXTS, TEXTS[:6], tmp_path / "plain", model=AutoModelForCausalLM.from_pretrained(base),
               show_progress=False)  # fmt: skip
 

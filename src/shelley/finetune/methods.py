@@ -274,10 +274,15 @@ def _keep_4bit_layout(model) -> None:
             module.support_avx512bf16_for_cpu = False
 
 
+def has_4bit_layers(model) -> bool:
+    """Whether bitsandbytes turned any of the model's layers to 4 bits."""
+    return any(type(m).__name__ == "Linear4bit" for m in model.modules())
+
+
 def check_4bit(model, name: str) -> None:
     """QLoRA needs layers bitsandbytes turned to 4 bits; a model whose layers it cannot quantize would train
     as a plain LoRA while claiming to be QLoRA."""
-    if not any(type(m).__name__ == "Linear4bit" for m in model.modules()):
+    if not has_4bit_layers(model):
         raise ShelleyError(
             f"model {name!r} has no linear layers bitsandbytes can quantize to 4 bits; use --set train.method=lora"
         )
@@ -336,8 +341,12 @@ def prepare_for_method(model, cfg: ShelleyConfig):
     if cfg.train.method == "qlora":
         from peft import prepare_model_for_kbit_training
 
-        # again here for a model the caller loaded: the same checks as load_base_model's
-        check_4bit(model, cfg.model.name)
+        # load_base_model's guards again, for a model the caller loaded
+        if not has_4bit_layers(model):
+            raise ShelleyError(
+                "the model given to train() has no 4-bit layers: load it with "
+                "quantization_config=BitsAndBytesConfig(load_in_4bit=True), or use train.method=lora"
+            )
         _keep_4bit_layout(model)
         model = prepare_model_for_kbit_training(
             model, use_gradient_checkpointing=cfg.train.gradient_checkpointing, gradient_checkpointing_kwargs=kwargs
