@@ -341,7 +341,8 @@ def prepare_for_method(model, cfg: ShelleyConfig):
     if cfg.train.method == "qlora":
         from peft import prepare_model_for_kbit_training
 
-        # load_base_model's guards again, for a model the caller loaded
+        # load_base_model's guards again, for a model the caller loaded. Both places are needed: `shelley run`
+        # scores the base (an eval-mode forward) before train(), so the layout must be kept from the load on.
         if not has_4bit_layers(model):
             raise ShelleyError(
                 "the model given to train() has no 4-bit layers: load it with "
