@@ -200,14 +200,14 @@ def test_attention_bench_times_two_kernels_that_agree(capsys):
 def test_layers_bench_splits_a_real_stack_into_matrix_products_and_the_rest(tiny_model_dir, capsys):
     """`python -m bench.layers` on a tiny Llama: the model's own decoder cut to the asked depth, timed, and its op
     time split so that matrix products and the rest are parts of one whole."""
-    from bench.layers import _stack, main, run
+    from bench.layers import MATRIX_PRODUCTS, _stack, main, run
 
     decoder, config = _stack(str(tiny_model_dir), 2, "fp32")
     assert len(decoder.layers) == 2 and config.num_hidden_layers == 2
     r = run(str(tiny_model_dir), 2, batch=2, length=16, reps=2, precision="fp32")
     assert r["step_ms"] > 0 and r["gflops"] > 0
     assert 0 < r["matmul_ms"] < r["op_ms"]  # a tiny model's step is mostly not matmul, but has some
-    assert r["top_other"] and all(name not in ("aten::mm", "aten::bmm") for name, _ in r["top_other"])
+    assert r["top_other"] and all(name not in MATRIX_PRODUCTS for name, _ in r["top_other"])
     small = ["--model", str(tiny_model_dir), "--layers", "2", "--batch", "2", "--length", "16", "--reps", "2"]
     assert main([*small, "--precision", "fp32", "--peak-seconds", "0.05"]) == 0
     out = capsys.readouterr().out
