@@ -143,3 +143,47 @@ def test_style_of_an_empty_text(cli, tmp_path):
     corpus = write(tmp_path / "book.txt", BOOK_BODY)
     result = cli("style", "profile", "   ", "--corpus", corpus)
     assert result.exit_code == 2 and "empty" in result.stderr
+
+
+def test_write_a_scene_as_json_and_to_a_file(cli, tiny_run, tmp_path):
+    beats = write(tmp_path / "beats.txt", "Then the storm broke.\n\nShe ran to the window.\n")
+    out = tmp_path / "scene.txt"
+    doc = _json(
+        cli("write", tiny_run, "The storm", "--words", 120, "--beats", beats, "--original", "--out", out, "--json")
+    )
+    scene = doc["scene"]
+    assert scene["words"] >= 0.8 * 120 and scene["words_asked"] == 120
+    assert scene["beats"] == ["Then the storm broke.", "She ran to the window."]
+    assert [scene["paragraphs"][i][:10] for i in scene["beat_paragraphs"]] == ["Then the s", "She ran to"]
+    assert scene["guard"]["on"] and scene["guard"]["longest_span"] <= 12 or scene["guard"]["gave_up"]
+    assert 0 < scene["context_tokens"] < 128 and scene["tokens_per_s"] > 0  # the tiny model has 128 positions
+    assert out.read_text(encoding="utf-8") == "The storm " + scene["text"] + "\n"
+
+
+def test_write_a_scene_streams_paragraphs(cli, tiny_run):
+    result = cli("write", tiny_run, "The storm", "--words", 100)
+    assert result.exit_code == 0, result.stderr
+    assert result.stdout.startswith("The storm") and "words in" in result.stdout and "tokens/s" in result.stdout
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["--words", "0"], "--words must be between 100 and 3000"),
+        (["--words", "-3"], "--words must be between 100 and 3000"),
+        (["--words", "9000"], "--words must be between 100 and 3000"),
+        (["--words", "200", "--beats", "no-such-beats.txt"], "beats file not found"),
+        (["--words", "200", "--samples", "2"], "--words writes one scene"),
+    ],
+)
+def test_bad_scene_requests_fail_before_loading(cli, tiny_run, tmp_path, args, message):
+    out = tmp_path / "scene.txt"
+    result = cli("write", tiny_run, "The storm", *args, "--out", out)
+    assert result.exit_code == 2 and message in result.stderr and "Traceback" not in result.stderr
+    assert len(result.stderr.strip().splitlines()) == 1 and not out.exists()
+
+
+def test_empty_beats_file(cli, tiny_run, tmp_path):
+    beats = write(tmp_path / "beats.txt", "\n \n")
+    result = cli("write", tiny_run, "The storm", "--words", 200, "--beats", beats)
+    assert result.exit_code == 2 and "beats file" in result.stderr and "is empty" in result.stderr

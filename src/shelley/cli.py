@@ -234,18 +234,26 @@ def write_cmd(
     base: o.BaseOpt = None,
     engine: o.EngineOpt = "transformers",
     gguf: o.GgufOpt = None,
+    words: o.opt(int | None, "--words", help="Write a whole scene of about this many words (100-3,000).") = None,
+    beats: o.opt(Path | None, "--beats", help="With --words: a file of beats, one sentence per line, in order.") = None,
+    context: o.opt(int | None, "--context", help="With --words: tokens of rolling context (default 1024).") = None,
+    out: o.opt(Path | None, "--out", help="With --words: also save the scene to this text file.") = None,
     as_json: o.JsonOpt = False,
 ) -> None:
-    """Continue prompts in the author's voice; reports (and with --original avoids) copying from the corpus."""
+    """Continue prompts in the author's voice; reports (and with --original avoids) copying from the corpus.
+    With --words: a whole scene, streamed paragraph by paragraph."""
     from shelley.eval.originality import index_for
     from shelley.generate.write import write
 
     prompts = list(prompts or [""])
     check_generation(cfg.generation)  # before loading any model
+    scene = _scene_request(words, beats, out, prompts, cfg.generation.num_samples) if words is not None else None
     with o.err_console.status(f"loading {model}"):
         loaded, fast = load_writer(model, engine, gguf, base=base, trust_remote_code=cfg.model.trust_remote_code)
     want_index = original or corpus is not None or index is not None or loaded.run is not None
     idx = index_for(loaded.run, corpus, index, cfg.data) if want_index else None
+    if scene is not None:
+        return _write_scene(cfg, loaded, fast, prompts[0], scene, idx, original, tries, context, out, as_json)
     stream = len(prompts) * cfg.generation.num_samples == 1 and not as_json and not original
     streamer = views.streamer(o.console, loaded.tokenizer, prompts[0], raw=fast is not None) if stream else None
     results = write(
@@ -254,6 +262,40 @@ def write_cmd(
     )  # fmt: skip
     doc = {"model": loaded.source, "generation": cfg.generation.model_dump(mode="json"), "samples": results}
     views.json_or(as_json, doc, lambda: views.written(o.console, results, streamed=streamer is not None))
+
+
+def _scene_request(words: int, beats: Path | None, out: Path | None, prompts: list[str], samples: int) -> dict:
+    """Check a scene request before any model loads: the words, the beats file, the output file."""
+    from shelley.generate.scene import check_scene_request, read_beats
+    from shelley.io import check_output_file
+
+    if len(prompts) > 1 or samples > 1:
+        raise ShelleyError("--words writes one scene: pass one prompt and no --samples")
+    beat_list = read_beats(beats) if beats is not None else []
+    check_scene_request(words, beat_list)
+    if out is not None:
+        check_output_file(out, overwrite=True)
+    return {"words": words, "beats": beat_list}
+
+
+def _write_scene(cfg, loaded, fast, prompt, request, idx, original, tries, context, out, as_json) -> None:
+    from shelley.generate.scene import paragraph_break_for, scene_engine, write_scene
+    from shelley.io import atomic_write_text
+
+    show, progress, on_progress = views.scene_stream(o.console, o.err_console, prompt, request["words"], quiet=as_json)
+    with progress:
+        scene = write_scene(
+            scene_engine(loaded, fast, cfg.generation), loaded.tokenizer, prompt, request["words"],
+            beats=request["beats"], index=idx, original=original, max_span=cfg.eval.max_copied_span, tries=tries,
+            context_tokens=context, seed=cfg.generation.seed, paragraph_break=paragraph_break_for(loaded.run),
+            on_paragraph=show, on_progress=on_progress, on_note=o.note,
+        )  # fmt: skip
+    if out is not None:
+        atomic_write_text(out, (prompt + " " if prompt else "") + scene.text + "\n")
+    doc = {"model": loaded.source, "generation": cfg.generation.model_dump(mode="json"), "scene": scene.to_json()}
+    views.json_or(as_json, doc, lambda: views.scene_summary(o.console, scene, out))
+    if scene.interrupted:
+        raise typer.Exit(130)
 
 
 @o.command(app, "chat", groups=(o.SAMPLING_KEYS,))

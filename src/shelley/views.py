@@ -223,6 +223,57 @@ def streamer(console: Console, tokenizer, prompt: str, *, raw: bool = False):
     return TextStreamer(tokenizer, skip_prompt=True, skip_special_tokens=True)
 
 
+def scene_stream(console: Console, err_console: Console, prompt: str, words: int, *, quiet: bool = False):
+    """(on_paragraph, progress, on_progress) for a scene: each paragraph printed as it is finished (the
+    first after the prompt), and a progress line on stderr with words written and tokens per second."""
+    from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
+
+    progress = Progress(
+        TextColumn("scene"),
+        BarColumn(),
+        TextColumn("{task.completed}/{task.total} words · {task.fields[rate]:.1f} tokens/s"),
+        TimeElapsedColumn(),
+        console=err_console,
+        transient=True,
+        disable=quiet,
+    )
+    task = progress.add_task("scene", total=words, rate=0.0)
+    first = [True]
+
+    def show(paragraph: str) -> None:
+        if quiet:
+            return
+        text = (prompt + " " + paragraph if prompt else paragraph) if first[0] else "\n" + paragraph
+        first[0] = False
+        console.print(text, highlight=False, markup=False, soft_wrap=True)
+
+    def on_progress(p: dict) -> None:
+        progress.update(task, completed=min(p["words"], words), rate=p["tokens_per_s"])
+
+    return show, progress, on_progress
+
+
+def scene_summary(console: Console, scene, out) -> None:
+    """One dim line of figures under a streamed scene: length, speed, the guard."""
+    g = scene.guard
+    parts = [
+        f"{scene.words} words in {len(scene.paragraphs)} paragraphs",
+        f"{scene.seconds:.1f} s ({scene.drawn_tokens / max(scene.seconds, 1e-9):.1f} tokens/s, "
+        f"first paragraph after {scene.first_paragraph_s:.1f} s)",
+    ]
+    if "longest_span" in g:
+        parts.append(f"longest span copied from the corpus: {g['longest_span']} words")
+    if g.get("on"):
+        parts.append(
+            f"guard re-sampled {g['resampled']} time(s)" + (f", gave up {len(g['gave_up'])}" if g["gave_up"] else "")
+        )
+    if scene.interrupted:
+        parts.append("interrupted: kept what was written")
+    if out is not None:
+        parts.append(f"saved to {out}")
+    console.print("[dim]" + "; ".join(parts) + "[/dim]", highlight=False)
+
+
 def dataset_uploads(console: Console, files: list[tuple[str, int]], repo: str, *, public: bool, dry_run: bool) -> None:
     verb = "would upload" if dry_run else "uploaded"
     console.print(f"{verb} {len(files)} files to {repo} ({'public' if public else 'private'}):")

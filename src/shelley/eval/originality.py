@@ -41,6 +41,14 @@ def words(text: str) -> list[str]:
     return WORD_RE.findall(text.lower().replace("’", "'"))
 
 
+def word_spans(text: str) -> list[tuple[str, int, int]]:
+    """The words of ``words(text)`` with where each stands in ``text`` (start and end character)."""
+    low = text.lower()
+    if len(low) != len(text):  # a few characters lowercase to two; keep offsets aligned with the text
+        low = "".join(c.lower()[:1] or c for c in text)
+    return [(m.group(), m.start(), m.end()) for m in WORD_RE.finditer(low.replace("’", "'"))]
+
+
 def corpus_hash(rows: list[dict[str, Any]]) -> str:
     h = hashlib.sha256()
     for r in rows:
@@ -168,6 +176,18 @@ class CorpusIndex:
             lens.append(cur)
             ends.append(int(self.first_end[state]) if cur else -1)
         return lens, ends
+
+    def overlong_copy(self, text: str, max_span: int, *, start: int = 0) -> tuple[int, int] | None:
+        """The first span copied from the corpus that grows past ``max_span`` words inside ``text[start:]``:
+        (the character of ``text`` where its part at or after ``start`` begins, its length in words), or None.
+        The scene guard re-samples from that character, so text before ``start`` (already accepted) stays."""
+        spans = word_spans(text)
+        lens, _ = self.match_lengths([w for w, _, _ in spans])
+        first_new = next((k for k, (_, a, _) in enumerate(spans) if a >= start), len(spans))
+        for j in range(first_new, len(spans)):
+            if lens[j] > max_span:
+                return spans[max(j - lens[j] + 1, first_new)][1], lens[j]
+        return None
 
     def check(self, text: str, n: int = NGRAM) -> dict[str, Any]:
         """Longest copied span (words), share of word n-grams found in the corpus, and where the span is from."""

@@ -95,16 +95,35 @@ def generate_texts(
     attention = torch.tensor([[0] * (width - len(r)) + [1] * len(r) for r in rows])
     device = next(model.parameters()).device
     torch.manual_seed(gen.seed if seed is None else seed)
-    sample = gen.do_sample and gen.temperature > 0
     kwargs = {
         "max_new_tokens": max_new,
         "min_new_tokens": min(gen.min_new_tokens, max_new) or None,
-        "do_sample": sample,
-        "repetition_penalty": gen.repetition_penalty,
         "pad_token_id": pad_id,
         # Extra ids end a sample like EOS does (the chat REPL stops when the model opens a new user turn).
         "eos_token_id": [tokenizer.eos_token_id, *(extra_stop_ids or [])] if extra_stop_ids else tokenizer.eos_token_id,
+        **sampling_kwargs(gen, tokenizer),
     }
+    if streamer is not None:
+        kwargs["streamer"] = streamer
+    was_training = model.training
+    model.eval()
+    with torch.inference_mode():
+        out = model.generate(input_ids=input_ids.to(device), attention_mask=attention.to(device), **kwargs)
+    model.train(was_training)
+    texts = tokenizer.batch_decode(out[:, width:], skip_special_tokens=True)
+    # A batch runs until every row stops, so rows that met a stop string early have text after it.
+    texts = [cut_at_stop(t, gen.stop) for t in texts]
+    if heads is None:
+        return texts
+    firsts = tokenizer.batch_decode(out[:, width : width + heads], skip_special_tokens=True)
+    return texts, [cut_at_stop(t, gen.stop) for t in firsts]
+
+
+def sampling_kwargs(gen: GenerationConfig, tokenizer) -> dict:
+    """``generate()`` keyword arguments for the sampling settings of ``gen``: shared by batched samples and
+    the scene writer, so both draw from the same distribution."""
+    sample = gen.do_sample and gen.temperature > 0
+    kwargs: dict = {"do_sample": sample, "repetition_penalty": gen.repetition_penalty}
     if sample and gen.top_k:
         # Temperature, top-k and top-p in one processor over the k best tokens: the same scores HF's three
         # warpers produce (same order, after the repetition penalty), without their full-vocabulary sort. It
@@ -123,20 +142,7 @@ def generate_texts(
         kwargs["no_repeat_ngram_size"] = gen.no_repeat_ngram_size
     if gen.stop:
         kwargs |= {"stop_strings": list(gen.stop), "tokenizer": tokenizer}
-    if streamer is not None:
-        kwargs["streamer"] = streamer
-    was_training = model.training
-    model.eval()
-    with torch.inference_mode():
-        out = model.generate(input_ids=input_ids.to(device), attention_mask=attention.to(device), **kwargs)
-    model.train(was_training)
-    texts = tokenizer.batch_decode(out[:, width:], skip_special_tokens=True)
-    # A batch runs until every row stops, so rows that met a stop string early have text after it.
-    texts = [cut_at_stop(t, gen.stop) for t in texts]
-    if heads is None:
-        return texts
-    firsts = tokenizer.batch_decode(out[:, width : width + heads], skip_special_tokens=True)
-    return texts, [cut_at_stop(t, gen.stop) for t in firsts]
+    return kwargs
 
 
 def _top_k_top_p(temperature: float, top_k: int, top_p: float, *, draw: bool = False):

@@ -99,6 +99,10 @@ class LlamaCppWriter:
         self.token_counts.append(count)
         return text
 
+    def scene_engine(self, gen: GenerationConfig) -> LlamaCppEngine:
+        """This model as the scene writer's token engine, sampling as ``gen`` says."""
+        return LlamaCppEngine(self, gen)
+
     def logits(self, ids: list[int]):
         """Next-token logits at every position of ``ids`` (needs ``logits=True``): shape (len(ids), vocab)."""
         import numpy as np
@@ -106,3 +110,46 @@ class LlamaCppWriter:
         self.llm.reset()
         self.llm.eval(ids)
         return np.array(self.llm.scores[: len(ids)], dtype=np.float32)
+
+
+class LlamaCppEngine:
+    """``continue_ids`` (the scene writer's engine) over llama.cpp: token ids in, token ids out, so the scene's
+    rolling context and guard work as with transformers. llama.cpp keeps the KV cache of the longest prefix the
+    next call shares with the last one by itself."""
+
+    def __init__(self, writer: LlamaCppWriter, gen: GenerationConfig) -> None:
+        self.llm = writer.llm
+        self.position_limit = writer.context
+        greedy = not gen.do_sample or gen.temperature == 0
+        self.sampling = {
+            "temp": 0.0 if greedy else gen.temperature,
+            "top_k": gen.top_k,
+            "top_p": gen.top_p,
+            "repeat_penalty": gen.repetition_penalty,
+        }
+
+    def continue_ids(self, ids, max_new, *, seed, ban_eos=False, on_token=None):
+        import numpy as np
+
+        llama_cpp = require_llama_cpp()
+        eos = self.llm.token_eos()
+        banned = [ban_eos]
+
+        def ban_first_eos(_input_ids, scores):
+            if banned[0]:
+                scores[eos] = -np.inf
+                banned[0] = False
+            return scores
+
+        self.llm.set_seed(seed)
+        out: list[int] = []
+        stream = self.llm.generate(
+            ids, reset=True, logits_processor=llama_cpp.LogitsProcessorList([ban_first_eos]), **self.sampling
+        )
+        for tok in stream:
+            out.append(int(tok))
+            if on_token:
+                on_token(int(tok))
+            if tok == eos or len(out) >= max_new:
+                break
+        return out
