@@ -155,7 +155,7 @@ def test_write_a_scene_as_json_and_to_a_file(cli, tiny_run, tmp_path):
     assert scene["words"] >= 0.8 * 120 and scene["words_asked"] == 120
     assert scene["beats"] == ["Then the storm broke.", "She ran to the window."]
     assert [scene["paragraphs"][i][:10] for i in scene["beat_paragraphs"]] == ["Then the s", "She ran to"]
-    assert scene["guard"]["on"] and scene["guard"]["longest_span"] <= 12 or scene["guard"]["gave_up"]
+    assert scene["guard"]["on"] and (scene["guard"]["longest_span"] <= 12 or scene["guard"]["gave_up"])
     assert 0 < scene["context_tokens"] < 128 and scene["tokens_per_s"] > 0  # the tiny model has 128 positions
     assert out.read_text(encoding="utf-8") == "The storm " + scene["text"] + "\n"
 
@@ -187,3 +187,30 @@ def test_empty_beats_file(cli, tiny_run, tmp_path):
     beats = write(tmp_path / "beats.txt", "\n \n")
     result = cli("write", tiny_run, "The storm", "--words", 200, "--beats", beats)
     assert result.exit_code == 2 and "beats file" in result.stderr and "is empty" in result.stderr
+
+
+def test_eval_scenes_reports_every_measure_and_the_context_curve(cli, tiny_run, tmp_path):
+    import shutil
+
+    run = shutil.copytree(tiny_run, tmp_path / "run")
+    result = cli("eval", run, "--scenes", 2, "--words", 100)
+    assert result.exit_code == 0, result.stderr
+    sc = json.loads((run / "eval.json").read_text())["scenes"]
+    assert sc["scenes"] == 2 and sc["words"] == 100
+    for who in ("base", "finetuned"):
+        assert len(sc["rows"][who]) == 2
+        for row in sc["rows"][who]:
+            assert {"repeated_4gram_share", "distinct_2", "gzip_ratio", "longest_self_repeat", "loops"} <= set(row)
+            assert {"longest_copied", "names_per_1000"} <= set(row) and row["words"] >= 80
+        curve = sc["context_curve"][who]
+        assert curve["window"] == 128 and len(curve["loss"]) == 127 * (curve["windows"] > 0)
+        assert sc["timing"][who]["tokens"] > 0
+    assert sc["timing"]["finetuned"]["paragraph_break"] == "eos" and sc["timing"]["base"]["paragraph_break"] == "newline"
+    texts = json.loads((run / "scene-texts.json").read_text())["texts"]
+    assert [len(texts["base"]), len(texts["finetuned"])] == [2, 2]
+    assert "## Whole scenes" in (run / "eval.md").read_text() and "Whole scenes" in (run / "eval.html").read_text()
+
+
+def test_eval_scenes_with_a_bad_length(cli, tiny_run):
+    result = cli("eval", tiny_run, "--scenes", 2, "--words", 50)
+    assert result.exit_code == 2 and "--words must be between" in result.stderr

@@ -168,14 +168,14 @@ def note(msg: str) -> None:
 
 
 def attribution_progress():
-    """A progress bar for the attribution's text generation, and the callback that drives it."""
+    """A progress bar for the evaluation's long text generation (the attribution's words, the scenes), and the
+    callback that drives it: ``on_progress(who, done, total)``, ``who`` a model or "<model> scenes"."""
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
     progress = Progress(
-        TextColumn("writing {task.description} text for attribution"),
+        TextColumn("writing {task.description}"),
         BarColumn(),
         MofNCompleteColumn(),
-        TextColumn("words"),
         TimeElapsedColumn(),
         console=err_console,
     )
@@ -183,7 +183,8 @@ def attribution_progress():
 
     def on_progress(who: str, done: int, total: int) -> None:
         if who not in tasks:
-            tasks[who] = progress.add_task(who, total=total)
+            what = who if who.endswith("scenes") else f"{who} text for attribution (words)"
+            tasks[who] = progress.add_task(what, total=total)
         progress.update(tasks[who], completed=done)
 
     return progress, on_progress

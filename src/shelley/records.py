@@ -101,6 +101,20 @@ class AttributionResult(_Record):
     dropped: list[str] = Field(default_factory=list)
 
 
+class SceneResult(_Record):
+    """Whole scenes (``eval.scenes``): per-scene measures of base, fine-tuned and the author's own text of the
+    same length, their medians, the pre-registered rule and the context curves (keys: ``eval.scenes``)."""
+
+    words: int
+    scenes: int
+    prompts: list[str]
+    rows: dict[str, list[dict[str, Any]]]
+    summary: dict[str, dict[str, Any]]
+    rule: dict[str, Any] | None = None
+    context_curve: dict[str, dict[str, Any]] = Field(default_factory=dict)
+    timing: dict[str, dict[str, Any]] = Field(default_factory=dict)
+
+
 class Generation(_Record):
     prompt: str
     base: list[str]
@@ -130,6 +144,8 @@ class EvalResult(_Record):
     style: StyleResult | None = None
     attribution: AttributionResult | None = None
     attribution_skipped: str | None = None
+    scenes: SceneResult | None = None
+    scenes_skipped: str | None = None
     unigram: dict[str, float] | None = None
     prompt_set: dict[str, Any] | None = None
     run_dir: str | None = None

@@ -7,7 +7,8 @@ Two shapes open the same way::
     R/                                 R/
       config.yaml                        data/           the cleaned, split corpus (DatasetDict + build.json)
       corpus.jsonl                       train/          everything on the left, for the training step
-      metrics.jsonl, samples.jsonl       eval.json, eval.md, eval.html, attribution.png, voice-texts.json
+      metrics.jsonl, samples.jsonl       eval.json, eval.md, eval.html, attribution.png, voice-texts.json,
+                                         context.png, scene-texts.json
       loss.png, train_summary.json       ab.html, ab-key.json, README.md (card), SPACE.md
       cache/         token streams
       checkpoints/step-N/  accelerate state + trainer_state.json + manifest.json (SHA-256 of every file)
@@ -194,6 +195,15 @@ class Run:
     def voice_texts(self) -> Path:
         """The attribution's generated texts, which ``shelley ab`` builds its page from."""
         return self.root / "voice-texts.json"
+
+    @property
+    def scene_texts(self) -> Path:
+        """The scene test's texts (base, fine-tuned, the author's), which ``shelley ab --scenes`` pairs."""
+        return self.root / "scene-texts.json"
+
+    @property
+    def context_plot(self) -> Path:
+        return self.root / "context.png"
 
     @property
     def ab_page(self) -> Path:

@@ -14,7 +14,7 @@ import yaml
 
 from shelley.config import ShelleyConfig
 from shelley.errors import ShelleyError
-from shelley.records import AttributionResult, EvalResult, StyleResult, TrainResult
+from shelley.records import AttributionResult, EvalResult, SceneResult, StyleResult, TrainResult
 from shelley.run import Run
 
 
@@ -165,6 +165,8 @@ def evaluate_run(
     attribution_bags: int | None = None,
     reference_dir: str | None = None,
     bag_words: int | None = None,
+    scenes: int | None = None,
+    scene_words: int = 1000,
     on_progress: Callable[[str, int, int], None] | None = None,
 ) -> tuple[EvalResult, dict[str, str] | None]:
     """Evaluate a finished ``shelley train`` (or ``shelley run``) run: base and trained models on the run's
@@ -175,7 +177,9 @@ def evaluate_run(
     (same seed), and the report adds the unigram baselines of its tokenizer on the same validation tokens.
     ``attribution_bags`` adds the who-wrote-this test on that many bags of text from each model;
     ``on_progress(model, words, words_needed)`` follows its generation. Returns the result and the texts the
-    attribution read (None without it), which ``write_eval`` keeps for ``shelley ab``.
+    attribution read (None without it), which ``write_eval`` keeps for ``shelley ab``. ``scenes`` adds the
+    scene test (``eval.scenes``): that many scenes of ``scene_words`` words per model and the context curves;
+    its texts join the returned ones under ``"scenes"``.
     """
     from shelley.data.books import describe_corpus
     from shelley.generate.load import load_model_dir
@@ -200,9 +204,11 @@ def evaluate_run(
     stream = cached_stream(run)
     base_model, tokenizer = _base_for_eval(cfg, out)
     base = score_with_voice(base_model, tokenizer, stream, cfg, attribution_bags, "base", on_progress)
+    passes = {"base": _scenes(base_model, tokenizer, cfg, stream, scenes, scene_words, None, on_progress)}
     del base_model
     tuned_model = load_model_dir(out, trust_remote_code=cfg.model.trust_remote_code)
     tuned = score_with_voice(tuned_model, tokenizer, stream, cfg, attribution_bags, "finetuned", on_progress)
+    passes["finetuned"] = _scenes(tuned_model, tokenizer, cfg, stream, scenes, scene_words, run, on_progress)
     written = {"base": base["voice"], "finetuned": tuned["voice"]} if voice else {}
     results = combine(cfg, base, tuned, run.train_result())
     results.run_dir = str(run.root)
@@ -221,7 +227,29 @@ def evaluate_run(
     texts = None
     if voice:
         results.attribution, texts = attribution_results(voice, written, val_texts, attribution_bags)
+    if scenes:
+        from shelley.eval.originality import run_index
+        from shelley.eval.scenes import judge_scenes
+
+        judged, scene_texts = judge_scenes(
+            passes, train_texts, val_texts, scene_words, index=run_index(run), test=voice
+        )
+        results.scenes = SceneResult(**judged)
+        texts = (texts or {}) | {"scenes": scene_texts}
     return results, texts
+
+
+def _scenes(model, tokenizer, cfg, stream, n: int | None, words: int, run: Run | None, on_progress):
+    """One model's scene pass (None without ``n``): a model shelley trained reads end-of-text as a paragraph
+    break, the base model a blank line (``generate.scene.paragraph_break_for``)."""
+    if not n:
+        return None
+    from shelley.eval.scenes import scene_pass
+    from shelley.generate.scene import paragraph_break_for
+
+    who = "finetuned" if run is not None else "base"
+    brk = paragraph_break_for(run)
+    return scene_pass(model, tokenizer, cfg, stream, n, words, paragraph_break=brk, who=who, on_progress=on_progress)
 
 
 def voice_text(
@@ -482,6 +510,73 @@ def _md_style(r: EvalResult) -> list[str]:
     return [*lines, ""]
 
 
+def scene_sentences(r: EvalResult) -> list[str]:
+    """What the scene test found: the rule's verdict with its figures, and the context curve's two bands."""
+    sc, lb, a = r.scenes, r.labels, r.author
+    s = sc.summary
+    out = [
+        f"{sc.scenes} scenes of {sc.words} words per model from the eval prompts (no originality guard: the model "
+        f"is judged, not the writer), beside {s['author']['texts']} passages of {a}'s held-out text of the same "
+        "length."
+    ]
+    if sc.rule:
+        verdict = "PASS" if sc.rule["pass"] else "FAIL"
+        failed = [k.replace("_", " ") for k, ok in sc.rule["checks"].items() if not ok]
+        out.append(
+            f"Pre-registered scene rule: {verdict}" + (f" (failed: {', '.join(failed)})" if failed else "") + "."
+            + ("" if sc.rule["attribution_checked"] else " Attribution was not run (no reference set or no "
+               "--attribution), so the rule's attribution points are missing.")
+        )  # fmt: skip
+    for who, c in sc.context_curve.items():
+        if c.get("band_512_1024") is not None:
+            out.append(
+                f"Context curve, {lb.get(who, who)}: mean loss {c['band_64_128']:.3f} at positions 64–128 and "
+                f"{c['band_512_1024']:.3f} at 512–1,024 nats/token ({c['windows']} windows of {c['window']} tokens)."
+            )
+    return out
+
+
+def scene_rows(r: EvalResult) -> list[dict[str, str]]:
+    """One row per text group of the scene table (medians, loops, copies, name churn, attribution)."""
+    lb = {**r.labels, "author": f"{r.author} (held out)"}
+    rows = []
+    for who, x in r.scenes.summary.items():
+        if not x.get("texts"):
+            continue
+        rows.append(
+            {
+                "text": lb.get(who, who),
+                "n": str(x["texts"]),
+                "rep4": f"{100 * x['median_repeated_4gram_share']:.2f}%",
+                "d2": f"{x['median_distinct_2']:.3f}",
+                "gzip": f"{x['median_gzip_ratio']:.3f}",
+                "self": f"{x['median_longest_self_repeat']:.0f}",
+                "loops": str(x["loops"]),
+                "copied": str(x.get("max_longest_copied", "—")),
+                "names": f"{x.get('median_names_per_1000', 0):.1f}",
+                "author": f"{x['to_author']}/{x['texts']}" if "to_author" in x else "—",
+            }
+        )
+    return rows
+
+
+def _md_scenes(r: EvalResult) -> list[str]:
+    if not r.scenes:
+        return ["## Whole scenes", "", f"Skipped: {r.scenes_skipped}", ""]
+    lines = ["## Whole scenes", "", *[f"- {x}" for x in scene_sentences(r)], ""]
+    lines += [
+        f"| text | scenes | repeated 4-grams | distinct-2 | gzip ratio | longest self-repeat | loops "
+        f"| longest copy | names per 1k words | to {r.author} |",
+        "|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    for x in scene_rows(r):
+        lines.append(
+            f"| {x['text']} | {x['n']} | {x['rep4']} | {x['d2']} | {x['gzip']} | {x['self']} | {x['loops']} "
+            f"| {x['copied']} | {x['names']} | {x['author']} |"
+        )
+    return [*lines, "", "![context curve](context.png)", ""]
+
+
 def _md_generations(r: EvalResult) -> list[str]:
     lb = r.labels
     lines = ["## Generations", ""]
@@ -505,6 +600,8 @@ def render_eval_md(r: EvalResult) -> str:
         lines += _md_originality(r)
     if r.attribution or r.attribution_skipped:
         lines += _md_attribution(r)
+    if r.scenes or r.scenes_skipped:
+        lines += _md_scenes(r)
     if r.style:
         lines += _md_style(r)
     lines += _md_generations(r)
@@ -529,6 +626,8 @@ def render_eval_html(r: EvalResult, images: dict[str, bytes] | None = None) -> s
         style_sentences=style_sentences(r.style, r.author) if r.style else [],
         attribution_sentences=attribution_sentences(r) if r.attribution else [],
         attribution_rows=attribution_rows(r) if r.attribution else [],
+        scene_sentences=scene_sentences(r) if r.scenes else [],
+        scene_rows=scene_rows(r) if r.scenes else [],
         author=r.author,
         title=r.title,
         hyper=yaml.safe_dump(r.hyperparameters, sort_keys=False),
@@ -539,12 +638,24 @@ def render_eval_html(r: EvalResult, images: dict[str, bytes] | None = None) -> s
 
 def write_eval(run: Run, results: EvalResult, texts: dict[str, str] | None = None) -> EvalResult:
     """eval.json, eval.md, eval.html (with the loss curve and attribution chart embedded), attribution.png and
-    the attribution's ``texts`` (voice-texts.json, for `shelley ab`), all in the run's root."""
+    the attribution's ``texts`` (voice-texts.json, for `shelley ab`), all in the run's root; with the scene
+    test also context.png and its texts (``texts["scenes"]``: scene-texts.json, for `shelley ab --scenes`)."""
     from shelley.io import atomic_write_text, write_json
 
     images = {}
     if run.loss_plot.exists():
         images["loss"] = run.loss_plot.read_bytes()
+    texts = dict(texts or {})
+    scene_texts = texts.pop("scenes", None)
+    if results.scenes:
+        from shelley.eval.scenes import plot_context_curve
+
+        if scene_texts:
+            doc = {"author": results.author, "title": results.title, "words": results.scenes.words}
+            write_json(run.scene_texts, doc | {"texts": scene_texts})
+        if any(c.get("windows") for c in results.scenes.context_curve.values()):
+            labels = results.labels
+            images["context"] = plot_context_curve(results.scenes.context_curve, labels, run.context_plot).read_bytes()
     if results.attribution:
         from shelley.eval.voice import plot_attribution
 

@@ -97,3 +97,38 @@ def unigram_baselines(train_stream: np.ndarray, val_stream: np.ndarray, vocab_si
         "cross_entropy": float(-np.log(q[targets]).mean()),
         "tokens": len(targets),
     }
+
+
+def position_losses(model, stream: np.ndarray, *, window: int = 1024, batch_size: int = 2) -> dict:
+    """The context curve: mean loss (nats) of the token at each position of non-overlapping ``window``-token
+    windows of ``stream``, i.e. with 1 ... window-1 tokens of context. A model that uses long context scores
+    lower late in the window than early; fine-tuning on short windows can lose that."""
+    import torch
+    import torch.nn.functional as F
+
+    n = len(stream) // window
+    if n == 0:
+        return {"window": window, "windows": 0, "loss": []}
+    total = torch.zeros(window - 1, dtype=torch.float64)
+    was_training = model.training
+    model.eval()
+    device = next(model.parameters()).device
+    with torch.inference_mode():
+        for i in range(0, n, batch_size):
+            rows = [
+                np.asarray(stream[j * window : (j + 1) * window], dtype=np.int64)
+                for j in range(i, min(n, i + batch_size))
+            ]
+            ids = torch.from_numpy(np.stack(rows)).to(device)
+            logits = model(input_ids=ids).logits[:, :-1].float()
+            nll = F.cross_entropy(logits.transpose(1, 2), ids[:, 1:], reduction="none")  # (B, window-1)
+            total += nll.sum(0).double().cpu()
+    model.train(was_training)
+    return {"window": window, "windows": n, "loss": (total / n).tolist()}
+
+
+def band(curve: dict, lo: int, hi: int) -> float | None:
+    """Mean loss of the context curve over positions ``lo`` ... ``hi`` (1-based, inclusive; position p has p
+    tokens of context)."""
+    loss = curve["loss"][lo - 1 : hi]
+    return float(np.mean(loss)) if loss else None
