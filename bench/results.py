@@ -67,6 +67,20 @@ def record(run_dir: Path, name: str, note: str = "", at_commit: str | None = Non
         "train": {k: tr.get(k) for k in ("steps", "train_seconds", "tokens_per_second", "tokens_seen")},
         "perplexity": {"base": p["base"]["perplexity"], "finetuned": p["finetuned"]["perplexity"], "ratio": p["ratio"]},
     }
+    if "scenes" in ev:
+        sc = ev["scenes"]
+        row["scenes"] = {
+            "words": sc["words"],
+            "scenes": sc["scenes"],
+            "max_length": ev.get("hyperparameters", {}).get("max_length"),
+            "summary": sc["summary"],
+            "rule": sc.get("rule"),
+            "context": {
+                who: {k: c.get(k) for k in ("window", "windows", "band_64_128", "band_512_1024", "mean")}
+                for who, c in sc.get("context_curve", {}).items()
+            },
+            "timing": sc.get("timing", {}),
+        }
     if "attribution" in ev:
         a = ev["attribution"]
         res = a["results"]
@@ -276,6 +290,9 @@ def render(folder: Path = RESULTS) -> str:
         gen = (r.get("attribution") or {}).get("generation") or {}
         g = "; ".join(f"{k}: {v['words']} words in {v['seconds']:.0f} s" for k, v in gen.items()) or "—"
         lines.append(f"| {r['name']} | {r['commit']} | {r['date']} | {r['cpu']} | {g} | {r.get('note', '')} |")
+    scened = [r for r in runs if r.get("scenes")]
+    if scened:
+        lines += _render_scenes(scened)
     training = [r for r in rows if r.get("kind") == "training"]
     if training:
         lines += _render_training(training)
@@ -289,6 +306,53 @@ def render(folder: Path = RESULTS) -> str:
         lines.append("|---|---|---|")
         lines += [f"| {r['what']} | {r['measured']} | {r['commit']}, {r['cpu']} |" for r in doc["rows"]]
     return "\n".join(lines) + "\n"
+
+
+def _render_scenes(runs: list[dict[str, Any]]) -> list[str]:
+    """The scene test of each run that has one: medians per group, the rule, the context curve's bands."""
+    lines = [
+        "",
+        "## Whole scenes",
+        "",
+        "`shelley eval RUN --scenes N --words W`: medians over the scenes of each model and over the author's "
+        "held-out passages of the same length; the rule is issue 45's, fixed before any scene was written. "
+        "Context: mean loss (nats/token) at positions 64–128 → 512–1,024 of 1,024-token held-out windows.",
+        "",
+        "| run | trained window | scenes | text | repeated 4-grams | distinct-2 | gzip | longest self-repeat | loops "
+        "| longest copy | names per 1k | to the author | context 64–128 → 512–1,024 | writing |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    for r in runs:
+        sc = r["scenes"]
+        rule = sc.get("rule")
+        verdict = "—" if not rule else ("PASS" if rule["pass"] else "FAIL: " + ", ".join(
+            k.replace("_", " ") for k, ok in rule["checks"].items() if not ok))  # fmt: skip
+        for who, s in sc["summary"].items():
+            if not s.get("texts"):
+                continue
+            c = sc["context"].get(who) or {}
+            ctx = (f"{c['band_64_128']:.3f} → {c['band_512_1024']:.3f}" if c.get("band_512_1024") is not None
+                   else "—")  # fmt: skip
+            t = sc["timing"].get(who) or {}
+            speed = f"{t['tokens_per_s']} tokens/s" if t.get("tokens_per_s") else "—"
+            cells = [
+                f"{r['name']} ({verdict})" if who == "finetuned" else r["name"],
+                str(sc.get("max_length") or "—"),
+                f"{s['texts']} × {sc['words']} words",
+                who,
+                f"{100 * s['median_repeated_4gram_share']:.2f}%",
+                f"{s['median_distinct_2']:.3f}",
+                f"{s['median_gzip_ratio']:.3f}",
+                f"{s['median_longest_self_repeat']:.0f}",
+                str(s["loops"]),
+                str(s.get("max_longest_copied", "—")),
+                f"{s.get('median_names_per_1000', 0):.1f}",
+                f"{s['to_author']}/{s['texts']}" if "to_author" in s else "—",
+                ctx,
+                speed,
+            ]
+            lines.append("| " + " | ".join(cells) + " |")
+    return lines
 
 
 def _render_choices(doc: dict[str, Any]) -> list[str]:

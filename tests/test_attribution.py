@@ -319,3 +319,30 @@ def test_side_by_side_samples_come_from_the_bag_pass(tiny_tokenizer_dir):
     assert out["side_by_side"] == alone
     assert out["text"].startswith(alone[0]) and all(head in out["text"] for head in alone)
     assert out["words"] > sum(len(h.split()) for h in alone)  # the rows go on past their heads
+
+
+def test_scene_ab_page_pairs_scenes_with_the_authors_own_passages(cli, tmp_path, tiny_run):
+    from shelley.eval.ab import build_scene_page, score
+
+    run = tmp_path / "run"
+    shutil.copytree(tiny_run, run)
+    tuned = [f"Scene {i} began.\n\n" + " ".join(["the wind rose"] * 40) + "." for i in range(3)]
+    own = [f"Passage {i} of mine.\n\n" + " ".join(["my heart sank"] * 30) + "." for i in range(3)]
+    doc = {"author": "A. Writer", "title": "A Book", "words": 100}
+    write(run / "scene-texts.json", json.dumps(doc | {"texts": {"finetuned": tuned, "base": tuned, "author": own}}))
+    result = cli("ab", run, "--scenes")
+    assert result.exit_code == 0, result.stderr
+    page = (run / "ab-scenes.html").read_text()
+    key = json.loads((run / "ab-scenes-key.json").read_text())
+    assert "Which one did A. Writer write?" in page and "finetuned" not in page
+    assert len(key["pairs"]) == 3 and {p["kind"] for p in key["pairs"]} == {"scene"}
+    for p in key["pairs"]:  # both sides the same length: the shorter one's
+        assert p["words"] == 4 + 3 * 30
+    _, key2 = build_scene_page({"finetuned": tuned, "author": own}, "A. Writer", "A Book", seed=0)
+    assert key2 == key  # seeded
+    picks = {p["id"]: ("left" if p["left"] == "scene" else "right") for p in key["pairs"]}
+    tally = score({"page": key["page"], "answers": picks}, key)
+    assert tally["comparisons"]["scene"]["finetuned_picked"] == 0 and tally["answered"] == 3
+    assert set(tally["comparisons"]) == {"scene"}
+    missing = cli("ab", tiny_run, "--scenes", "--out", tmp_path / "x.html")
+    assert missing.exit_code == 2 and "--scenes 10` first" in missing.stderr

@@ -84,3 +84,26 @@ def test_chat_mode_needs_role_tokens(cli, tiny_run):
 def test_chat_bad_flags(cli, tiny_run, args, message):
     res = cli("chat", tiny_run, *args)
     assert res.exit_code == 2 and message in res.output
+
+
+def test_scene_command_cowrites_a_whole_scene(cli, tiny_run):
+    from typer.testing import CliRunner
+
+    from shelley.cli import app
+
+    stdin = "The storm broke at midnight.\n/scene 120\n/scene 5\n/scene many\n/quit\n"
+    res = CliRunner().invoke(app, ["chat", str(tiny_run), "-n", "6"], input=stdin)
+    assert res.exit_code == 0, res.output
+    assert "(scene: " in res.output and "/scene needs a number of words from 100 to 3000 (got 5)" in res.output
+    assert "(got 'many')" in res.output
+
+
+def test_scene_joins_the_story(tiny_run):
+    s = _session(tiny_run)
+    s.reply("The storm broke at midnight.", stream=False)
+    shown = []
+    text = s.scene(100, on_paragraph=shown.append)
+    assert len(text.split()) >= 80 and s.turns[-1] == ("", "\n\n" + text)
+    assert "\n\n".join(shown) == text
+    # The next reply continues the story with the scene in it.
+    assert s.prompt("Then")[0].startswith("The storm broke at midnight.")

@@ -205,7 +205,9 @@ def test_eval_scenes_reports_every_measure_and_the_context_curve(cli, tiny_run, 
         curve = sc["context_curve"][who]
         assert curve["window"] == 128 and len(curve["loss"]) == 127 * (curve["windows"] > 0)
         assert sc["timing"][who]["tokens"] > 0
-    assert sc["timing"]["finetuned"]["paragraph_break"] == "eos" and sc["timing"]["base"]["paragraph_break"] == "newline"
+    assert (
+        sc["timing"]["finetuned"]["paragraph_break"] == "eos" and sc["timing"]["base"]["paragraph_break"] == "newline"
+    )
     texts = json.loads((run / "scene-texts.json").read_text())["texts"]
     assert [len(texts["base"]), len(texts["finetuned"])] == [2, 2]
     assert "## Whole scenes" in (run / "eval.md").read_text() and "Whole scenes" in (run / "eval.html").read_text()

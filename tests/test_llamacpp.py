@@ -142,3 +142,30 @@ def test_chat_in_continue_mode_on_llamacpp(cli, exported):
     first = session.reply("The storm", stream=False)
     second = session.reply("and then", stream=False)
     assert first and second and len(session.turns) == 2 and fast.token_counts[0] >= 6
+
+
+def test_scene_on_llamacpp_takes_token_ids_and_keeps_beats_and_guard(cli, exported, tmp_path):
+    import json
+
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from shelley.config import GenerationConfig
+    from shelley.generate.llamacpp import LlamaCppWriter
+    from shelley.generate.scene import TransformersEngine
+
+    run, path = exported
+    tok = AutoTokenizer.from_pretrained(run.output)
+    greedy = GenerationConfig(do_sample=False, repetition_penalty=1.0)
+    fast = LlamaCppWriter(path, n_ctx=128).scene_engine(greedy)
+    slow = TransformersEngine(AutoModelForCausalLM.from_pretrained(run.output), tok, greedy)
+    ids = tok("The storm broke", add_special_tokens=False).input_ids
+    assert fast.position_limit == 128
+    assert fast.continue_ids(ids, 12, seed=1) == slow.continue_ids(ids, 12, seed=1)  # the same greedy tokens
+    beats = tmp_path / "beats.txt"
+    beats.write_text("Then the candle went out.\n")
+    res = cli("write", run.root, "The storm", "--engine", "llamacpp", "--words", "100", "--beats", beats,
+              "--original", "--json")  # fmt: skip
+    assert res.exit_code == 0, res.stderr
+    scene = json.loads(res.stdout)["scene"]
+    assert scene["paragraphs"][scene["beat_paragraphs"][0]].startswith("Then the candle went out.")
+    assert scene["words"] >= 80 and scene["guard"]["on"] and scene["context_tokens"] < 128

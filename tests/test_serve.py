@@ -78,7 +78,7 @@ def test_demo_in_a_real_browser(server):
         page = browser.new_page()
         page.goto(server)
         page.locator("#prompt textarea").fill("The storm broke at midnight.")
-        page.locator("input[type=checkbox]").uncheck()  # the streaming path (the guard path is tested below)
+        page.locator("#original input[type=checkbox]").uncheck()  # the streaming path (the guard path is tested below)
         page.locator("#generate").click()
         output = page.locator("#output textarea")
         page.wait_for_function(
@@ -93,6 +93,46 @@ def test_demo_in_a_real_browser(server):
         browser.close()
     assert len(text.strip()) > 0
     assert (artifacts / "serve.png").stat().st_size > 10_000
+
+
+def test_scene_mode_in_a_real_browser(server):
+    from playwright.sync_api import sync_playwright
+
+    artifacts = Path(os.environ.get("SHELLEY_ARTIFACTS") or REPO / "test-artifacts")
+    artifacts.mkdir(parents=True, exist_ok=True)
+    with sync_playwright() as pw:
+        browser = pw.chromium.launch(executable_path=_chromium(), headless=True, args=["--no-sandbox"])
+        page = browser.new_page()
+        page.goto(server)
+        page.get_by_role("tab", name="Scene").click()
+        page.locator("#scene-prompt textarea").fill("The storm broke at midnight.")
+        page.locator("#scene-beats textarea").fill("Then the candle went out.")
+        words = page.locator("#scene-words input[type=number]")
+        words.fill("150")
+        words.press("Enter")
+        page.locator("#scene-write").click()
+        # Streamed: progress notes while it writes, then the finished scene's figures.
+        page.wait_for_function(
+            "() => document.querySelector('#scene-notes').innerText.includes('tokens/s')", timeout=90_000
+        )
+        page.wait_for_function(
+            "() => document.querySelector('#scene-notes').innerText.includes('longest copied span')", timeout=90_000
+        )
+        text = page.locator("#scene-output textarea").input_value()
+        notes = page.locator("#scene-notes").inner_text()
+        page.screenshot(path=str(artifacts / "serve-scene.png"), full_page=True)
+        browser.close()
+    assert "Then the candle went out." in text and len(text.split()) >= 0.8 * 150
+    assert " words in " in notes
+    assert (artifacts / "serve-scene.png").stat().st_size > 10_000
+
+
+def test_scene_mode_clamps_and_streams(tiny_run):
+    demo = _demo(tiny_run)
+    chunks = list(demo.scene("The storm", 5, "", 0.8, 0.95, 1, False))
+    text, notes = chunks[-1]
+    assert "clamped to 100" in notes and len(chunks) >= 2 and len(text.split()) >= 80
+    assert demo.paragraph_break == "eos"  # a shelley run: end-of-text is a paragraph break
 
 
 def test_port_in_use(cli, tiny_run):

@@ -323,7 +323,16 @@ def chat_cmd(
     with o.err_console.status(f"loading {model}"):
         loaded, fast = load_writer(model, engine, gguf, base=base, trust_remote_code=cfg.model.trust_remote_code)
     mode = check_mode(mode, loaded.tokenizer)
-    session = ChatSession(loaded.model, loaded.tokenizer, cfg.generation, mode, engine=fast)
+    from shelley.generate.scene import paragraph_break_for
+
+    session = ChatSession(
+        loaded.model,
+        loaded.tokenizer,
+        cfg.generation,
+        mode,
+        engine=fast,
+        paragraph_break=paragraph_break_for(loaded.run),
+    )
     run_repl(session, read=input, say=views.say(o.console), write=views.write_raw)
 
 
@@ -368,6 +377,7 @@ def ab_cmd(
     words: o.opt(int, "--words", min=5, help="Words per passage (both sides equal).") = 120,
     seed: o.opt(int, "--seed", help="Seed that shuffles passages and sides.") = 0,
     key_file: o.opt(Path | None, "--key", help="With score: the page's key (RUN/ab-key.json).") = None,
+    scenes: o.opt(bool, "--scenes", help="Whole scenes vs the author's own passages (from `eval --scenes`).") = False,
     as_json: o.opt(bool, "--json", help="With score: print JSON.") = False,
     overwrite: o.OverwriteOpt = False,
 ) -> None:
@@ -381,8 +391,12 @@ def ab_cmd(
         return views.json_or(as_json, tally, lambda: views.ab_tally(o.console, tally))
     if len(target) != 1:
         raise ShelleyError("usage: shelley ab RUN [--out ab.html]  or  shelley ab score ANSWERS.json --key KEY")
-    page, the_key = ab.write_page(Run.at(target[0]), out, pairs=pairs, words=words, seed=seed, overwrite=overwrite)
-    o.console.print(f"A/B page with {pairs} pairs: [bold]{page}[/bold]; key: {the_key} (keep it from the readers)")
+    if scenes:
+        page, the_key = ab.write_scene_page(Run.at(target[0]), out, seed=seed, overwrite=overwrite)
+        o.console.print(f"A/B page of whole scenes: [bold]{page}[/bold]; key: {the_key} (keep it from the readers)")
+    else:
+        page, the_key = ab.write_page(Run.at(target[0]), out, pairs=pairs, words=words, seed=seed, overwrite=overwrite)
+        o.console.print(f"A/B page with {pairs} pairs: [bold]{page}[/bold]; key: {the_key} (keep it from the readers)")
     o.console.print(f"then: shelley ab score ab-answers.json --key {the_key}", highlight=False)
 
 

@@ -247,6 +247,13 @@ class EvalConfig(_Section):
         4, ge=0, description="Bags per model for the reduced attribution inside `shelley run` (0: skip it)."
     )
     bag_words: int = Field(1000, gt=0, description="Words per bag for attribution (~1,000 is the tested minimum).")
+    run_scenes: int = Field(
+        0,
+        ge=0,
+        description="Whole scenes per model inside `shelley run` (0: none; on 2 CPU cores a 1,000-word scene takes"
+        " about a minute per model, see docs/results.md). `shelley eval RUN --scenes N` runs the full test.",
+    )
+    scene_words: int = Field(1000, ge=100, le=3000, description="Words per scene in the scene test.")
     stride: int = Field(128, gt=0, description="Sliding-window stride (tokens) for perplexity of long texts.")
     max_eval_tokens: int | None = Field(
         None, gt=0, description="Cap on validation tokens used for perplexity (None: all of them)."

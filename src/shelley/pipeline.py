@@ -58,9 +58,35 @@ def _prepare(cfg: ShelleyConfig, source: Path, run: Run, overwrite: bool):
     return cfg, train_texts, val_texts, report, who
 
 
+def _scene_pass(model, tokenizer, cfg: ShelleyConfig, stream, run: Run | None, on_progress, scored: dict):
+    """The reduced scene test's part for one model (``eval.run_scenes`` scenes), timed into ``scored``."""
+    if not cfg.eval.run_scenes:
+        return None
+    from shelley.eval.report import scene_model_pass
+
+    t0 = time.perf_counter()
+    out = scene_model_pass(model, tokenizer, cfg, stream, cfg.eval.run_scenes, cfg.eval.scene_words, run, on_progress)
+    scored["scene_seconds"] = time.perf_counter() - t0
+    return out
+
+
+def _judge_scenes(results: EvalResult, passes, run: Run, train_texts, val_texts, voice, texts, words: int):
+    """The reduced scene test in the report, or why it was left out; returns the texts to keep."""
+    if passes["base"] is None:
+        results.scenes_skipped = (
+            "eval.run_scenes is 0: whole scenes take about a minute per 1,000 words and model on 2 CPU cores, more "
+            f"than the job's budget spares; run `shelley eval {run.root} --scenes 10` for the full scene test"
+        )
+        return texts
+    from shelley.eval.report import judge_scene_passes
+
+    scene_texts = judge_scene_passes(results, run, passes, train_texts, val_texts, words, voice)
+    return (texts or {}) | {"scenes": scene_texts}
+
+
 def _train_budget(scored: dict[str, Any], time_budget_s: float, used_s: float) -> float:
     """What is left for training once the fine-tuned model's scoring (timed on the base model) is reserved."""
-    scoring_s = scored["perplexity"]["seconds"] + scored["generation_seconds"]
+    scoring_s = scored["perplexity"]["seconds"] + scored["generation_seconds"] + scored.get("scene_seconds", 0.0)
     voice = scored.get("voice")
     if voice and not voice.get("shared"):  # shared: generation_seconds already counts the pass that wrote it
         scoring_s += voice["seconds"]
@@ -104,6 +130,7 @@ def run_pipeline(
     stream = encode_stream(val_texts, tokenizer, run.root / "cache", "validation")
     bags = cfg.eval.run_attribution_bags if voice else 0  # the attribution text only when there is a test to run
     base = score_with_voice(model, tokenizer, stream, cfg, bags, "base", on_progress)
+    passes = {"base": _scene_pass(model, tokenizer, cfg, stream, None, on_progress, base)}
     t_base = time.perf_counter() - t0
     cfg.train.time_budget_s = _train_budget(base, time_budget_s, t_base)
     cfg.train.run_dir = str(run.train_dir)
@@ -114,6 +141,7 @@ def run_pipeline(
     t_train = time.perf_counter() - t0 - t_base
     # `model` was trained in place (full) or wrapped with the trained adapter (LoRA): score it as it is.
     tuned = score_with_voice(model, tokenizer, stream, cfg, bags, "finetuned", on_progress)
+    passes["finetuned"] = _scene_pass(model, tokenizer, cfg, stream, run, on_progress, tuned)
     results = judge(combine(cfg, base, tuned, result), run, cfg)
     texts = None
     if voice:
@@ -121,6 +149,7 @@ def run_pipeline(
         results.attribution, texts = attribution_results(voice, written, val_texts, cfg.eval.run_attribution_bags)
     elif skipped:
         results.attribution_skipped = skipped
+    texts = _judge_scenes(results, passes, run, train_texts, val_texts, voice, texts, cfg.eval.scene_words)
     results.run_dir = str(run.root)
     results.time_budget_s = time_budget_s
     results.wall_seconds = round(time.perf_counter() - t0, 1)

@@ -214,6 +214,14 @@ class Run:
         return self.root / "ab-key.json"
 
     @property
+    def ab_scene_page(self) -> Path:
+        return self.root / "ab-scenes.html"
+
+    @property
+    def ab_scene_key(self) -> Path:
+        return self.root / "ab-scenes-key.json"
+
+    @property
     def model_card(self) -> Path:
         return self.root / "README.md"
 

@@ -19,7 +19,11 @@ from typing import Any
 from shelley.errors import ShelleyError
 from shelley.eval.attribution import wilson
 
-KINDS = {"base": "fine-tuned vs base model", "held_out": "fine-tuned vs the author's own text"}
+KINDS = {
+    "base": "fine-tuned vs base model",
+    "held_out": "fine-tuned vs the author's own text",
+    "scene": "fine-tuned scene vs the author's own passage of the same length (which did the author write?)",
+}
 _ENDS_SENTENCE = re.compile(r"[.!?][\"')\]]*$")
 
 
@@ -84,14 +88,67 @@ def build_page(
     return _render(page_pairs, page_id, author, title), key
 
 
-def _render(pairs: list[dict[str, str]], page_id: str, author: str, title: str) -> str:
+def cut_words(text: str, n: int) -> str:
+    """The first ``n`` words of ``text``, its paragraphs kept (an ellipsis where a sentence is cut)."""
+    out, left = [], n
+    for para in text.split("\n\n"):
+        ws = para.split()
+        if not ws or left <= 0:
+            continue
+        out.append(" ".join(ws[:left]))
+        left -= min(left, len(ws))
+    joined = "\n\n".join(out)
+    return joined if _ENDS_SENTENCE.search(joined) else joined + " …"
+
+
+def build_scene_page(
+    scenes: dict[str, list[str]], author: str, title: str, *, seed: int = 0
+) -> tuple[str, dict[str, Any]]:
+    """(the HTML page, its key) for whole scenes: each fine-tuned scene against a passage of the author's own
+    held-out text, both cut to the same number of words; the reader says which one the author wrote."""
+    tuned, own = list(scenes.get("finetuned") or []), list(scenes.get("author") or [])
+    if not tuned or not own:
+        raise ShelleyError("no scenes for the A/B page; run `shelley eval RUN --scenes 10` first")
+    rng = random.Random(seed)
+    rng.shuffle(own)
+    page_pairs, key_pairs = [], []
+    for i, (a, b) in enumerate(zip(tuned, own, strict=False), 1):
+        n = min(len(a.split()), len(b.split()))
+        pid = f"p{i:02d}"
+        left_is_tuned = rng.random() < 0.5
+        shown = (cut_words(a, n), cut_words(b, n)) if left_is_tuned else (cut_words(b, n), cut_words(a, n))
+        page_pairs.append({"id": pid, "left": shown[0], "right": shown[1]})
+        sides = ("finetuned", "scene") if left_is_tuned else ("scene", "finetuned")
+        key_pairs.append({"id": pid, "kind": "scene", "left": sides[0], "right": sides[1], "words": n})
+    page_id = hashlib.sha256(json.dumps(page_pairs, sort_keys=True).encode()).hexdigest()[:16]
+    key = {"page": page_id, "author": author, "title": title, "seed": seed, "scenes": True, "pairs": key_pairs}
+    question = f"Which one did {author} write?"
+    intro = (
+        f"Each box holds two passages of the same length: one is from {author}'s <em>{title}</em>, the other was "
+        "written by a model. For each pair, pick the one you think the author wrote. Read them as scenes: does "
+        "the story hold together, do the people stay who they are?"
+    )
+    return _render(page_pairs, page_id, author, title, question=question, intro=intro), key
+
+
+def _render(
+    pairs: list[dict[str, str]], page_id: str, author: str, title: str, *, question: str = "", intro: str = ""
+) -> str:
     from importlib.resources import files
 
     import jinja2
+    from markupsafe import Markup
 
     env = jinja2.Environment(autoescape=True, undefined=jinja2.StrictUndefined)
     template = env.from_string(files("shelley.eval").joinpath("templates/ab.html.j2").read_text("utf-8"))
-    return template.render(pairs=pairs, page_id=page_id, author=author, title=title)
+    question = question or f"Which sounds more like {author}?"
+    intro = intro or (
+        f"Each box below holds two passages of the same length. For each pair, pick the one that sounds more like "
+        f"{author}, the author of <em>{title}</em>. Nothing tells you where a passage came from; go by the voice."
+    )
+    # The intro is ours (the author and title escaped into it here); the passages stay autoescaped.
+    intro = Markup(intro.replace(author, str(Markup.escape(author))).replace(title, str(Markup.escape(title))))
+    return template.render(pairs=pairs, page_id=page_id, author=author, title=title, question=question, intro=intro)
 
 
 def score(answers: dict[str, Any], key: dict[str, Any]) -> dict[str, Any]:
@@ -107,7 +164,10 @@ def score(answers: dict[str, Any], key: dict[str, Any]) -> dict[str, Any]:
         )
     picks = answers["answers"]
     out: dict[str, Any] = {"page": key["page"], "author": key.get("author"), "comparisons": {}}
+    present = {p["kind"] for p in key["pairs"]}
     for kind, label in KINDS.items():
+        if kind not in present:
+            continue
         rows = [p for p in key["pairs"] if p["kind"] == kind]
         answered = [p for p in rows if picks.get(p["id"]) in ("left", "right")]
         k = sum(p[picks[p["id"]]] == "finetuned" for p in answered)
@@ -136,6 +196,22 @@ def read_json(path, what: str) -> Any:
         return json.loads(path.read_text(encoding="utf-8"))
     except (json.JSONDecodeError, UnicodeDecodeError):
         raise ShelleyError(f"{what} file {path} is not valid JSON; download or write it again") from None
+
+
+def write_scene_page(run, page_path=None, *, seed: int, overwrite: bool = False):
+    """The blind A/B page of a run's scenes (from `shelley eval --scenes`) and its key; (page path, key path)."""
+    from shelley.io import atomic_write_text, check_output_file, write_json
+
+    if not run.scene_texts.exists():
+        raise ShelleyError(f"{run.root} has no {run.scene_texts.name}; run `shelley eval {run.root} --scenes 10` first")
+    page_path = page_path or run.ab_scene_page
+    check_output_file(page_path, overwrite=overwrite)
+    check_output_file(run.ab_scene_key, overwrite=overwrite, flag="--overwrite (the key)")
+    doc = read_json(run.scene_texts, "texts")
+    html, key = build_scene_page(doc["texts"], doc["author"], doc.get("title", "the corpus"), seed=seed)
+    write_json(run.ab_scene_key, key)
+    atomic_write_text(page_path, html)
+    return page_path, run.ab_scene_key
 
 
 def write_page(run, page_path=None, *, pairs: int, words: int, seed: int, overwrite: bool = False):

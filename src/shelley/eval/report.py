@@ -204,11 +204,11 @@ def evaluate_run(
     stream = cached_stream(run)
     base_model, tokenizer = _base_for_eval(cfg, out)
     base = score_with_voice(base_model, tokenizer, stream, cfg, attribution_bags, "base", on_progress)
-    passes = {"base": _scenes(base_model, tokenizer, cfg, stream, scenes, scene_words, None, on_progress)}
+    passes = {"base": scene_model_pass(base_model, tokenizer, cfg, stream, scenes, scene_words, None, on_progress)}
     del base_model
     tuned_model = load_model_dir(out, trust_remote_code=cfg.model.trust_remote_code)
     tuned = score_with_voice(tuned_model, tokenizer, stream, cfg, attribution_bags, "finetuned", on_progress)
-    passes["finetuned"] = _scenes(tuned_model, tokenizer, cfg, stream, scenes, scene_words, run, on_progress)
+    passes["finetuned"] = scene_model_pass(tuned_model, tokenizer, cfg, stream, scenes, scene_words, run, on_progress)
     written = {"base": base["voice"], "finetuned": tuned["voice"]} if voice else {}
     results = combine(cfg, base, tuned, run.train_result())
     results.run_dir = str(run.root)
@@ -228,18 +228,34 @@ def evaluate_run(
     if voice:
         results.attribution, texts = attribution_results(voice, written, val_texts, attribution_bags)
     if scenes:
-        from shelley.eval.originality import run_index
-        from shelley.eval.scenes import judge_scenes
-
-        judged, scene_texts = judge_scenes(
-            passes, train_texts, val_texts, scene_words, index=run_index(run), test=voice
-        )
-        results.scenes = SceneResult(**judged)
+        test = voice or _scene_attribution_test(who, train_texts, val_texts, reference_dir or cfg.eval.reference_dir)
+        scene_texts = judge_scene_passes(results, run, passes, train_texts, val_texts, scene_words, test)
         texts = (texts or {}) | {"scenes": scene_texts}
     return results, texts
 
 
-def _scenes(model, tokenizer, cfg, stream, n: int | None, words: int, run: Run | None, on_progress):
+def _scene_attribution_test(who, train_texts: list[str], val_texts: list[str], reference_dir):
+    """The attribution test for one-bag scenes when `--attribution` did not build one: None without a
+    reference set (the scene rule then says its attribution points are missing)."""
+    from shelley.eval.voice import build_attribution_test
+
+    try:
+        return build_attribution_test(who, train_texts, val_texts, reference_dir)
+    except ShelleyError:
+        return None
+
+
+def judge_scene_passes(results: EvalResult, run: Run, passes, train_texts, val_texts, words: int, test):
+    """Judge both models' scene passes into ``results.scenes``; returns the texts for scene-texts.json."""
+    from shelley.eval.originality import run_index
+    from shelley.eval.scenes import judge_scenes
+
+    judged, scene_texts = judge_scenes(passes, train_texts, val_texts, words, index=run_index(run), test=test)
+    results.scenes = SceneResult(**judged)
+    return scene_texts
+
+
+def scene_model_pass(model, tokenizer, cfg, stream, n: int | None, words: int, run: Run | None, on_progress):
     """One model's scene pass (None without ``n``): a model shelley trained reads end-of-text as a paragraph
     break, the base model a blank line (``generate.scene.paragraph_break_for``)."""
     if not n:
@@ -673,7 +689,8 @@ def write_eval(run: Run, results: EvalResult, texts: dict[str, str] | None = Non
 
 def keep_earlier(run: Run, results: EvalResult) -> EvalResult:
     """What an earlier eval.json of the run measured that this evaluation does not: the whole job's figures of
-    `shelley run` (budget, wall time, data), and an attribution of the same model when this one has none."""
+    `shelley run` (budget, wall time, data), and an attribution or a scene test of the same model when this one
+    has none."""
     if not run.eval_json.exists():
         return results
     try:
@@ -685,4 +702,6 @@ def keep_earlier(run: Run, results: EvalResult) -> EvalResult:
             setattr(results, name, getattr(old, name))
     if results.attribution is None and old.attribution is not None:
         results.attribution = old.attribution
+    if results.scenes is None and old.scenes is not None:
+        results.scenes, results.scenes_skipped = old.scenes, None
     return results

@@ -24,8 +24,10 @@ from shelley.errors import ShelleyError
 
 HELP = (
     "commands: /temp X (temperature, 0 = greedy), /topp X (nucleus mass), /topk N, /len N (tokens per reply), "
-    "/reset (forget the conversation), /help, /quit"
+    "/scene N (co-writing: carry the story on for a whole scene of about N words), /reset (forget the "
+    "conversation), /help, /quit"
 )
+SCENE_WORDS = 1000  # /scene with no number
 Mode = Literal["chat", "continue"]
 
 
@@ -43,6 +45,7 @@ class ChatSession:
     mode: Mode = "continue"
     turns: list[tuple[str, str]] = field(default_factory=list)  # (what you wrote, what the model wrote)
     engine: object = None  # a generate.llamacpp.LlamaCppWriter running the exported GGUF (None: transformers)
+    paragraph_break: str = "newline"  # how /scene breaks paragraphs: "eos" for a model shelley trained
 
     # ------------------------------------------------------------------ prompt building
 
@@ -119,6 +122,42 @@ class ChatSession:
             extra_stop_ids=stop_ids,
         )[0]
 
+    # ------------------------------------------------------------------ a whole scene
+
+    def scene(self, words: int, *, on_paragraph=None, on_note=None) -> str:
+        """Carry the story on for a scene of about ``words`` words (``generate.scene``): the story so far is the
+        prompt, cut to its most recent tokens when it is longer than the scene's context leaves room for."""
+        from shelley.generate.scene import DEFAULT_CHUNK, DEFAULT_CONTEXT, TransformersEngine, write_scene
+
+        if self.mode != "continue":
+            raise ShelleyError("/scene co-writes a story; it needs continue mode (shelley chat --mode continue)")
+        engine = self.engine.scene_engine(self.gen) if self.engine is not None else None
+        engine = engine or TransformersEngine(self.model, self.tokenizer, self.gen)
+        story = self._render(self.turns, "")
+        room = min(DEFAULT_CONTEXT, engine.position_limit - DEFAULT_CHUNK) - 2 * DEFAULT_CHUNK
+        ids = self.tokenizer(story, add_special_tokens=False)["input_ids"]
+        if len(ids) > room:
+            story = self.tokenizer.decode(ids[-room:])
+        scene = write_scene(
+            engine, self.tokenizer, story, words, seed=self.gen.seed + len(self.turns),
+            paragraph_break=self.paragraph_break, on_paragraph=on_paragraph, on_note=on_note,
+        )  # fmt: skip
+        self.turns.append(("", ("\n\n" if story.strip() else "") + scene.text))
+        return scene.text
+
+    def scene_command(self, arg: str, show, on_note=None) -> str:
+        """``/scene [N]``: write the scene, each paragraph to ``show`` as it is finished; returns the line to say."""
+        from shelley.generate.scene import MAX_WORDS, MIN_WORDS
+
+        try:
+            words = int(arg) if arg else SCENE_WORDS
+        except ValueError:
+            return f"/scene needs a number of words from {MIN_WORDS} to {MAX_WORDS} (got {arg!r})"
+        if not MIN_WORDS <= words <= MAX_WORDS:
+            return f"/scene needs a number of words from {MIN_WORDS} to {MAX_WORDS} (got {words})"
+        text = self.scene(words, on_paragraph=lambda p: show(p + "\n\n"), on_note=on_note)
+        return f"(scene: {len(text.split())} words)"
+
     # ------------------------------------------------------------------ commands
 
     def command(self, line: str) -> tuple[bool, str]:
@@ -168,6 +207,13 @@ def run_repl(
             say("bye")
             return replies
         if not line.strip():
+            continue
+        if line.lstrip().lower().startswith("/scene"):
+            try:
+                say(session.scene_command(line.strip()[6:].strip(), write or say, on_note=say))
+            except ShelleyError as exc:
+                say(str(exc))
+            replies += 1
             continue
         if line.lstrip().startswith("/"):
             keep, msg = session.command(line)

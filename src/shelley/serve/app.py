@@ -21,6 +21,7 @@ from shelley.records import EvalResult
 from shelley.run import Run
 
 MAX_TOKENS_LIMIT = 400  # per request: a demo answers in seconds, not minutes
+MAX_SCENE_WORDS = 2000  # a scene request: about a minute and a half of one core's writing
 
 
 @dataclass
@@ -33,6 +34,7 @@ class Demo:
     facts: str = ""  # markdown: the run's measured numbers
     placeholder: str = "Write the opening of a scene"  # the run's first eval prompt, when it has one
     engine: Any = None  # a generate.llamacpp.LlamaCppWriter running the exported GGUF (None: transformers)
+    paragraph_break: str = "newline"  # how scenes break paragraphs: "eos" for a model shelley trained
 
     def clamp(self, max_tokens: float | int | None) -> tuple[int, list[str]]:
         from shelley.generate import context_window
@@ -93,6 +95,54 @@ class Demo:
         if self.index is not None and final:
             notes.append(f"longest copied span {self.index.check(final)['longest_span']} words")
         yield final, " · ".join(notes)
+
+    def scene(
+        self, prompt: str, words: float, beats: str, temperature: float, top_p: float, seed: int, original: bool
+    ) -> Iterator[tuple[str, str]]:
+        """Scene mode: yield (scene so far, notes) after every chunk, up to its last full sentence, then the whole
+        scene with its figures. ``beats``: one sentence per line, in order."""
+        import queue
+
+        from shelley.generate.scene import MIN_WORDS, TransformersEngine, write_scene
+
+        notes: list[str] = []
+        n = int(words or 0)
+        if not MIN_WORDS <= n <= MAX_SCENE_WORDS:
+            notes.append(f"words {n} out of range; clamped to {min(max(n, MIN_WORDS), MAX_SCENE_WORDS)}")
+            n = min(max(n, MIN_WORDS), MAX_SCENE_WORDS)
+        gen = self.settings(temperature, top_p, self.gen.max_new_tokens, seed)
+        engine = self.engine.scene_engine(gen) if self.engine is not None else None
+        engine = engine or TransformersEngine(self.model, self.tokenizer, gen)
+        beat_list = [" ".join(b.split()) for b in (beats or "").splitlines() if b.strip()]
+        updates: queue.Queue = queue.Queue()
+        result: dict[str, Any] = {}
+
+        def work() -> None:
+            try:
+                result["scene"] = write_scene(
+                    engine, self.tokenizer, prompt or "", n, beats=beat_list, index=self.index,
+                    original=original and self.index is not None, max_span=self.max_span, seed=int(seed),
+                    paragraph_break=self.paragraph_break, on_progress=updates.put, on_note=notes.append,
+                )  # fmt: skip
+            except Exception as exc:  # surfaced below as a message, not a stack trace
+                result["error"] = exc
+            finally:
+                updates.put(None)
+
+        thread = threading.Thread(target=work, daemon=True)
+        thread.start()
+        for p in iter(updates.get, None):
+            yield p["text"], f"{p['words']} of {n} words · {p['tokens_per_s']:.1f} tokens/s"
+        thread.join()
+        if "error" in result:
+            raise ShelleyError(f"scene failed: {result['error']}")
+        sc = result["scene"]
+        notes.append(f"{sc.words} words in {sc.seconds:.0f} s ({sc.drawn_tokens / max(sc.seconds, 1e-9):.1f} tokens/s)")
+        if "longest_span" in sc.guard:
+            notes.append(f"longest copied span {sc.guard['longest_span']} words")
+        if sc.guard.get("on"):
+            notes.append(f"re-sampled {sc.guard['resampled']} copy(ies)")
+        yield sc.text, " · ".join(notes)
 
     def _stream(self, prompt: str, gen: GenerationConfig, notes: list[str]):
         """(the text pieces as they come, the result dict, the thread generating): the final text, or the
@@ -158,31 +208,71 @@ def build_app(demo: Demo, *, title: str = "shelley", concurrency: int = 1):
         gr.Markdown(f"# {title}\nWrite the opening of a scene; the model carries it on.")
         if demo.facts:
             gr.Markdown(demo.facts, elem_id="facts")
-        prompt = gr.Textbox(label="Prompt", lines=3, placeholder=demo.placeholder, elem_id="prompt")
-        with gr.Row():
-            temperature = gr.Slider(0.0, 2.0, value=demo.gen.temperature, step=0.05, label="Temperature")
-            top_p = gr.Slider(0.05, 1.0, value=demo.gen.top_p, step=0.05, label="Top-p")
-            max_tokens = gr.Slider(
-                1, MAX_TOKENS_LIMIT, value=min(demo.gen.max_new_tokens, MAX_TOKENS_LIMIT), step=1, label="Max tokens"
-            )
-            seed = gr.Number(value=demo.gen.seed, precision=0, label="Seed")
-        original = gr.Checkbox(
-            value=demo.index is not None,
-            visible=demo.index is not None,
-            label=f"Keep it original (re-sample copies longer than {demo.max_span} words)",
-        )
-        button = gr.Button("Generate", variant="primary", elem_id="generate")
-        output = gr.Textbox(label="Continuation", lines=10, elem_id="output", interactive=False)
-        notes = gr.Markdown(elem_id="notes")
-        button.click(
-            demo.generate,
-            inputs=[prompt, temperature, top_p, max_tokens, seed, original],
-            outputs=[output, notes],
-            concurrency_limit=concurrency,
-            api_name="generate",
-        )
+        with gr.Tab("Continue"):
+            _continue_tab(demo, concurrency)
+        with gr.Tab("Scene", elem_id="scene-tab"):
+            _scene_tab(demo, concurrency)
     app.queue(default_concurrency_limit=concurrency, max_size=64)
     return app
+
+
+def _scene_tab(demo: Demo, concurrency: int) -> None:
+    import gradio as gr
+
+    gr.Markdown(f"A whole scene of up to {MAX_SCENE_WORDS:,} words, shown as it is written. Beats, one per line, "
+                "are sentences the scene must pass through in order, each opening a paragraph.")  # fmt: skip
+    prompt = gr.Textbox(label="Opening", lines=3, placeholder=demo.placeholder, elem_id="scene-prompt")
+    beats = gr.Textbox(label="Beats (optional, one per line)", lines=3, elem_id="scene-beats")
+    with gr.Row():
+        words = gr.Slider(100, MAX_SCENE_WORDS, value=1000, step=50, label="Words", elem_id="scene-words")
+        temperature = gr.Slider(0.0, 2.0, value=demo.gen.temperature, step=0.05, label="Temperature")
+        top_p = gr.Slider(0.05, 1.0, value=demo.gen.top_p, step=0.05, label="Top-p")
+        seed = gr.Number(value=demo.gen.seed, precision=0, label="Seed")
+    original = gr.Checkbox(
+        value=demo.index is not None,
+        visible=demo.index is not None,
+        label=f"Keep it original (re-sample copies longer than {demo.max_span} words where they start)",
+        elem_id="scene-original",
+    )
+    button = gr.Button("Write the scene", variant="primary", elem_id="scene-write")
+    output = gr.Textbox(label="Scene", lines=20, elem_id="scene-output", interactive=False)
+    notes = gr.Markdown(elem_id="scene-notes")
+    button.click(
+        demo.scene,
+        inputs=[prompt, words, beats, temperature, top_p, seed, original],
+        outputs=[output, notes],
+        concurrency_limit=concurrency,
+        api_name="scene",
+    )
+
+
+def _continue_tab(demo: Demo, concurrency: int) -> None:
+    import gradio as gr
+
+    prompt = gr.Textbox(label="Prompt", lines=3, placeholder=demo.placeholder, elem_id="prompt")
+    with gr.Row():
+        temperature = gr.Slider(0.0, 2.0, value=demo.gen.temperature, step=0.05, label="Temperature")
+        top_p = gr.Slider(0.05, 1.0, value=demo.gen.top_p, step=0.05, label="Top-p")
+        max_tokens = gr.Slider(
+            1, MAX_TOKENS_LIMIT, value=min(demo.gen.max_new_tokens, MAX_TOKENS_LIMIT), step=1, label="Max tokens"
+        )
+        seed = gr.Number(value=demo.gen.seed, precision=0, label="Seed")
+    original = gr.Checkbox(
+        value=demo.index is not None,
+        visible=demo.index is not None,
+        label=f"Keep it original (re-sample copies longer than {demo.max_span} words)",
+        elem_id="original",
+    )
+    button = gr.Button("Generate", variant="primary", elem_id="generate")
+    output = gr.Textbox(label="Continuation", lines=10, elem_id="output", interactive=False)
+    notes = gr.Markdown(elem_id="notes")
+    button.click(
+        demo.generate,
+        inputs=[prompt, temperature, top_p, max_tokens, seed, original],
+        outputs=[output, notes],
+        concurrency_limit=concurrency,
+        api_name="generate",
+    )
 
 
 def check_port_free(host: str, port: int) -> None:
@@ -204,7 +294,10 @@ def load_demo(
     run = loaded.run
     index = run_index(run) if run is not None else None
     facts = run_facts(run_results(run))
-    demo = Demo(loaded.model, loaded.tokenizer, gen, index=index, max_span=max_span, facts=facts, engine=fast)
+    from shelley.generate.scene import paragraph_break_for
+
+    demo = Demo(loaded.model, loaded.tokenizer, gen, index=index, max_span=max_span, facts=facts, engine=fast,
+                paragraph_break=paragraph_break_for(run))  # fmt: skip
     prompts = run.prompts() if run is not None else []
     if prompts and prompts[0]:
         demo.placeholder = prompts[0]
