@@ -66,6 +66,7 @@ def record(run_dir: Path, name: str, note: str = "", at_commit: str | None = Non
         "wall_seconds": ev.get("wall_seconds"),
         "train": {k: tr.get(k) for k in ("steps", "train_seconds", "tokens_per_second", "tokens_seen")},
         "perplexity": {"base": p["base"]["perplexity"], "finetuned": p["finetuned"]["perplexity"], "ratio": p["ratio"]},
+        "bits_per_byte": {who: p[who].get("bits_per_byte") for who in ("base", "finetuned")},
     }
     if "scenes" in ev:
         sc = ev["scenes"]
@@ -251,7 +252,8 @@ def render(folder: Path = RESULTS) -> str:
         "",
         "## `shelley run`: perplexity and who wrote this",
         "",
-        "| run | corpus | model (method) | budget | steps, tokens/s | validation perplexity base → fine-tuned |"
+        "| run | corpus | model (method) | budget | steps, tokens/s | validation perplexity (bits per byte) base →"
+        " fine-tuned |"
         " attribution validity (own held-out; worst impostor) | fine-tuned bags to the author | base bags |"
         " held-out bags | verdict |",
         "|---|---|---|---|---|---|---|---|---|---|---|",
@@ -281,7 +283,7 @@ def render(folder: Path = RESULTS) -> str:
             f"{r['model']} ({r['method']})",
             budget,
             f"{t.get('steps')}, {t.get('tokens_per_second') or 0:.0f}",
-            f"{p['base']:.2f} → {p['finetuned']:.2f} (×{p['ratio']:.3f})",
+            f"{p['base']:.2f} → {p['finetuned']:.2f} (×{p['ratio']:.3f})" + _bpb(r.get("bits_per_byte")),
             *attr,
         ]
         lines.append("| " + " | ".join(cells) + " |")
@@ -306,6 +308,13 @@ def render(folder: Path = RESULTS) -> str:
         lines.append("|---|---|---|")
         lines += [f"| {r['what']} | {r['measured']} | {r['commit']}, {r['cpu']} |" for r in doc["rows"]]
     return "\n".join(lines) + "\n"
+
+
+def _bpb(b: dict[str, Any] | None) -> str:
+    """Bits per byte base → fine-tuned, where the run measured them."""
+    if not b or b.get("base") is None:
+        return ""
+    return f"; {b['base']:.3f} → {b['finetuned']:.3f} bits/byte"
 
 
 def _render_scenes(runs: list[dict[str, Any]]) -> list[str]:

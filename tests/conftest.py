@@ -128,14 +128,40 @@ def write(path: Path, text: str | bytes) -> Path:
     return path
 
 
+def save_bos_tokenizer(out: Path) -> Path:
+    """The tiny tokenizer with a BOS token (id 1) that its post-processor puts in front of every encoding, as
+    Gemma's, Llama's and Mistral's do."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, trainers
+    from transformers import PreTrainedTokenizerFast
+
+    tok = Tokenizer(models.BPE())
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tok.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(
+        vocab_size=400, special_tokens=["<|endoftext|>", "<bos>"], initial_alphabet=pre_tokenizers.ByteLevel.alphabet()
+    )
+    tok.train_from_iterator([BOOK_BODY] * 3, trainer=trainer)
+    tok.post_processor = processors.TemplateProcessing(single="<bos> $A", special_tokens=[("<bos>", 1)])
+    PreTrainedTokenizerFast(tokenizer_object=tok, eos_token="<|endoftext|>", bos_token="<bos>").save_pretrained(out)
+    return out
+
+
 def tiny_causal_lm(kind: str, vocab: int, *, seed: int = 0, max_positions: int = 64, hidden: int = 32):
-    """A 2-layer random GPT-2, Llama or Mistral built from its config, ``hidden`` wide; token 0 is the tiny
-    tokenizer's EOS."""
+    """A 2-layer random GPT-2, Llama, Mistral or Gemma 3 built from its config, ``hidden`` wide; token 0 is the
+    tiny tokenizer's EOS (and token 1 the BOS of ``save_bos_tokenizer``)."""
     import torch
-    from transformers import AutoModelForCausalLM, GPT2Config, LlamaConfig, MistralConfig
+    from transformers import AutoModelForCausalLM, Gemma3TextConfig, GPT2Config, LlamaConfig, MistralConfig
 
     torch.manual_seed(seed)
     ids = {"bos_token_id": 0, "eos_token_id": 0, "pad_token_id": 0, "vocab_size": vocab}
+    if kind == "gemma3":
+        # Gemma 3's shape in small: one key/value head, sliding-window and global layers, GELU, tied head.
+        config = Gemma3TextConfig(
+            hidden_size=hidden, intermediate_size=2 * hidden, num_hidden_layers=2, num_attention_heads=2,
+            num_key_value_heads=1, head_dim=16, max_position_embeddings=max_positions, sliding_window=16,
+            layer_types=["sliding_attention", "full_attention"], **(ids | {"bos_token_id": 1}),
+        )  # fmt: skip
+        return AutoModelForCausalLM.from_config(config)
     if kind == "gpt2":
         config = GPT2Config(n_layer=2, n_head=2, n_embd=hidden, n_positions=max_positions, **ids)
     else:

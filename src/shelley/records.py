@@ -53,12 +53,16 @@ class TrainResult(_Record):
 
 
 class Scored(_Record):
-    """One model's perplexity on the validation tokens."""
+    """One model's perplexity on the validation tokens, and bits per byte / per word of the same text (absent in
+    reports written before they were measured)."""
 
     perplexity: float
     nll: float
     tokens: int
     seconds: float | None = None
+    bits_per_byte: float | None = None
+    bits_per_word: float | None = None
+    bytes: int | None = None
 
 
 class PerplexityResult(_Record):

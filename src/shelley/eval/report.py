@@ -14,6 +14,7 @@ import yaml
 
 from shelley.config import ShelleyConfig
 from shelley.errors import ShelleyError
+from shelley.models.bos import bos_prefix
 from shelley.records import AttributionResult, EvalResult, SceneResult, StyleResult, TrainResult
 from shelley.run import Run
 
@@ -30,7 +31,7 @@ def score_model(model, tokenizer, stream: np.ndarray, cfg: ShelleyConfig) -> dic
     """Perplexity on ``stream`` and generations for the eval prompts (fixed seed), each timed."""
     from shelley.generate import generate_texts
 
-    ppl = _perplexity(model, stream, cfg)
+    ppl = _perplexity(model, tokenizer, stream, cfg)
     t0 = time.perf_counter()
     gen = cfg.generation.model_copy(update={"num_samples": cfg.eval.samples_per_prompt})
     if cfg.eval.full_length:
@@ -57,15 +58,17 @@ def score_with_voice(
         scored = score_model(model, tokenizer, stream, cfg)
         scored["voice"] = voice_text(model, tokenizer, cfg, bags, who, on_progress, first=scored["generations"])
         return scored
-    ppl = _perplexity(model, stream, cfg)
+    ppl = _perplexity(model, tokenizer, stream, cfg)
     voice = voice_text(model, tokenizer, cfg, bags, who, on_progress, side_by_side=cfg.eval.samples_per_prompt)
     voice["shared"] = True
     seconds = round(voice["seconds"], 2)
     return {"perplexity": ppl, "generations": voice.pop("side_by_side"), "generation_seconds": seconds, "voice": voice}
 
 
-def _perplexity(model, stream: np.ndarray, cfg: ShelleyConfig) -> dict[str, Any]:
-    from shelley.models.perplexity import perplexity
+def _perplexity(model, tokenizer, stream: np.ndarray, cfg: ShelleyConfig) -> dict[str, Any]:
+    """Perplexity on the validation tokens (a BOS in front of every window where the model expects one), with
+    bits per byte and per word of the same text beside it."""
+    from shelley.models.perplexity import per_byte, perplexity, scored_text
 
     t0 = time.perf_counter()
     ppl = perplexity(
@@ -75,7 +78,9 @@ def _perplexity(model, stream: np.ndarray, cfg: ShelleyConfig) -> dict[str, Any]
         stride=cfg.eval.stride,
         batch_size=cfg.train.micro_batch_size,
         max_tokens=cfg.eval.max_eval_tokens,
+        prefix=bos_prefix(tokenizer),
     )
+    ppl |= per_byte(ppl, scored_text(tokenizer, stream, cfg.eval.max_eval_tokens))
     ppl["seconds"] = round(time.perf_counter() - t0, 2)
     return ppl
 
@@ -389,6 +394,10 @@ def attribution_rows(r: EvalResult) -> list[dict[str, str]]:
     return rows
 
 
+def _num(x: float | None, digits: int = 3) -> str:
+    return "—" if x is None else f"{x:.{digits}f}"
+
+
 def _cell(t: str) -> str:
     return " ".join(t.split()).replace("|", "\\|")
 
@@ -401,14 +410,21 @@ def describe_copy(c: dict[str, Any] | None) -> str:
 
 def _md_perplexity(r: EvalResult) -> list[str]:
     p, lb = r.perplexity, r.labels
-    lines = ["| model | validation perplexity | loss (nats/token) | tokens | seconds |", "|---|---|---|---|---|"]
+    lines = [
+        "| model | validation perplexity | loss (nats/token) | bits per byte | bits per word | tokens | seconds |",
+        "|---|---|---|---|---|---|---|",
+    ]
     for who in ("base", "finetuned"):
         q = getattr(p, who)
-        lines.append(f"| {lb[who]} | {q.perplexity:.2f} | {q.nll:.3f} | {q.tokens} | {q.seconds} |")
+        lines.append(
+            f"| {lb[who]} | {q.perplexity:.2f} | {q.nll:.3f} | {_num(q.bits_per_byte)} | {_num(q.bits_per_word, 2)} "
+            f"| {q.tokens} | {q.seconds} |"
+        )
     lines += [
         "",
         f"{lb['finetuned'].capitalize()} / {lb['base']} perplexity: **{p.ratio:.3f}** "
-        "(same validation tokens, same windows).",
+        "(same validation tokens, same windows). Bits per byte compare models whose tokenizers differ; "
+        "perplexities only compare models that share one.",
         "",
     ]
     if r.unigram:
@@ -649,6 +665,7 @@ def render_eval_html(r: EvalResult, images: dict[str, bytes] | None = None) -> s
         hyper=yaml.safe_dump(r.hyperparameters, sort_keys=False),
         lb=r.labels,
         images=uris,
+        num=_num,
     )
 
 

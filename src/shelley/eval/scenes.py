@@ -186,6 +186,7 @@ def scene_pass(
 
     from shelley.generate import context_window
     from shelley.generate.scene import TransformersEngine, write_scene
+    from shelley.models.bos import bos_prefix
     from shelley.models.perplexity import position_losses
 
     engine = TransformersEngine(model, tokenizer, cfg.generation)
@@ -202,7 +203,8 @@ def scene_pass(
     if on_progress:
         on_progress(f"{who} scenes", n, n)
     seconds = time.perf_counter() - t0
-    curve = position_losses(model, stream, window=min(1024, context_window(model)))
+    prefix = bos_prefix(tokenizer)
+    curve = position_losses(model, stream, window=min(1024, context_window(model) - len(prefix)), prefix=prefix)
     return {
         "texts": [s.text for s in scenes],
         "prompts": [s.prompt for s in scenes],

@@ -33,6 +33,7 @@ from shelley.errors import ShelleyError, TrainingInterrupted
 from shelley.finetune.loss import can_fuse, causal_lm_loss
 from shelley.finetune.methods import set_attention
 from shelley.finetune.packing import PackedBlocks, encode_stream, micro_batch_indices
+from shelley.models.bos import bos_prefix
 from shelley.records import TrainResult
 from shelley.run import TRAINER_STATE, Run, write_manifest
 from shelley.runtime import resolve_precision
@@ -425,7 +426,7 @@ def _setup_data(cfg: ShelleyConfig, accelerator, tokenizer, files: Run, train_te
     block = cfg.model.max_length
     cache = files.cache_dir
     with accelerator.main_process_first():
-        blocks = PackedBlocks(encode_stream(train_texts, tokenizer, cache, "train"), block)
+        blocks = PackedBlocks(encode_stream(train_texts, tokenizer, cache, "train"), block, bos_prefix(tokenizer))
         val_stream = encode_stream(val_texts, tokenizer, cache, "validation")
     if len(blocks) == 0:
         raise ShelleyError(
@@ -734,6 +735,7 @@ def validate(run: _Training, step: int) -> dict[str, Any]:
             stride=run.cfg.eval.stride,
             batch_size=run.tc.micro_batch_size,
             max_tokens=run.cfg.eval.max_eval_tokens,
+            prefix=run.blocks.prefix,
         )
     row = {"kind": "eval", "step": step, "val_loss": res["nll"], "val_perplexity": res["perplexity"]}
     row["val_tokens"] = res["tokens"]

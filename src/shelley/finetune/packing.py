@@ -50,12 +50,16 @@ def encode_stream(texts: list[str], tokenizer, cache_dir: Path, name: str) -> np
 
 
 class PackedBlocks:
-    """Non-overlapping ``block_size`` windows over a token stream; the tail that fills no block is dropped."""
+    """Non-overlapping ``block_size`` windows over a token stream; the tail that fills no block is dropped.
+    ``prefix`` (the BOS a model expects, ``models.bos``) opens every window, before ``block_size - len(prefix)``
+    tokens of the stream."""
 
-    def __init__(self, stream: np.ndarray, block_size: int) -> None:
+    def __init__(self, stream: np.ndarray, block_size: int, prefix: list[int] | None = None) -> None:
         self.stream = stream
         self.block_size = block_size
-        self.n = len(stream) // block_size
+        self.prefix = list(prefix or [])
+        self.step = block_size - len(self.prefix)
+        self.n = len(stream) // self.step
 
     def __len__(self) -> int:
         return self.n
@@ -63,8 +67,10 @@ class PackedBlocks:
     def batch(self, indices: list[int]):
         import torch
 
-        bs = self.block_size
-        rows = np.stack([np.asarray(self.stream[i * bs : (i + 1) * bs], dtype=np.int64) for i in indices])
+        s, p = self.step, np.asarray(self.prefix, dtype=np.int64)
+        rows = np.stack(
+            [np.concatenate([p, np.asarray(self.stream[i * s : (i + 1) * s], dtype=np.int64)]) for i in indices]
+        )
         return torch.from_numpy(rows)  # (B, T)
 
 

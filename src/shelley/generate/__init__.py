@@ -35,22 +35,28 @@ def context_window(model) -> int:
 
 def fit_prompts(tokenizer, prompts: list[str], max_prompt_tokens: int) -> tuple[list[list[int]], list[str]]:
     """Token ids per prompt and warnings. Too-long prompts keep their last tokens (the ones the model needs
-    to continue); an empty prompt starts from the BOS (or EOS) token, i.e. unconditional generation."""
+    to continue); an empty prompt starts from the BOS (or EOS) token, i.e. unconditional generation. A model
+    that expects a BOS token (``models.bos``) gets it in front of every prompt."""
+    from shelley.models.bos import bos_prefix
+
     notes = []
     out = []
+    prefix = bos_prefix(tokenizer)
     start = tokenizer.bos_token_id if tokenizer.bos_token_id is not None else tokenizer.eos_token_id
+    room = max_prompt_tokens - len(prefix)
     for i, p in enumerate(prompts):
         ids = tokenizer(p, add_special_tokens=False)["input_ids"] if p else []
         if not ids:
             notes.append(f"prompt {i + 1} is empty: generating unconditionally from the start token")
-            ids = [start]
-        if len(ids) > max_prompt_tokens:
+            out.append(prefix or [start])
+            continue
+        if len(ids) > room:
             notes.append(
-                f"prompt {i + 1} has {len(ids)} tokens, more than the {max_prompt_tokens} that fit the context "
-                f"with max new tokens; kept its last {max_prompt_tokens}"
+                f"prompt {i + 1} has {len(ids)} tokens, more than the {room} that fit the context "
+                f"with max new tokens; kept its last {room}"
             )
-            ids = ids[-max_prompt_tokens:]
-        out.append(ids)
+            ids = ids[-room:]
+        out.append(prefix + ids)
     return out, notes
 
 

@@ -32,6 +32,7 @@ from typing import Any, Literal, Protocol
 
 from shelley.config import GenerationConfig
 from shelley.errors import ShelleyError
+from shelley.models.bos import bos_prefix
 
 MIN_WORDS, MAX_WORDS = 100, 3000
 DEFAULT_CONTEXT = 1024  # tokens of rolling context: a page and a half of prose
@@ -216,7 +217,8 @@ class SceneWriter:
         self.eos = tokenizer.eos_token_id
         self.paragraph_break = paragraph_break
         self.sep = [self.eos] if paragraph_break == "eos" else self._encode("\n\n")
-        self.prefix = list(prefix_ids or [])  # e.g. the BOS token a model expects at the start of every window
+        # The BOS a model expects at the start of every window (``models.bos``), unless the caller says otherwise.
+        self.prefix = bos_prefix(tokenizer) if prefix_ids is None else list(prefix_ids)
         self.note = on_note or (lambda _m: None)
         self.on_paragraph, self.on_progress = on_paragraph, on_progress
         self.context = self._fit_context(context_tokens)

@@ -98,6 +98,16 @@ def card_metadata(results: EvalResult, cfg, out: Path, name: str, corpus: dict[s
             dataset_split="validation",
         ),
     ]
+    if ppl.finetuned.bits_per_byte is not None:
+        evals.append(
+            HubEvalResult(
+                **metric,
+                metric_type="bits_per_byte",
+                metric_value=round(ppl.finetuned.bits_per_byte, 4),
+                metric_name="Validation bits per byte",
+                dataset_split="validation",
+            )
+        )
     if results.attribution:
         a = results.attribution
         evals.append(

@@ -37,14 +37,18 @@ def perplexity(
     batch_size: int = 8,
     max_tokens: int | None = None,
     progress: bool = False,
+    prefix: list[int] | None = None,
 ) -> dict[str, float]:
-    """Token-weighted mean NLL and perplexity of ``model`` over ``stream`` (a 1-D array of token ids)."""
+    """Token-weighted mean NLL and perplexity of ``model`` over ``stream`` (a 1-D array of token ids).
+    ``prefix`` (the BOS a model expects, ``models.bos``) opens every window and is never a target; the
+    windows then hold ``max_length - len(prefix)`` tokens of the stream, so the targets stay the same."""
     import torch
     import torch.nn.functional as F
 
     if max_tokens is not None:
         stream = stream[: max_tokens + 1]
-    wins = windows(len(stream), max_length, stride)
+    pre = np.asarray(prefix or [], dtype=np.int64)
+    wins = windows(len(stream), max_length - len(pre), stride)
     device = next(model.parameters()).device
     total_nll = 0.0
     total_tokens = 0
@@ -62,19 +66,42 @@ def perplexity(
         iterator = tqdm(batches, desc="perplexity", leave=False)
     with torch.inference_mode():
         for batch in iterator:
-            ids = torch.from_numpy(np.stack([np.asarray(stream[b:e], dtype=np.int64) for b, e, _ in batch]))
-            ids = ids.to(device)
+            rows = [np.concatenate([pre, np.asarray(stream[b:e], dtype=np.int64)]) for b, e, _ in batch]
+            ids = torch.from_numpy(np.stack(rows)).to(device)
             logits = model(input_ids=ids).logits.float()  # (B, T, V)
             # Position t predicts token t+1.
             logp = F.log_softmax(logits[:, :-1], dim=-1)
             nll = -logp.gather(-1, ids[:, 1:, None]).squeeze(-1)  # (B, T-1)
             for row, (b, _, first) in enumerate(batch):
-                part = nll[row, first - b - 1 :]
+                part = nll[row, len(pre) + first - b - 1 :]
                 total_nll += float(part.sum())
                 total_tokens += part.numel()
     model.train(was_training)
     mean = total_nll / max(1, total_tokens)
     return {"nll": mean, "perplexity": math.exp(mean), "tokens": total_tokens}
+
+
+def scored_text(tokenizer, stream: np.ndarray, max_tokens: int | None = None) -> str:
+    """The text ``perplexity`` scores on ``stream``: every token but the first, end-of-text read as a line break."""
+    targets = np.asarray(stream[1 : None if max_tokens is None else max_tokens + 1], dtype=np.int64)
+    eos = tokenizer.eos_token_id
+    cuts = np.flatnonzero(targets == eos) if eos is not None else np.array([], dtype=np.int64)
+    pieces = np.split(targets, cuts)
+    texts = [tokenizer.decode(p[1:] if i else p, skip_special_tokens=True) for i, p in enumerate(pieces)]
+    return "\n".join(texts)
+
+
+def per_byte(scored: dict[str, float], text: str) -> dict[str, float]:
+    """Bits per byte and per word of the scored text: the measure that compares models whose tokenizers differ
+    (a perplexity is per token, and tokens are not the same unit across tokenizers)."""
+    bits = scored["nll"] * scored["tokens"] / math.log(2)
+    n_bytes, n_words = len(text.encode("utf-8")), len(text.split())
+    return {
+        "bytes": n_bytes,
+        "words": n_words,
+        "bits_per_byte": bits / n_bytes if n_bytes else float("nan"),
+        "bits_per_word": bits / n_words if n_words else float("nan"),
+    }
 
 
 def unigram_baselines(train_stream: np.ndarray, val_stream: np.ndarray, vocab_size: int) -> dict[str, float]:
@@ -99,13 +126,17 @@ def unigram_baselines(train_stream: np.ndarray, val_stream: np.ndarray, vocab_si
     }
 
 
-def position_losses(model, stream: np.ndarray, *, window: int = 1024, batch_size: int = 2) -> dict:
+def position_losses(
+    model, stream: np.ndarray, *, window: int = 1024, batch_size: int = 2, prefix: list[int] | None = None
+) -> dict:
     """The context curve: mean loss (nats) of the token at each position of non-overlapping ``window``-token
     windows of ``stream``, i.e. with 1 ... window-1 tokens of context. A model that uses long context scores
-    lower late in the window than early; fine-tuning on short windows can lose that."""
+    lower late in the window than early; fine-tuning on short windows can lose that. ``prefix`` (a BOS) opens
+    each window and is not counted as context."""
     import torch
     import torch.nn.functional as F
 
+    pre = np.asarray(prefix or [], dtype=np.int64)
     n = len(stream) // window
     if n == 0:
         return {"window": window, "windows": 0, "loss": []}
@@ -116,12 +147,13 @@ def position_losses(model, stream: np.ndarray, *, window: int = 1024, batch_size
     with torch.inference_mode():
         for i in range(0, n, batch_size):
             rows = [
-                np.asarray(stream[j * window : (j + 1) * window], dtype=np.int64)
+                np.concatenate([pre, np.asarray(stream[j * window : (j + 1) * window], dtype=np.int64)])
                 for j in range(i, min(n, i + batch_size))
             ]
             ids = torch.from_numpy(np.stack(rows)).to(device)
-            logits = model(input_ids=ids).logits[:, :-1].float()
-            nll = F.cross_entropy(logits.transpose(1, 2), ids[:, 1:], reduction="none")  # (B, window-1)
+            # Input position len(pre) + t holds stream token t and predicts token t+1, with t+1 tokens of context.
+            logits = model(input_ids=ids).logits[:, len(pre) : -1].float()
+            nll = F.cross_entropy(logits.transpose(1, 2), ids[:, len(pre) + 1 :], reduction="none")  # (B, window-1)
             total += nll.sum(0).double().cpu()
     model.train(was_training)
     return {"window": window, "windows": n, "loss": (total / n).tolist()}
