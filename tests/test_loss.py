@@ -73,7 +73,7 @@ def test_no_grad_keeps_nothing_and_gives_the_same_loss():
     torch.testing.assert_close(loss, ref)
 
 
-@pytest.mark.parametrize("kind", ["gpt2", "llama", "mistral"])
+@pytest.mark.parametrize("kind", ["gpt2", "llama", "mistral", "gemma3"])
 def test_causal_lm_loss_equals_the_models_own_loss_and_gradients(kind):
     model = tiny_causal_lm(kind, 96, seed=3).eval()  # eval: GPT-2's dropout would make the two passes differ
     assert can_fuse(model)

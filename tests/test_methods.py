@@ -10,11 +10,11 @@ from shelley.config import load_config
 from shelley.finetune.methods import _lora_linear_function, fused_lora_linear_class, prepare_for_method
 
 
-def _lora(fused: bool, *sets: str):
+def _lora(fused: bool, *sets: str, kind: str = "llama"):
     cfg = load_config(
         None, ["train.method=lora", "train.lora_r=4", "train.lora_alpha=12", f"train.fused_lora={fused}", *sets]
     )
-    model = prepare_for_method(tiny_causal_lm("llama", 96, seed=5), cfg)
+    model = prepare_for_method(tiny_causal_lm(kind, 96, seed=5), cfg)
     torch.manual_seed(6)
     for n, p in model.named_parameters():
         if "lora_B" in n:  # PEFT starts B at zero: give it values so the low-rank path shows in the output
@@ -28,8 +28,9 @@ def _loss_and_grads(model, ids):
     return loss.detach(), {n: p.grad.clone() for n, p in model.named_parameters() if p.requires_grad}
 
 
-def test_fused_lora_gives_peft_outputs_and_gradients():
-    fused, stock = _lora(True, "train.lora_dropout=0"), _lora(False, "train.lora_dropout=0")
+@pytest.mark.parametrize("kind", ["llama", "gemma3"])  # Gemma 3: one key/value head, sliding windows, GELU
+def test_fused_lora_gives_peft_outputs_and_gradients(kind):
+    fused, stock = _lora(True, "train.lora_dropout=0", kind=kind), _lora(False, "train.lora_dropout=0", kind=kind)
     layers = [m for m in fused.modules() if isinstance(m, fused_lora_linear_class())]
     assert len(layers) == 14  # 7 projections x 2 blocks
     assert not any(isinstance(m, fused_lora_linear_class()) for m in stock.modules())

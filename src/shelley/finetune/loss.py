@@ -28,7 +28,7 @@ ONLINE_CHUNK = 2048
 
 # Architectures whose logits are exactly ``lm_head(final hidden state)``: no soft-capping, no logit scale, no
 # extra head. Others fall back to the model's own loss.
-FUSABLE_MODEL_TYPES = frozenset({"llama", "mistral", "gpt2", "qwen2", "qwen3"})
+FUSABLE_MODEL_TYPES = frozenset({"llama", "mistral", "gpt2", "qwen2", "qwen3", "gemma3_text"})
 
 
 def _one_sweep(hidden, weight, bias, chunk, acc, grad_needed):

@@ -41,7 +41,7 @@ def perplexity(
 ) -> dict[str, float]:
     """Token-weighted mean NLL and perplexity of ``model`` over ``stream`` (a 1-D array of token ids).
     ``prefix`` (the BOS a model expects, ``models.bos``) opens every window and is never a target; the
-    windows then hold ``max_length - len(prefix)`` tokens of the stream, so the targets stay the same."""
+    windows then hold ``max_length - len(prefix)`` tokens of the stream (the same for base and fine-tuned)."""
     import torch
     import torch.nn.functional as F
 

