@@ -169,3 +169,15 @@ def test_scene_on_llamacpp_takes_token_ids_and_keeps_beats_and_guard(cli, export
     scene = json.loads(res.stdout)["scene"]
     assert scene["paragraphs"][scene["beat_paragraphs"][0]].startswith("Then the candle went out.")
     assert scene["words"] >= 80 and scene["guard"]["on"] and scene["context_tokens"] < 128
+
+
+def test_eval_scenes_on_llamacpp_exports_both_models_once(cli, exported):
+    import json
+
+    run, _path = exported
+    res = cli("eval", run.root, "--scenes", "1", "--words", "100", "--engine", "llamacpp")
+    assert res.exit_code == 0, res.stderr
+    sc = json.loads((run.root / "eval.json").read_text())["scenes"]
+    assert [len(sc["rows"][w]) for w in ("base", "finetuned")] == [1, 1]
+    assert (run.root / "export" / "base-f16.gguf").exists()
+    assert sc["rows"]["finetuned"][0]["words"] >= 80 and sc["timing"]["base"]["tokens"] > 0

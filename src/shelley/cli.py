@@ -177,6 +177,9 @@ def eval_cmd(
         int | None, "--scenes", min=1, help="Also write this many whole scenes per model and judge them."
     ) = None,
     words: o.opt(int, "--words", help="With --scenes: words per scene (100-3,000).") = 1000,
+    engine: o.opt(
+        str, "--engine", help="With --scenes: transformers, or llamacpp (exports both models to GGUF once)."
+    ) = "transformers",
 ) -> None:
     """Base vs trained perplexity on the same validation tokens, side-by-side generations -> eval.md/json/html.
     With --scenes: whole scenes (loops, repeats, copies, name churn, who wrote them) and the context curve."""
@@ -184,17 +187,24 @@ def eval_cmd(
     from shelley.eval.report import evaluate_run, keep_earlier, write_eval
 
     run = Run.open(run_dir)
+    scene_engine = None
     if scenes:
         from shelley.generate.scene import check_scene_request
 
         check_scene_request(words, [])
+        if engine not in ("transformers", "llamacpp"):
+            raise ShelleyError(f"unknown engine {engine!r}; use transformers or llamacpp")
+        if engine == "llamacpp":
+            from shelley.export import scene_engines
+
+            scene_engine = scene_engines(run, on_note=o.note)
     prompt_set = load_prompts(prompts) if prompts is not None else None
     n_bags = (bags or run.config().eval.attribution_bags) if attribution else None
     progress, on_progress = o.attribution_progress()
     with o.err_console.status("evaluating base and trained models"), progress:
         results, texts = evaluate_run(
             run, prompt_set, attribution_bags=n_bags, reference_dir=str(reference) if reference else None,
-            bag_words=bag_words, scenes=scenes, scene_words=words, on_progress=on_progress,
+            bag_words=bag_words, scenes=scenes, scene_words=words, scene_engine=scene_engine, on_progress=on_progress,
         )  # fmt: skip
     results = write_eval(run, keep_earlier(run, results), texts)
     views.eval_result(o.console, results, str(run.eval_md))

@@ -65,7 +65,9 @@ def _scene_pass(model, tokenizer, cfg: ShelleyConfig, stream, run: Run | None, o
     from shelley.eval.report import scene_model_pass
 
     t0 = time.perf_counter()
-    out = scene_model_pass(model, tokenizer, cfg, stream, cfg.eval.run_scenes, cfg.eval.scene_words, run, on_progress)
+    out = scene_model_pass(
+        model, tokenizer, cfg, stream, run, cfg.eval.run_scenes, cfg.eval.scene_words, None, on_progress
+    )
     scored["scene_seconds"] = time.perf_counter() - t0
     return out
 

@@ -172,6 +172,7 @@ def evaluate_run(
     bag_words: int | None = None,
     scenes: int | None = None,
     scene_words: int = 1000,
+    scene_engine: Callable | None = None,
     on_progress: Callable[[str, int, int], None] | None = None,
 ) -> tuple[EvalResult, dict[str, str] | None]:
     """Evaluate a finished ``shelley train`` (or ``shelley run``) run: base and trained models on the run's
@@ -184,7 +185,8 @@ def evaluate_run(
     ``on_progress(model, words, words_needed)`` follows its generation. Returns the result and the texts the
     attribution read (None without it), which ``write_eval`` keeps for ``shelley ab``. ``scenes`` adds the
     scene test (``eval.scenes``): that many scenes of ``scene_words`` words per model and the context curves;
-    its texts join the returned ones under ``"scenes"``.
+    its texts join the returned ones under ``"scenes"``; ``scene_engine(who, model, tokenizer, gen)`` gives the
+    token engine that writes them (default: transformers).
     """
     from shelley.data.books import describe_corpus
     from shelley.generate.load import load_model_dir
@@ -209,11 +211,12 @@ def evaluate_run(
     stream = cached_stream(run)
     base_model, tokenizer = _base_for_eval(cfg, out)
     base = score_with_voice(base_model, tokenizer, stream, cfg, attribution_bags, "base", on_progress)
-    passes = {"base": scene_model_pass(base_model, tokenizer, cfg, stream, scenes, scene_words, None, on_progress)}
+    sc = (scenes, scene_words, scene_engine, on_progress)
+    passes = {"base": scene_model_pass(base_model, tokenizer, cfg, stream, None, *sc)}
     del base_model
     tuned_model = load_model_dir(out, trust_remote_code=cfg.model.trust_remote_code)
     tuned = score_with_voice(tuned_model, tokenizer, stream, cfg, attribution_bags, "finetuned", on_progress)
-    passes["finetuned"] = scene_model_pass(tuned_model, tokenizer, cfg, stream, scenes, scene_words, run, on_progress)
+    passes["finetuned"] = scene_model_pass(tuned_model, tokenizer, cfg, stream, run, *sc)
     written = {"base": base["voice"], "finetuned": tuned["voice"]} if voice else {}
     results = combine(cfg, base, tuned, run.train_result())
     results.run_dir = str(run.root)
@@ -260,7 +263,9 @@ def judge_scene_passes(results: EvalResult, run: Run, passes, train_texts, val_t
     return scene_texts
 
 
-def scene_model_pass(model, tokenizer, cfg, stream, n: int | None, words: int, run: Run | None, on_progress):
+def scene_model_pass(
+    model, tokenizer, cfg, stream, run: Run | None, n: int | None, words: int, engine=None, on_progress=None
+):
     """One model's scene pass (None without ``n``): a model shelley trained reads end-of-text as a paragraph
     break, the base model a blank line (``generate.scene.paragraph_break_for``)."""
     if not n:
@@ -269,8 +274,11 @@ def scene_model_pass(model, tokenizer, cfg, stream, n: int | None, words: int, r
     from shelley.generate.scene import paragraph_break_for
 
     who = "finetuned" if run is not None else "base"
-    brk = paragraph_break_for(run)
-    return scene_pass(model, tokenizer, cfg, stream, n, words, paragraph_break=brk, who=who, on_progress=on_progress)
+    writer = engine(who, model, tokenizer, cfg.generation) if engine is not None else None
+    return scene_pass(
+        model, tokenizer, cfg, stream, n, words, paragraph_break=paragraph_break_for(run), who=who,
+        on_progress=on_progress, engine=writer,
+    )  # fmt: skip
 
 
 def voice_text(

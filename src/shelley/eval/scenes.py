@@ -177,11 +177,22 @@ def scene_rule(base: dict[str, Any], finetuned: dict[str, Any], author: dict[str
 
 
 def scene_pass(
-    model, tokenizer, cfg, stream, n: int, words: int, *, paragraph_break: str, who: str, on_progress=None
+    model,
+    tokenizer,
+    cfg,
+    stream,
+    n: int,
+    words: int,
+    *,
+    paragraph_break: str,
+    who: str,
+    on_progress=None,
+    engine=None,
 ) -> dict[str, Any]:
     """One model's part of the scene test: ``n`` scenes of ``words`` words from the eval prompts (scene ``i``
     from prompt ``i mod 5`` with seed ``generation.seed + i``, no guard: the model is judged, not the writer),
-    and its context curve over the held-out token ``stream``."""
+    and its context curve over the held-out token ``stream``. ``engine``: the token engine that writes the
+    scenes (default: transformers on ``model``; the CLI passes llama.cpp's for ``--engine llamacpp``)."""
     import time
 
     from shelley.generate import context_window
@@ -189,7 +200,7 @@ def scene_pass(
     from shelley.models.bos import bos_prefix
     from shelley.models.perplexity import position_losses
 
-    engine = TransformersEngine(model, tokenizer, cfg.generation)
+    engine = engine or TransformersEngine(model, tokenizer, cfg.generation)
     prompts = cfg.eval.prompts
     scenes, t0 = [], time.perf_counter()
     for i in range(n):

@@ -137,3 +137,32 @@ def _config_json(run: Run) -> Path:
     from shelley.models.registry import resolve
 
     return Path(resolve(base)) / "config.json"
+
+
+def scene_engines(run: Run, *, on_note=None):
+    """A factory ``(who, model, tokenizer, gen) -> token engine`` that writes the scene test's scenes with
+    llama.cpp: the fine-tuned model from the run's f16 export (made now if missing), the base model from
+    RUN/export/base-f16.gguf, exported from the loaded base once. ``shelley eval --scenes --engine llamacpp``."""
+    from shelley.generate.llamacpp import LlamaCppWriter, require_llama_cpp
+
+    require_llama_cpp()
+    note = on_note or (lambda _m: None)
+
+    def engine(who: str, model, tokenizer, gen):
+        if who == "finetuned":
+            found = sorted((run.root / "export").glob("*-f16.gguf"))
+            path = [p for p in found if p.name != "base-f16.gguf"]
+            if not path:
+                note("exporting the fine-tuned model for llama.cpp (f16)")
+                path = [export_run(run, "gguf", quant="f16")]
+            return LlamaCppWriter(path[0]).scene_engine(gen)
+        path = run.root / "export" / "base-f16.gguf"
+        if not path.exists():
+            note("exporting the base model for llama.cpp (f16)")
+            path.parent.mkdir(parents=True, exist_ok=True)
+            tmp = path.with_name(".base-f16.gguf.tmp")
+            write_gguf(model, tokenizer, tmp, quant="f16", metadata={"shelley.role": "base"})
+            tmp.replace(path)
+        return LlamaCppWriter(path).scene_engine(gen)
+
+    return engine

@@ -125,6 +125,7 @@ class LlamaCppEngine:
             "temp": 0.0 if greedy else gen.temperature,
             "top_k": gen.top_k,
             "top_p": gen.top_p,
+            "min_p": 0.0,  # llama.cpp's default 0.05 would cut tokens transformers keeps: sample as it does
             "repeat_penalty": gen.repetition_penalty,
         }
 
