@@ -287,6 +287,7 @@ class SceneWriter:
     def _window(self) -> list[int]:
         """The rolling context: the most recent tokens, moved on by a quarter window at a time (so the KV cache
         of the last chunk stays usable in between), starting after a paragraph break where one is near."""
+        self.window_start = min(self.window_start, max(0, len(self.ids) - self.chunk))  # after a cut back
         if len(self.ids) - self.window_start > self.context:
             start = len(self.ids) - (3 * self.context) // 4
             breaks = [i + len(self.sep) for i in range(start, start + self.context // 4) if self._break_at(i)]
@@ -364,16 +365,20 @@ class SceneWriter:
                 raise ShelleyError("the model keeps ending the scene with nothing written; try another model")
 
     def _sentence_ends(self) -> list[int]:
-        """Token counts after ``milestone`` at which the model's text ends a sentence (or a paragraph)."""
-        seg = self.ids[self.milestone :]
-        text = self._decode(seg)
-        ends = sorted({m.end() for m in SENTENCE_END.finditer(text)})
-        out, k = [], 0
-        for e in ends:
-            while k < len(seg) and len(self._decode(seg[: k + 1])) <= e:
-                k += 1
-            out.append(k)
-        return [k for k in out if k > 0]
+        """Positions in ``ids`` after which the model's text ends a sentence: in the last few chunks (where a cut
+        is wanted), else anywhere after the last milestone."""
+        for start in (max(self.milestone, len(self.ids) - 4 * self.chunk), self.milestone):
+            seg = self.ids[start:]
+            ends = sorted({m.end() for m in SENTENCE_END.finditer(self._decode(seg))})
+            out, k = [], 0
+            for e in ends:
+                while k < len(seg) and len(self._decode(seg[: k + 1])) <= e:
+                    k += 1
+                if k > 0:
+                    out.append(start + k)
+            if out or start == self.milestone:
+                return out
+        return []
 
     def cut_to_sentence(self, at_least_words: int | None = None, extra_chunks: int = 3) -> None:
         """Cut the scene at a sentence end: the first one at or past ``at_least_words`` words (drawing up to
@@ -382,19 +387,19 @@ class SceneWriter:
             ends = self._sentence_ends()
             if at_least_words is None:
                 if ends:
-                    del self.ids[self.milestone + ends[-1] :]
+                    del self.ids[ends[-1] :]
                     return
             else:
-                for k in ends:
-                    if len(self._words_through(self.milestone + k)) >= at_least_words:
-                        del self.ids[self.milestone + k :]
+                for end in ends:
+                    if len(self._words_through(end)) >= at_least_words:
+                        del self.ids[end:]
                         return
             if attempt < extra_chunks:
                 self.chunk_step()
         ends = self._sentence_ends()
         # No sentence end past the length: the last one before it, unless that drops over a fifth of the scene.
-        if ends and len(self._words_through(self.milestone + ends[-1])) >= 0.8 * (at_least_words or 0):
-            del self.ids[self.milestone + ends[-1] :]
+        if ends and len(self._words_through(ends[-1])) >= 0.8 * (at_least_words or 0):
+            del self.ids[ends[-1] :]
 
     def _words_through(self, end: int) -> list[str]:
         saved = self.ids
