@@ -346,3 +346,24 @@ def test_scene_ab_page_pairs_scenes_with_the_authors_own_passages(cli, tmp_path,
     assert set(tally["comparisons"]) == {"scene"}
     missing = cli("ab", tiny_run, "--scenes", "--out", tmp_path / "x.html")
     assert missing.exit_code == 2 and "--scenes 10` first" in missing.stderr
+
+
+def test_the_reference_set_beside_the_corpus_is_found_and_named(cli, tmp_path, author_corpus, monkeypatch):
+    """A fresh clone has no SHELLEY_DATA_DIR: the reference/ folder beside the corpus (as ../shared/data lays it
+    out) is used, and the output says which folder it was."""
+    from shelley.data.books import default_reference_dir
+
+    monkeypatch.delenv("SHELLEY_DATA_DIR", raising=False)
+    monkeypatch.setenv("SHELLEY_HOME", str(tmp_path / "home"))
+    ref = _synthetic_reference(tmp_path / "reference", {"b": VOCAB_B, "c": VOCAB_B[::-1] + VOCAB_A[:3]})
+    assert default_reference_dir(author_corpus) == ref.resolve()
+    books = tmp_path / "authors" / "a"
+    books.mkdir(parents=True)
+    assert default_reference_dir(books) == ref.resolve()  # a folder of books two levels below it
+    assert default_reference_dir(None) == tmp_path / "home" / "reference"
+    mine = write(tmp_path / "mine.txt", _author_text(VOCAB_A, 1200, 77, ","))
+    result = cli("style", "attribute", mine, "--corpus", author_corpus, "--bag-words", "200",
+                 "--set", "data.split=block", "--json")  # fmt: skip
+    assert result.exit_code == 0, result.stderr
+    doc = json.loads(result.stdout)
+    assert doc["texts"][0]["target_share"] > 0.5 and doc["reference"] == str(ref.resolve())

@@ -359,7 +359,8 @@ def style_attribute(
     from shelley.eval.voice import attribute_texts
 
     who, test, results = attribute_texts(texts, corpus, cfg, str(reference) if reference else None)
-    doc = {"author": who.author, "validity": test.validity, "candidates": test.candidates, "texts": results}
+    doc = {"author": who.author, "reference": test.reference, "validity": test.validity, "candidates": test.candidates,
+           "texts": results}  # fmt: skip
     views.json_or(as_json, doc, lambda: views.who_wrote(o.console, who.author, test, results))
 
 

@@ -22,7 +22,7 @@ SAVE_MARGIN_S = 15.0  # the final save, the loss plot and the reports
 SCORING_SLACK = 1.08  # the fine-tuned model is scored like the base one (same tokens, same lengths); jitter
 
 
-def _reduced_attribution_test(cfg: ShelleyConfig, who, train_texts: list[str], val_texts: list[str]):
+def _reduced_attribution_test(cfg: ShelleyConfig, who, train_texts: list[str], val_texts: list[str], source: Path):
     """(the attribution test, None), or (None, why it is skipped): without a reference set the run goes on and
     its report says how to get one."""
     if not cfg.eval.run_attribution_bags:
@@ -31,7 +31,7 @@ def _reduced_attribution_test(cfg: ShelleyConfig, who, train_texts: list[str], v
 
     try:
         return build_attribution_test(
-            who, train_texts, val_texts, cfg.eval.reference_dir, bag_words=cfg.eval.bag_words
+            who, train_texts, val_texts, cfg.eval.reference_dir, bag_words=cfg.eval.bag_words, corpus=source
         ), None
     except ShelleyError as exc:
         return None, str(exc)
@@ -126,7 +126,7 @@ def run_pipeline(
     t0 = time.perf_counter()
     run = Run.for_pipeline(run_dir)
     cfg, train_texts, val_texts, report, who = _prepare(cfg, source, run, overwrite)
-    voice, skipped = _reduced_attribution_test(cfg, who, train_texts, val_texts)
+    voice, skipped = _reduced_attribution_test(cfg, who, train_texts, val_texts, source)
     tokenizer = load_tokenizer_for_training(cfg)
     model = load_base_model(cfg)
     stream = encode_stream(val_texts, tokenizer, run.root / "cache", "validation")

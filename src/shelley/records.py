@@ -103,6 +103,7 @@ class AttributionResult(_Record):
     results: dict[str, dict[str, Any]]
     verdict: dict[str, Any] = Field(default_factory=dict)
     dropped: list[str] = Field(default_factory=list)
+    reference: str | None = Field(None, description="The reference set's folder (absent in older reports).")
 
 
 class SceneResult(_Record):

@@ -181,11 +181,20 @@ class ReferenceBook:
     text: str
 
 
-def default_reference_dir() -> Path:
-    """``$SHELLEY_DATA_DIR/reference`` when that is set (CI, the shared data), else ``$SHELLEY_HOME/reference``,
-    where ``shelley data fetch reference`` puts it."""
+def default_reference_dir(corpus: str | Path | None = None) -> Path:
+    """Where the reference set is when none is named: ``$SHELLEY_DATA_DIR/reference`` when that is set (CI,
+    the shared data); else a ``reference/`` folder beside the corpus (next to the file, inside or next to the
+    folder, or in its parent), as the shared data lays it out; else ``$SHELLEY_HOME/reference``, where
+    ``shelley data fetch reference`` puts it."""
     if os.environ.get("SHELLEY_DATA_DIR"):
         return Path(os.environ["SHELLEY_DATA_DIR"]) / "reference"
+    if corpus:
+        where = Path(corpus).expanduser().resolve()
+        near = [where / "reference"] if where.is_dir() else []
+        near += [where.parent / "reference", where.parent.parent / "reference"]
+        for folder in near:
+            if (folder / "MANIFEST.json").is_file():
+                return folder
     from shelley.io import shelley_home
 
     return shelley_home() / "reference"

@@ -188,6 +188,7 @@ class AttributionTest:
     validity: dict[str, Any]
     candidates: list[dict[str, Any]]
     dropped: list[str]
+    reference: str = ""  # the folder the other authors came from
 
     def attribute(self, text: str) -> dict[str, Any]:
         return summarize(self.attributor, self.target, make_bags(text, self.bag_words))

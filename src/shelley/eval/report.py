@@ -206,8 +206,9 @@ def evaluate_run(
 
         # Before any generation: a missing reference set must fail in a second, not after minutes of sampling.
         voice = build_attribution_test(
-            who, train_texts, val_texts, reference_dir or cfg.eval.reference_dir, bag_words=cfg.eval.bag_words
-        )
+            who, train_texts, val_texts, reference_dir or cfg.eval.reference_dir, bag_words=cfg.eval.bag_words,
+            corpus=run.corpus_source(cfg),
+        )  # fmt: skip
     stream = cached_stream(run)
     base_model, tokenizer = _base_for_eval(cfg, out)
     base = score_with_voice(base_model, tokenizer, stream, cfg, attribution_bags, "base", on_progress)
@@ -236,19 +237,20 @@ def evaluate_run(
     if voice:
         results.attribution, texts = attribution_results(voice, written, val_texts, attribution_bags)
     if scenes:
-        test = voice or _scene_attribution_test(who, train_texts, val_texts, reference_dir or cfg.eval.reference_dir)
+        ref = reference_dir or cfg.eval.reference_dir
+        test = voice or _scene_attribution_test(who, train_texts, val_texts, ref, run.corpus_source(cfg))
         scene_texts = judge_scene_passes(results, run, passes, train_texts, val_texts, scene_words, test)
         texts = (texts or {}) | {"scenes": scene_texts}
     return results, texts
 
 
-def _scene_attribution_test(who, train_texts: list[str], val_texts: list[str], reference_dir):
+def _scene_attribution_test(who, train_texts: list[str], val_texts: list[str], reference_dir, corpus):
     """The attribution test for one-bag scenes when `--attribution` did not build one: None without a
     reference set (the scene rule then says its attribution points are missing)."""
     from shelley.eval.voice import build_attribution_test
 
     try:
-        return build_attribution_test(who, train_texts, val_texts, reference_dir)
+        return build_attribution_test(who, train_texts, val_texts, reference_dir, corpus=corpus)
     except ShelleyError:
         return None
 

@@ -50,9 +50,12 @@ def build_attribution_test(
     reference_dir: str | Path | None = None,
     *,
     bag_words: int = BAG_WORDS,
+    corpus: str | Path | None = None,
 ) -> AttributionTest:
-    """The attribution test for the corpus's author against every other author of the reference set."""
-    books = load_reference(reference_dir or default_reference_dir())
+    """The attribution test for the corpus's author against every other author of the reference set
+    (``reference_dir``, else the default one, looked for beside ``corpus`` too)."""
+    folder = Path(reference_dir or default_reference_dir(corpus))
+    books = load_reference(folder)
     dropped = [f"{b.author}, {b.title}" for b in books if same_author(b, who)]
     impostors = [Candidate(b.key, b.author, b.title, *split_book(b.text)) for b in books if not same_author(b, who)]
     target = Candidate(who.key, who.author, who.title, "\n".join(train_texts), "\n".join(held_out_texts))
@@ -62,7 +65,9 @@ def build_attribution_test(
             f"the corpus's validation split has {held} words, fewer than one bag of {bag_words}; "
             "lower --bag-words or raise data.validation_fraction"
         )
-    return build_test(target, impostors, bag_words=bag_words, dropped=dropped)
+    test = build_test(target, impostors, bag_words=bag_words, dropped=dropped)
+    test.reference = str(folder)
+    return test
 
 
 def generate_for_bags(
@@ -143,6 +148,7 @@ def judge_voice(test: AttributionTest, texts: dict[str, str], bags: int) -> dict
         "dropped": test.dropped,
         "validity": test.validity,
         "results": rows,
+        "reference": test.reference,
     }
     if "base" in rows and "finetuned" in rows:
         out["verdict"] = verdict(test.validity, rows["finetuned"], rows["base"])
@@ -154,6 +160,7 @@ def summary_lines(a: dict[str, Any], labels: dict[str, str]) -> list[str]:
     v = a["validity"]
     own = v["own_held_out"]
     lines = [
+        *([f"reference set: {a['reference']}"] if a.get("reference") else []),
         f"validity ({'valid' if v['valid'] else 'NOT VALID'}): {a['author']}'s held-out text {describe(own)} "
         f"to {a['author']}; most of another author's held-out bags given to {a['author']}: "
         f"{100 * v['impostor_max_share']:.0f}% ({v['impostor_max_author']})",
@@ -240,5 +247,6 @@ def attribute_texts(texts: list[str], corpus: Path, cfg, reference: str | None =
         [r["text"] for r in rows if r["split"] == "validation"],
         reference or cfg.eval.reference_dir,
         bag_words=cfg.eval.bag_words,
+        corpus=corpus,
     )
     return who, test, [{"text": name} | test.attribute(body) for name, body in named]
