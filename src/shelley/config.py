@@ -238,7 +238,8 @@ class EvalConfig(_Section):
     reference_dir: str | None = Field(
         None,
         description="Reference set of other authors' books for attribution (MANIFEST.json + texts). null:"
-        " $SHELLEY_DATA_DIR/reference, else $SHELLEY_HOME/reference (`shelley data fetch reference`).",
+        " $SHELLEY_DATA_DIR/reference, else reference/ beside the corpus (or in its parent), else"
+        " $SHELLEY_HOME/reference (`shelley data fetch reference`).",
     )
     attribution_bags: int = Field(
         20, gt=0, description="Bags of generated text per model for `shelley eval --attribution` (--bags)."
