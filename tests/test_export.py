@@ -170,3 +170,17 @@ def test_export_to_an_unwritable_place_or_of_an_untrained_run_is_named(cli, trai
     (tmp_path / "untrained" / "config.yaml").write_text("{}")
     res = cli("export", tmp_path / "untrained")
     assert res.exit_code == 2 and "has no trained model yet" in res.stderr
+
+
+def test_the_gguf_asks_llamacpp_for_bos_exactly_when_the_model_expects_it(tmp_path):
+    import gguf
+    from transformers import AutoTokenizer
+
+    from conftest import save_bos_tokenizer, save_tiny_tokenizer, tiny_causal_lm
+    from shelley.export.gguf import write_gguf
+
+    for save, expect in ((save_bos_tokenizer, True), (save_tiny_tokenizer, False)):
+        tok = AutoTokenizer.from_pretrained(save(tmp_path / save.__name__))
+        path = write_gguf(tiny_causal_lm("llama", len(tok)), tok, tmp_path / f"{expect}.gguf", quant="f16", metadata={})
+        field = gguf.GGUFReader(path).fields["tokenizer.ggml.add_bos_token"]
+        assert bool(field.parts[field.data[0]][0]) is expect

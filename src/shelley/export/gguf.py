@@ -16,6 +16,7 @@ from typing import Any
 import numpy as np
 
 from shelley.errors import ShelleyError
+from shelley.models.bos import bos_prefix
 
 QUANTS = ("f16", "q8_0", "q4_k_m")
 ARCHITECTURES = {"llama": "llama", "mistral": "llama", "gpt2": "gpt2"}  # Hugging Face model_type -> GGUF arch
@@ -139,7 +140,8 @@ def _tokenizer(w, tokenizer, n_vocab: int) -> None:
     ):
         if tid is not None:
             getattr(w, f"add_{kind}_token_id")(tid)
-    w.add_add_bos_token(False)  # shelley never adds BOS to a prompt; llama.cpp must not either
+    # llama.cpp adds BOS to a text prompt exactly when the model expects one (models.bos), as shelley does.
+    w.add_add_bos_token(bool(bos_prefix(tokenizer)))
     if isinstance(getattr(tokenizer, "chat_template", None), str):
         w.add_chat_template(tokenizer.chat_template)
 
