@@ -367,3 +367,46 @@ def test_the_reference_set_beside_the_corpus_is_found_and_named(cli, tmp_path, a
     assert result.exit_code == 0, result.stderr
     doc = json.loads(result.stdout)
     assert doc["texts"][0]["target_share"] > 0.5 and doc["reference"] == str(ref.resolve())
+
+
+NAMES = ["Victor", "Elizabeth", "Clerval", "Justine"]
+
+
+def _with_names(text: str, every: int, seed: int) -> str:
+    """``text`` with a character's name after every ``every`` words, mid-sentence and capitalised."""
+    rng = random.Random(seed)
+    out = []
+    for i, w in enumerate(text.split()):
+        out.append(w)
+        if i % every == 2:
+            out.append(rng.choice(NAMES))
+    return " ".join(out)
+
+
+def test_a_name_only_signal_fools_the_names_in_test_and_not_the_default():
+    """Author A and author B write almost alike (two pairs of function words swapped); only A's books name
+    Victor, Elizabeth, Clerval and Justine. A text in B's style that names A's people goes to A when names
+    are features, and to B when they are left out (the default)."""
+    from shelley.eval.attribution import Candidate, build_test, name_words
+
+    vocab_b = VOCAB_A[:]
+    vocab_b[0], vocab_b[3], vocab_b[1], vocab_b[5] = vocab_b[3], vocab_b[0], vocab_b[5], vocab_b[1]
+    a = Candidate("a", "A", "A's book", _with_names(_author_text(VOCAB_A, 6000, 1, ","), 6, 1),
+                  _with_names(_author_text(VOCAB_A, 2000, 2, ","), 6, 2))  # fmt: skip
+    vocab_c = VOCAB_A[::-1]
+    others = [
+        Candidate("b", "B", "B's book", _author_text(vocab_b, 6000, 3, ","), _author_text(vocab_b, 2000, 4, ",")),
+        Candidate("c", "C", "C's book", _author_text(vocab_c, 6000, 5, ";"), _author_text(vocab_c, 2000, 6, ";")),
+    ]
+    pastiche = _with_names(_author_text(vocab_b, 2000, 7, ","), 6, 8)
+    names_in = build_test(a, others, bag_words=200, keep_names=True)
+    names_out = build_test(a, others, bag_words=200)
+    assert names_in.validity["valid"] and names_out.validity["valid"]
+    assert names_in.attribute(pastiche)["target_share"] == 1.0  # fooled by the names
+    assert names_out.attribute(pastiche)["shares"]["b"] == 1.0  # the style is B's
+    assert names_out.names_left_out == ["clerval", "elizabeth", "justine", "victor"] and names_in.names_left_out is None
+    assert not set(names_out.attributor.features) & {"victor", "elizabeth"}
+    # Sentence openers are not names; a word written in lower case mid-sentence is not one either.
+    assert name_words(["He met Victor there. Then he went on. Then Victor slept, and victor was a word too. "
+                       "We saw Victor again and Victor once more."]) == set()  # fmt: skip
+    assert name_words(["He met Victor there, and Victor slept, and so did Victor."]) == {"victor"}

@@ -173,6 +173,7 @@ def eval_cmd(
     bags: o.key("eval.attribution_bags", "--bags", min=1) = None,
     reference: o.ReferenceOpt = None,
     bag_words: o.key("eval.bag_words", "--bag-words", min=1) = None,
+    keep_names: o.opt(bool, "--keep-names", help="Keep names among the attribution's features.") = False,
     scenes: o.opt(
         int | None, "--scenes", min=1, help="Also write this many whole scenes per model and judge them."
     ) = None,
@@ -204,7 +205,8 @@ def eval_cmd(
     with o.err_console.status("evaluating base and trained models"), progress:
         results, texts = evaluate_run(
             run, prompt_set, attribution_bags=n_bags, reference_dir=str(reference) if reference else None,
-            bag_words=bag_words, scenes=scenes, scene_words=words, scene_engine=scene_engine, on_progress=on_progress,
+            bag_words=bag_words, keep_names=keep_names, scenes=scenes, scene_words=words, scene_engine=scene_engine,
+            on_progress=on_progress,
         )  # fmt: skip
     results = write_eval(run, keep_earlier(run, results), texts)
     views.eval_result(o.console, results, str(run.eval_md))
@@ -353,14 +355,15 @@ def style_attribute(
     corpus: o.opt(Path, "--corpus", help="Run dir, dataset dir or corpus file of the author."),
     reference: o.ReferenceOpt = None,
     bag_words: o.key("eval.bag_words", "--bag-words", min=1) = None,
+    keep_names: o.key("eval.keep_names", "--keep-names/--no-names") = None,
     as_json: o.JsonOpt = False,
 ) -> None:
     """Who wrote this? Attribute each text, bag by bag, among the corpus's author and the reference authors."""
     from shelley.eval.voice import attribute_texts
 
     who, test, results = attribute_texts(texts, corpus, cfg, str(reference) if reference else None)
-    doc = {"author": who.author, "reference": test.reference, "validity": test.validity, "candidates": test.candidates,
-           "texts": results}  # fmt: skip
+    doc = {"author": who.author, "reference": test.reference, "names_left_out": test.names_left_out,
+           "validity": test.validity, "candidates": test.candidates, "texts": results}  # fmt: skip
     views.json_or(as_json, doc, lambda: views.who_wrote(o.console, who.author, test, results))
 
 

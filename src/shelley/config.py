@@ -248,6 +248,11 @@ class EvalConfig(_Section):
         4, ge=0, description="Bags per model for the reduced attribution inside `shelley run` (0: skip it)."
     )
     bag_words: int = Field(1000, gt=0, description="Words per bag for attribution (~1,000 is the tested minimum).")
+    keep_names: bool = Field(
+        False,
+        description="Keep names (words capitalised in >= 90% of their mid-sentence uses) among the attribution's"
+        " features; by default they are left out, so a model earns the author's votes by style, not by names.",
+    )
     run_scenes: int = Field(
         0,
         ge=0,

@@ -31,8 +31,9 @@ def _reduced_attribution_test(cfg: ShelleyConfig, who, train_texts: list[str], v
 
     try:
         return build_attribution_test(
-            who, train_texts, val_texts, cfg.eval.reference_dir, bag_words=cfg.eval.bag_words, corpus=source
-        ), None
+            who, train_texts, val_texts, cfg.eval.reference_dir, bag_words=cfg.eval.bag_words, corpus=source,
+            keep_names=cfg.eval.keep_names,
+        ), None  # fmt: skip
     except ShelleyError as exc:
         return None, str(exc)
 

@@ -104,6 +104,7 @@ class AttributionResult(_Record):
     verdict: dict[str, Any] = Field(default_factory=dict)
     dropped: list[str] = Field(default_factory=list)
     reference: str | None = Field(None, description="The reference set's folder (absent in older reports).")
+    names_left_out: list[str] | None = Field(None, description="Names kept out of the features (None: kept in).")
 
 
 class SceneResult(_Record):

@@ -170,6 +170,7 @@ def evaluate_run(
     attribution_bags: int | None = None,
     reference_dir: str | None = None,
     bag_words: int | None = None,
+    keep_names: bool = False,
     scenes: int | None = None,
     scene_words: int = 1000,
     scene_engine: Callable | None = None,
@@ -194,6 +195,7 @@ def evaluate_run(
     cfg, out = run.config(), run.output
     if bag_words:
         cfg.eval.bag_words = bag_words
+    cfg.eval.keep_names = keep_names or cfg.eval.keep_names
     rows = run.corpus_rows()
     train_texts = [r["text"] for r in rows if r["split"] == "train"]
     val_texts = [r["text"] for r in rows if r["split"] == "validation"]
@@ -207,7 +209,7 @@ def evaluate_run(
         # Before any generation: a missing reference set must fail in a second, not after minutes of sampling.
         voice = build_attribution_test(
             who, train_texts, val_texts, reference_dir or cfg.eval.reference_dir, bag_words=cfg.eval.bag_words,
-            corpus=run.corpus_source(cfg),
+            corpus=run.corpus_source(cfg), keep_names=cfg.eval.keep_names,
         )  # fmt: skip
     stream = cached_stream(run)
     base_model, tokenizer = _base_for_eval(cfg, out)
@@ -238,19 +240,21 @@ def evaluate_run(
         results.attribution, texts = attribution_results(voice, written, val_texts, attribution_bags)
     if scenes:
         ref = reference_dir or cfg.eval.reference_dir
-        test = voice or _scene_attribution_test(who, train_texts, val_texts, ref, run.corpus_source(cfg))
+        test = voice or _scene_attribution_test(who, train_texts, val_texts, ref, run.corpus_source(cfg), cfg)
         scene_texts = judge_scene_passes(results, run, passes, train_texts, val_texts, scene_words, test)
         texts = (texts or {}) | {"scenes": scene_texts}
     return results, texts
 
 
-def _scene_attribution_test(who, train_texts: list[str], val_texts: list[str], reference_dir, corpus):
+def _scene_attribution_test(who, train_texts: list[str], val_texts: list[str], reference_dir, corpus, cfg):
     """The attribution test for one-bag scenes when `--attribution` did not build one: None without a
     reference set (the scene rule then says its attribution points are missing)."""
     from shelley.eval.voice import build_attribution_test
 
     try:
-        return build_attribution_test(who, train_texts, val_texts, reference_dir, corpus=corpus)
+        return build_attribution_test(
+            who, train_texts, val_texts, reference_dir, corpus=corpus, keep_names=cfg.eval.keep_names
+        )
     except ShelleyError:
         return None
 

@@ -51,6 +51,7 @@ def build_attribution_test(
     *,
     bag_words: int = BAG_WORDS,
     corpus: str | Path | None = None,
+    keep_names: bool = False,
 ) -> AttributionTest:
     """The attribution test for the corpus's author against every other author of the reference set
     (``reference_dir``, else the default one, looked for beside ``corpus`` too)."""
@@ -65,7 +66,7 @@ def build_attribution_test(
             f"the corpus's validation split has {held} words, fewer than one bag of {bag_words}; "
             "lower --bag-words or raise data.validation_fraction"
         )
-    test = build_test(target, impostors, bag_words=bag_words, dropped=dropped)
+    test = build_test(target, impostors, bag_words=bag_words, dropped=dropped, keep_names=keep_names)
     test.reference = str(folder)
     return test
 
@@ -149,6 +150,7 @@ def judge_voice(test: AttributionTest, texts: dict[str, str], bags: int) -> dict
         "validity": test.validity,
         "results": rows,
         "reference": test.reference,
+        "names_left_out": test.names_left_out,
     }
     if "base" in rows and "finetuned" in rows:
         out["verdict"] = verdict(test.validity, rows["finetuned"], rows["base"])
@@ -161,6 +163,11 @@ def summary_lines(a: dict[str, Any], labels: dict[str, str]) -> list[str]:
     own = v["own_held_out"]
     lines = [
         *([f"reference set: {a['reference']}"] if a.get("reference") else []),
+        *(
+            [f"names left out of the features ({len(a['names_left_out'])}): {', '.join(a['names_left_out'])}"]
+            if a.get("names_left_out")
+            else []
+        ),
         f"validity ({'valid' if v['valid'] else 'NOT VALID'}): {a['author']}'s held-out text {describe(own)} "
         f"to {a['author']}; most of another author's held-out bags given to {a['author']}: "
         f"{100 * v['impostor_max_share']:.0f}% ({v['impostor_max_author']})",
@@ -248,5 +255,6 @@ def attribute_texts(texts: list[str], corpus: Path, cfg, reference: str | None =
         reference or cfg.eval.reference_dir,
         bag_words=cfg.eval.bag_words,
         corpus=corpus,
+        keep_names=cfg.eval.keep_names,
     )
     return who, test, [{"text": name} | test.attribute(body) for name, body in named]
