@@ -410,3 +410,36 @@ def test_a_name_only_signal_fools_the_names_in_test_and_not_the_default():
     assert name_words(["He met Victor there. Then he went on. Then Victor slept, and victor was a word too. "
                        "We saw Victor again and Victor once more."]) == set()  # fmt: skip
     assert name_words(["He met Victor there, and Victor slept, and so did Victor."]) == {"victor"}
+
+
+def test_c_at_1_f05u_and_brier_on_hand_computed_examples():
+    from shelley.eval.verify import brier, c_at_1, f05u
+
+    truth = [1, 1, 0, 0, 1]
+    scores = [0.9, 0.5, 0.2, 0.7, 0.5]  # right, unanswered, right, wrong, unanswered
+    assert c_at_1(truth, scores) == pytest.approx((2 + 2 * 2 / 5) / 5)  # 0.56
+    assert brier(truth, scores) == pytest.approx(1 - (0.01 + 0.25 + 0.04 + 0.49 + 0.25) / 5)  # 0.792
+    # tp 1 (0.9), fp 1 (0.7), fn 0, unanswered 2: 1.25 / (1.25 + 0.25 * 2 + 1)
+    assert f05u(truth, scores) == pytest.approx(1.25 / 2.75)
+    assert c_at_1([1, 0], [0.5, 0.5]) == 0.0 and c_at_1([1, 0], [0.8, 0.1]) == 1.0
+
+
+def test_general_impostors_separates_two_authors():
+    """On a synthetic two-author case (plus a third as an extra impostor) the verifier scores the author's
+    held-out bags high and the others' low, calibrated on the validity set."""
+    from shelley.eval.attribution import Candidate, build_test
+
+    a = Candidate("a", "A", "A's", _author_text(VOCAB_A, 6000, 1, ","), _author_text(VOCAB_A, 2000, 2, ","))
+    others = [
+        Candidate("b", "B", "B's", _author_text(VOCAB_B, 6000, 3, ";"), _author_text(VOCAB_B, 2000, 4, ";")),
+        Candidate(
+            "c", "C", "C's", _author_text(VOCAB_A[::-1], 6000, 5, ","), _author_text(VOCAB_A[::-1], 2000, 6, ",")
+        ),
+    ]
+    test = build_test(a, others, bag_words=200)
+    v = test.verifier.validity
+    assert v["auc"] == 1.0 and v["c_at_1"] == 1.0 and v["brier"] > 0.8 and v["author_bags"] == 10
+    mine = test.verify(_author_text(VOCAB_A, 1000, 9, ","))
+    theirs = test.verify(_author_text(VOCAB_B, 1000, 10, ";"))
+    assert mine["the author's"] == 5 and theirs["not the author's"] == 5
+    assert mine["mean_score"] > 0.8 > 0.2 > theirs["mean_score"]

@@ -153,6 +153,12 @@ class Attributor:
         centroids /= np.linalg.norm(centroids, axis=1, keepdims=True)
         return cls(authors, features, scaler, svm, centroids)
 
+    def z(self, bags: list[list[str]]) -> np.ndarray:
+        """The bags as the classifiers see them: z-scored relative frequencies, length 1. (bags, F)"""
+        if not bags:
+            return np.zeros((0, len(self.features)))
+        return self.scaler.transform(relative_frequencies(bags, self.features))
+
     def predict(self, bags: list[list[str]]) -> dict[str, list[str]]:
         """Author predicted for each bag, by each classifier."""
         if not bags:
@@ -221,9 +227,14 @@ class AttributionTest:
     dropped: list[str]
     reference: str = ""  # the folder the other authors came from
     names_left_out: list[str] | None = None  # names that would have been features (None: names kept)
+    verifier: Any = None  # eval.verify.Verifier: open-set verification, calibrated on the validity set
 
     def attribute(self, text: str) -> dict[str, Any]:
         return summarize(self.attributor, self.target, make_bags(text, self.bag_words))
+
+    def verify(self, text: str) -> dict[str, Any]:
+        """General Impostors over the text's bags: is it the author's, or someone's not in the set?"""
+        return self.verifier.summarize(self.attributor.z(make_bags(text, self.bag_words)))
 
 
 def build_test(
@@ -286,9 +297,18 @@ def build_test(
         }
         for c in everyone
     ]
+    from shelley.eval.verify import Verifier
+
+    z_train = {k: att.z(b) for k, b in train.items()}
+    author = z_train[target.key].mean(axis=0)
+    impostor_z = np.concatenate([z_train[c.key] for c in impostors])
+    held_z = [att.z(held[target.key]), *(att.z(held[c.key]) for c in impostors)]
+    truth = [1] * len(held_z[0]) + [0] * sum(len(h) for h in held_z[1:])
+    verifier = Verifier.fit(author, impostor_z, np.concatenate(held_z), truth)
     return AttributionTest(
-        target.key, target.name, att, bag_words, validity, candidates, dropped or [], names_left_out=left_out
-    )
+        target.key, target.name, att, bag_words, validity, candidates, dropped or [], names_left_out=left_out,
+        verifier=verifier,
+    )  # fmt: skip
 
 
 def fisher_greater(k1: int, n1: int, k0: int, n0: int) -> float:

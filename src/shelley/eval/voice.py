@@ -152,6 +152,12 @@ def judge_voice(test: AttributionTest, texts: dict[str, str], bags: int) -> dict
         "reference": test.reference,
         "names_left_out": test.names_left_out,
     }
+    if test.verifier is not None:
+        out["verification"] = {
+            "method": "General Impostors (Koppel & Winter 2014), calibrated on the validity set",
+            "validity": test.verifier.validity,
+            "results": {who: test.verify(text) for who, text in texts.items()},
+        }
     if "base" in rows and "finetuned" in rows:
         out["verdict"] = verdict(test.validity, rows["finetuned"], rows["base"])
     return out
@@ -182,6 +188,18 @@ def summary_lines(a: dict[str, Any], labels: dict[str, str]) -> list[str]:
             for who, g in a["generation"].items()
         )
         lines.append(f"text written for the test: {made}")
+    if a.get("verification"):
+        ver, vv = a["verification"], a["verification"]["validity"]
+        auc = "—" if vv["auc"] is None else f"{vv['auc']:.2f}"
+        mine = "the author's"
+        parts = [
+            f"{labels.get(w, w)} {r[mine]}/{r['bags']} bags {mine}, {r['undecided']} undecided"
+            for w, r in ver["results"].items()
+        ]
+        lines.append(
+            f"open-set verification (General Impostors): on the validity set AUC {auc}, c@1 {vv['c_at_1']:.2f}, "
+            f"F0.5u {vv['f05u']:.2f}, Brier {vv['brier']:.2f}; " + "; ".join(parts)
+        )
     if "verdict" in a:
         vd = a["verdict"]
         word = "PASS" if vd["passed"] else "FAIL"
