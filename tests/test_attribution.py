@@ -367,6 +367,7 @@ def test_the_reference_set_beside_the_corpus_is_found_and_named(cli, tmp_path, a
     assert result.exit_code == 0, result.stderr
     doc = json.loads(result.stdout)
     assert doc["texts"][0]["target_share"] > 0.5 and doc["reference"] == str(ref.resolve())
+    assert doc["texts"][0]["verification"]["bags"] >= 1 and "c_at_1" in doc["verification_validity"]
 
 
 NAMES = ["Victor", "Elizabeth", "Clerval", "Justine"]

@@ -363,7 +363,8 @@ def style_attribute(
 
     who, test, results = attribute_texts(texts, corpus, cfg, str(reference) if reference else None)
     doc = {"author": who.author, "reference": test.reference, "names_left_out": test.names_left_out,
-           "validity": test.validity, "candidates": test.candidates, "texts": results}  # fmt: skip
+           "validity": test.validity, "verification_validity": test.verifier.validity,
+           "candidates": test.candidates, "texts": results}  # fmt: skip
     views.json_or(as_json, doc, lambda: views.who_wrote(o.console, who.author, test, results))
 
 

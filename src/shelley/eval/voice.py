@@ -275,4 +275,8 @@ def attribute_texts(texts: list[str], corpus: Path, cfg, reference: str | None =
         corpus=corpus,
         keep_names=cfg.eval.keep_names,
     )
-    return who, test, [{"text": name} | test.attribute(body) for name, body in named]
+    return (
+        who,
+        test,
+        [{"text": name} | test.attribute(body) | {"verification": test.verify(body)} for name, body in named],
+    )
