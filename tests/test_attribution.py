@@ -444,3 +444,17 @@ def test_general_impostors_separates_two_authors():
     theirs = test.verify(_author_text(VOCAB_B, 1000, 10, ";"))
     assert mine["the author's"] == 5 and theirs["not the author's"] == 5
     assert mine["mean_score"] > 0.8 > 0.2 > theirs["mean_score"]
+
+
+def test_bag_size_curve_on_the_command_line(cli, tmp_path, author_corpus):
+    ref = _synthetic_reference(tmp_path / "ref", {"b": VOCAB_B, "c": VOCAB_B[::-1] + VOCAB_A[:3]}, words=12000)
+    mine = write(tmp_path / "mine.txt", _author_text(VOCAB_A, 2400, 77, ","))
+    plot = tmp_path / "curve.png"
+    result = cli("style", "attribute", mine, "--corpus", author_corpus, "--reference", ref, "--bag-words", "200",
+                 "--set", "data.split=block", "--curve", "--plot", plot, "--json")  # fmt: skip
+    assert result.exit_code == 0, result.stderr
+    curve = json.loads(result.stdout)["texts"][0]["curve"]
+    sizes = [c for c in curve if c is not None]
+    assert sizes and all(c["target_share"] == 1.0 for c in sizes)  # the author's text, at every size it fills
+    assert sizes[0]["bags"] == 4  # 2,400 words in bags of 500
+    assert plot.read_bytes()[:4] == b"\x89PNG"

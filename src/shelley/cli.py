@@ -356,12 +356,18 @@ def style_attribute(
     reference: o.ReferenceOpt = None,
     bag_words: o.key("eval.bag_words", "--bag-words", min=1) = None,
     keep_names: o.key("eval.keep_names", "--keep-names/--no-names") = None,
+    curve: o.opt(bool, "--curve", help="Also the share against bag size (500-5,000 words) -> --plot PNG.") = False,
+    plot: o.opt(Path, "--plot", help="With --curve: where the PNG goes.") = Path("bag-size-curve.png"),
     as_json: o.JsonOpt = False,
 ) -> None:
     """Who wrote this? Attribute each text, bag by bag, among the corpus's author and the reference authors."""
-    from shelley.eval.voice import attribute_texts
+    from shelley.eval.voice import attribute_texts, texts_curve
 
     who, test, results = attribute_texts(texts, corpus, cfg, str(reference) if reference else None)
+    if curve:
+        rows = texts_curve(texts, corpus, cfg, str(reference) if reference else None, plot)
+        o.tell(f"bag-size curve: {', '.join(str(r['bag_words']) for r in rows)} words per bag; plot in {plot}")
+        results = [r | {"curve": [c["texts"].get(r["text"]) for c in rows]} for r in results]
     doc = {"author": who.author, "reference": test.reference, "names_left_out": test.names_left_out,
            "validity": test.validity, "verification_validity": test.verifier.validity,
            "candidates": test.candidates, "texts": results}  # fmt: skip

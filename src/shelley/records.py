@@ -105,6 +105,7 @@ class AttributionResult(_Record):
     dropped: list[str] = Field(default_factory=list)
     reference: str | None = Field(None, description="The reference set's folder (absent in older reports).")
     names_left_out: list[str] | None = Field(None, description="Names kept out of the features (None: kept in).")
+    curve: list[dict[str, Any]] | None = Field(None, description="Shares against bag size (eval.voice.bag_size_curve).")
 
 
 class SceneResult(_Record):

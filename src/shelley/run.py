@@ -197,6 +197,10 @@ class Run:
         return self.root / "voice-texts.json"
 
     @property
+    def curve_plot(self) -> Path:
+        return self.root / "bag-size-curve.png"
+
+    @property
     def scene_texts(self) -> Path:
         """The scene test's texts (base, fine-tuned, the author's), which ``shelley ab --scenes`` pairs."""
         return self.root / "scene-texts.json"

@@ -238,12 +238,24 @@ def evaluate_run(
     texts = None
     if voice:
         results.attribution, texts = attribution_results(voice, written, val_texts, attribution_bags)
+        results.attribution.curve = _bag_size_curve(who, train_texts, val_texts, written, voice, cfg, run)
     if scenes:
         ref = reference_dir or cfg.eval.reference_dir
         test = voice or _scene_attribution_test(who, train_texts, val_texts, ref, run.corpus_source(cfg), cfg)
         scene_texts = judge_scene_passes(results, run, passes, train_texts, val_texts, scene_words, test)
         texts = (texts or {}) | {"scenes": scene_texts}
     return results, texts
+
+
+def _bag_size_curve(who, train_texts, val_texts, written: dict[str, dict], voice, cfg, run: Run):
+    """The attribution's shares at 500 to 5,000 words per bag, for the generated texts (see ``bag_size_curve``)."""
+    from shelley.eval.voice import bag_size_curve
+
+    texts = {who_: w["text"] for who_, w in written.items()}
+    return bag_size_curve(
+        who, train_texts, val_texts, texts, voice.reference or None, corpus=run.corpus_source(cfg),
+        keep_names=cfg.eval.keep_names,
+    )  # fmt: skip
 
 
 def _scene_attribution_test(who, train_texts: list[str], val_texts: list[str], reference_dir, corpus, cfg):
@@ -535,7 +547,29 @@ def _md_attribution(r: EvalResult) -> list[str]:
     ]
     if a.dropped:
         lines += [f"Left out of the other authors (the corpus's own author): {'; '.join(a.dropped)}.", ""]
+    if a.curve:
+        lines += ["Share of bags to the author against bag size (the test refitted at each size):", ""]
+        lines += [f"| words per bag | valid | {a.author} held out | worst impostor | " + " | ".join(
+            r.labels.get(k, k) for k in a.curve[0]["texts"]) + " |"]  # fmt: skip
+        lines += ["|---" * (4 + len(a.curve[0]["texts"])) + "|"]
+        for row in curve_rows(a):
+            lines.append("| " + " | ".join(row) + " |")
+        lines += ["", "![bag-size curve](bag-size-curve.png)", ""]
     return lines
+
+
+def curve_rows(a) -> list[list[str]]:
+    """The bag-size curve as table cells: size, validity, shares with their bags."""
+    keys = list(a.curve[0]["texts"]) if a.curve else []
+
+    def cell(got) -> str:
+        return "—" if not got else f"{got['target_bags']}/{got['bags']} = {100 * got['target_share']:.0f}%"
+
+    return [
+        [f"{c['bag_words']:,}", "yes" if c["valid"] else "no", cell(c["own_held_out"]),
+         f"{100 * c['impostor_max_share']:.0f}%", *(cell(c["texts"].get(k)) for k in keys)]
+        for c in a.curve
+    ]  # fmt: skip
 
 
 def _md_style(r: EvalResult) -> list[str]:
@@ -674,6 +708,7 @@ def render_eval_html(r: EvalResult, images: dict[str, bytes] | None = None) -> s
         attribution_rows=attribution_rows(r) if r.attribution else [],
         scene_sentences=scene_sentences(r) if r.scenes else [],
         scene_rows=scene_rows(r) if r.scenes else [],
+        curve_rows=curve_rows(r.attribution) if r.attribution and r.attribution.curve else [],
         author=r.author,
         title=r.title,
         hyper=yaml.safe_dump(r.hyperparameters, sort_keys=False),
@@ -712,6 +747,10 @@ def write_eval(run: Run, results: EvalResult, texts: dict[str, str] | None = Non
             write_json(run.voice_texts, doc)
         labels = {**results.labels, "held_out": f"{a.author} (held out)"}
         images["attribution"] = plot_attribution(a.model_dump(), labels, run.attribution_plot).read_bytes()
+        if a.curve:
+            from shelley.eval.voice import plot_curve
+
+            images["curve"] = plot_curve(a.curve, a.author, run.curve_plot).read_bytes()
     write_json(run.eval_json, results.to_json())
     atomic_write_text(run.eval_md, render_eval_md(results))
     atomic_write_text(run.eval_html, render_eval_html(results, images))
