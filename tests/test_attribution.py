@@ -194,7 +194,14 @@ def test_eval_attribution_then_ab_page(cli, tmp_path, tiny_run, tiny_model_dir):
     assert result.exit_code == 0, result.stderr
     ev = json.loads((run / "eval.json").read_text())
     a = ev["attribution"]
-    assert set(a["results"]) == {"base", "finetuned", "held_out"} and a["results"]["base"]["bags"] >= 2
+    assert set(a["results"]) == {"base", "finetuned", "held_out", "prompted"} and a["results"]["base"]["bags"] >= 2
+    # The prompted baseline: the base model asked for the author's style, a row of the rule of its own.
+    assert "beats_prompted" in a["verdict"]["checks"] and "prompted_fisher_p" in a["verdict"]
+    assert a["prompted_instruction"].startswith("Continue this passage in the style of")
+    assert all(
+        len(g["generations_per_bag"]) == 3 and g["generations_per_bag"][0] >= 1 for g in a["generation"].values()
+    )
+    assert "verification" in a and set(a["verification"]["results"]) >= {"base", "finetuned", "prompted"}
     assert a["bag_words"] == 20 and a["reduced"] and "verdict" in a and "texts" not in a
     assert a["author"] == ev["corpus"]["author"] == "the author of corpus"
     assert (run / "attribution.png").read_bytes()[:4] == b"\x89PNG"
@@ -458,3 +465,14 @@ def test_bag_size_curve_on_the_command_line(cli, tmp_path, author_corpus):
     assert sizes and all(c["target_share"] == 1.0 for c in sizes)  # the author's text, at every size it fills
     assert sizes[0]["bags"] == 4  # 2,400 words in bags of 500
     assert plot.read_bytes()[:4] == b"\x89PNG"
+
+
+def test_generations_per_bag_and_the_prompted_prompts(smol_tokenizer):
+    from shelley.eval.voice import generations_per_bag, prompted_prompts
+
+    # samples of 300, 500, 400, 900 words: bag 1 (0-999) spans samples 1-3, bag 2 (1000-1999) samples 3-4
+    assert generations_per_bag([300, 500, 400, 900], 1000) == [3, 2]
+    assert generations_per_bag([2500], 1000) == [1, 1]
+    asked = prompted_prompts(smol_tokenizer, ["It was on a dreary night"], "Mary Shelley", "Frankenstein")[0]
+    assert "in the style of Mary Shelley's Frankenstein" in asked and asked.endswith("It was on a dreary night")
+    assert "<|im_start|>assistant" in asked  # through SmolLM2-Instruct's chat template

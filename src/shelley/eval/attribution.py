@@ -320,8 +320,12 @@ def fisher_greater(k1: int, n1: int, k0: int, n0: int) -> float:
     return float(fisher_exact([[k1, n1 - k1], [k0, n0 - k0]], alternative="greater").pvalue)
 
 
-def verdict(validity: dict[str, Any], finetuned: dict[str, Any], base: dict[str, Any]) -> dict[str, Any]:
-    """The pre-registered pass rule (``PASS_RULE``), each part with its number."""
+def verdict(
+    validity: dict[str, Any], finetuned: dict[str, Any], base: dict[str, Any], prompted: dict[str, Any] | None = None
+) -> dict[str, Any]:
+    """The pre-registered pass rule (``PASS_RULE``), each part with its number. With ``prompted`` (the base model
+    asked to write like the author) the rule gains issue 48's row: the fine-tuned share must exceed the prompted
+    base model's with a one-sided Fisher p below ``p_max`` too."""
     rule = PASS_RULE
     p = fisher_greater(finetuned["target_bags"], finetuned["bags"], base["target_bags"], base["bags"])
     checks = {
@@ -330,7 +334,12 @@ def verdict(validity: dict[str, Any], finetuned: dict[str, Any], base: dict[str,
         "base": base["target_share"] <= rule["base_max"],
         "fisher": p < rule["p_max"],
     }
-    return {"passed": all(checks.values()), "checks": checks, "fisher_p": p, "rule": dict(rule)}
+    out: dict[str, Any] = {"fisher_p": p, "rule": dict(rule)}
+    if prompted is not None:
+        p2 = fisher_greater(finetuned["target_bags"], finetuned["bags"], prompted["target_bags"], prompted["bags"])
+        checks["beats_prompted"] = finetuned["target_share"] > prompted["target_share"] and p2 < rule["p_max"]
+        out["prompted_fisher_p"] = p2
+    return {"passed": all(checks.values()), "checks": checks, **out}
 
 
 def pct(x: float) -> str:

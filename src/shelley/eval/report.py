@@ -216,11 +216,14 @@ def evaluate_run(
     base = score_with_voice(base_model, tokenizer, stream, cfg, attribution_bags, "base", on_progress)
     sc = (scenes, scene_words, scene_engine, on_progress)
     passes = {"base": scene_model_pass(base_model, tokenizer, cfg, stream, None, *sc)}
+    prompted = prompted_voice(base_model, tokenizer, cfg, attribution_bags, on_progress) if voice else None
     del base_model
     tuned_model = load_model_dir(out, trust_remote_code=cfg.model.trust_remote_code)
     tuned = score_with_voice(tuned_model, tokenizer, stream, cfg, attribution_bags, "finetuned", on_progress)
     passes["finetuned"] = scene_model_pass(tuned_model, tokenizer, cfg, stream, run, *sc)
     written = {"base": base["voice"], "finetuned": tuned["voice"]} if voice else {}
+    if prompted:
+        written["prompted"] = prompted
     results = combine(cfg, base, tuned, run.train_result())
     results.run_dir = str(run.root)
     if cfg.train.method == "scratch":
@@ -245,6 +248,14 @@ def evaluate_run(
         scene_texts = judge_scene_passes(results, run, passes, train_texts, val_texts, scene_words, test)
         texts = (texts or {}) | {"scenes": scene_texts}
     return results, texts
+
+
+def _per_bag(counts: list[int]) -> dict[str, Any]:
+    """How many separate generations made up the bags: fewest, median, most."""
+    if not counts:
+        return {}
+    ordered = sorted(counts)
+    return {"generations_per_bag": [ordered[0], ordered[len(ordered) // 2], ordered[-1]]}
 
 
 def _bag_size_curve(who, train_texts, val_texts, written: dict[str, dict], voice, cfg, run: Run):
@@ -299,6 +310,21 @@ def scene_model_pass(
     )  # fmt: skip
 
 
+def prompted_voice(model, tokenizer, cfg: ShelleyConfig, bags: int, on_progress=None) -> dict[str, Any] | None:
+    """The prompted baseline's attribution text: the base model asked, prompt by prompt, to continue in the
+    author's style (``eval.voice.prompted_prompts``); None for a scratch run, whose base knows no instructions."""
+    if cfg.train.method == "scratch":
+        return None
+    from shelley.eval.voice import PROMPTED_INSTRUCTION, prompted_prompts
+
+    asked = cfg.model_copy(deep=True)
+    asked.eval.prompts = prompted_prompts(tokenizer, cfg.eval.prompts, cfg.data.author or "the author",
+                                          cfg.data.title or "the book")  # fmt: skip
+    out = voice_text(model, tokenizer, asked, bags, "prompted base", on_progress)
+    out["instruction"] = PROMPTED_INSTRUCTION
+    return out
+
+
 def voice_text(
     model,
     tokenizer,
@@ -329,12 +355,17 @@ def attribution_results(
 ) -> tuple[AttributionResult, dict[str, str]]:
     """The attribution block of the report, and the texts it read (``write_eval`` keeps them in their own file,
     not in eval.json, for `shelley ab`)."""
-    from shelley.eval.voice import judge_voice
+    from shelley.eval.voice import generations_per_bag, judge_voice
 
     out = judge_voice(voice, {k: v["text"] for k, v in written.items()}, bags)
     out["generation"] = {
-        k: {kk: v[kk] for kk in ("samples", "words")} | {"seconds": round(v["seconds"], 1)} for k, v in written.items()
+        k: {kk: v[kk] for kk in ("samples", "words")}
+        | {"seconds": round(v["seconds"], 1)}
+        | _per_bag(generations_per_bag(v.get("sample_words", []), voice.bag_words))
+        for k, v in written.items()
     }
+    if "prompted" in written:
+        out["prompted_instruction"] = written["prompted"]["instruction"]
     texts = {k: v["text"] for k, v in written.items()} | {"held_out": "\n".join(held_out)}
     return AttributionResult(**out), texts
 
@@ -394,14 +425,18 @@ def style_sentences(st: StyleResult, author: str) -> list[str]:
 def attribution_sentences(r: EvalResult) -> list[str]:
     from shelley.eval.voice import summary_lines
 
-    return summary_lines(r.attribution.model_dump(), {**r.labels, "held_out": "held out"})
+    return summary_lines(r.attribution.model_dump(), {**r.labels, "held_out": "held out", "prompted": "prompted base"})
 
 
 def attribution_rows(r: EvalResult) -> list[dict[str, str]]:
     """One row per text of the attribution table: bags, share to the author with its interval, the runner-up."""
     a = r.attribution
     names = {c["key"]: c["name"] for c in a.candidates}
-    lb = {**r.labels, "held_out": f"{a.author} (held out)"}
+    lb = {
+        **r.labels,
+        "held_out": f"{a.author} (held out)",
+        "prompted": f"{r.labels['base']}, asked for {a.author}'s style",
+    }
     rows = []
     for who, x in a.results.items():
         others = sorted(((v, k) for k, v in x["shares"].items() if k != a.target), reverse=True)
@@ -745,7 +780,7 @@ def write_eval(run: Run, results: EvalResult, texts: dict[str, str] | None = Non
         if texts:
             doc = {"author": a.author, "title": results.title, "bag_words": a.bag_words, "texts": texts}
             write_json(run.voice_texts, doc)
-        labels = {**results.labels, "held_out": f"{a.author} (held out)"}
+        labels = {**results.labels, "held_out": f"{a.author} (held out)", "prompted": "base, prompted"}
         images["attribution"] = plot_attribution(a.model_dump(), labels, run.attribution_plot).read_bytes()
         if a.curve:
             from shelley.eval.voice import plot_curve

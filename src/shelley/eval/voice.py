@@ -129,7 +129,40 @@ def generate_for_bags(
             "lower --bags or check its generations"
         )
     out = {"text": "\n\n".join(samples), "samples": len(samples), "words": words, "seconds": time.perf_counter() - t0}
+    out["sample_words"] = [word_count(t) for t in samples]  # where one generation ends and the next begins
     return out | ({"side_by_side": heads} if side_by_side else {})
+
+
+def generations_per_bag(sample_words: list[int], bag_words: int) -> list[int]:
+    """How many separate generations (different prompts and seeds) each full bag of the joined text draws on."""
+    ends, total = [], 0
+    for n in sample_words:
+        total += n
+        ends.append(total)
+    out = []
+    for b in range(total // bag_words):
+        lo, hi = b * bag_words, (b + 1) * bag_words
+        starts = [0, *ends[:-1]]
+        out.append(sum(1 for s, e in zip(starts, ends, strict=True) if s < hi and e > lo))
+    return out
+
+
+PROMPTED_INSTRUCTION = "Continue this passage in the style of {author}'s {title}, in the same voice:\n\n{prompt}"
+
+
+def prompted_prompts(tokenizer, prompts: list[str], author: str, title: str) -> list[str]:
+    """The prompted baseline (issue 48): each eval prompt wrapped in a request to write like the author, through
+    the model's chat template when it has one (an instruction-tuned base), the passage itself opening the reply
+    so the model carries it on; as a plain preface otherwise."""
+    out = []
+    for p in prompts:
+        ask = PROMPTED_INSTRUCTION.format(author=author, title=title, prompt=p)
+        if isinstance(getattr(tokenizer, "chat_template", None), str):
+            chat = [{"role": "user", "content": ask}]
+            out.append(tokenizer.apply_chat_template(chat, tokenize=False, add_generation_prompt=True) + p)
+        else:
+            out.append(ask.replace("\n\n" + p, "") + "\n\n" + p)
+    return out
 
 
 def judge_voice(test: AttributionTest, texts: dict[str, str], bags: int) -> dict[str, Any]:
@@ -159,7 +192,7 @@ def judge_voice(test: AttributionTest, texts: dict[str, str], bags: int) -> dict
             "results": {who: test.verify(text) for who, text in texts.items()},
         }
     if "base" in rows and "finetuned" in rows:
-        out["verdict"] = verdict(test.validity, rows["finetuned"], rows["base"])
+        out["verdict"] = verdict(test.validity, rows["finetuned"], rows["base"], rows.get("prompted"))
     return out
 
 
@@ -200,11 +233,20 @@ def summary_lines(a: dict[str, Any], labels: dict[str, str]) -> list[str]:
             f"open-set verification (General Impostors): on the validity set AUC {auc}, c@1 {vv['c_at_1']:.2f}, "
             f"F0.5u {vv['f05u']:.2f}, Brier {vv['brier']:.2f}; " + "; ".join(parts)
         )
+    if a.get("prompted_instruction"):
+        lines.append("prompted base: the base model asked: " + a["prompted_instruction"].split("\n")[0])
+    per_bag = {
+        w: g["generations_per_bag"] for w, g in (a.get("generation") or {}).items() if g.get("generations_per_bag")
+    }
+    if per_bag:
+        lines.append("separate generations per bag (fewest, median, most): " + "; ".join(
+            f"{labels.get(w, w)} {'/'.join(map(str, v))}" for w, v in per_bag.items()))  # fmt: skip
     if "verdict" in a:
         vd = a["verdict"]
         word = "PASS" if vd["passed"] else "FAIL"
         reduced = " (reduced run: indicative only; `shelley eval RUN --attribution` runs the full test)" * a["reduced"]
-        lines.append(f"{word}: one-sided Fisher exact p = {vd['fisher_p']:.2g}{reduced}")
+        vs = f"; vs the prompted base p = {vd['prompted_fisher_p']:.2g}" if "prompted_fisher_p" in vd else ""
+        lines.append(f"{word}: one-sided Fisher exact p = {vd['fisher_p']:.2g}{vs}{reduced}")
     return lines
 
 
