@@ -47,6 +47,13 @@ class LlamaCppWriter:
     def context(self) -> int:
         return self.llm.n_ctx()
 
+    @property
+    def trained_context(self) -> int | None:
+        """The model's own position limit from the file (llama.cpp rounds its context up past it)."""
+        meta = self.llm.metadata or {}
+        value = meta.get(f"{meta.get('general.architecture', '')}.context_length")
+        return int(value) if value else None
+
     def generate(
         self,
         prompts: list[str],
@@ -119,7 +126,7 @@ class LlamaCppEngine:
 
     def __init__(self, writer: LlamaCppWriter, gen: GenerationConfig) -> None:
         self.llm = writer.llm
-        self.position_limit = writer.context
+        self.position_limit = min(writer.context, writer.trained_context or writer.context)
         greedy = not gen.do_sample or gen.temperature == 0
         self.sampling = {
             "temp": 0.0 if greedy else gen.temperature,
