@@ -184,11 +184,9 @@ def evaluate_run(
     (same seed), and the report adds the unigram baselines of its tokenizer on the same validation tokens.
     ``attribution_bags`` adds the who-wrote-this test on that many bags of text from each model;
     ``on_progress(model, words, words_needed)`` follows its generation. Returns the result and the texts the
-    attribution read (None without it), which ``write_eval`` keeps for ``shelley ab``. ``scenes`` adds the
-    scene test (``eval.scenes``): that many scenes of ``scene_words`` words per model and the context curves;
-    its texts join the returned ones under ``"scenes"``; ``scene_engine(who, model, tokenizer, gen)`` gives the
-    token engine that writes them (default: transformers).
-    """
+    attribution read (None without it), which ``write_eval`` keeps for ``shelley ab``. ``scenes``: that many
+    scenes of ``scene_words`` words per model and the context curves (texts under ``"scenes"``), written by
+    ``scene_engine(who, model, tokenizer, gen)`` (default: transformers)."""
     from shelley.data.books import describe_corpus
     from shelley.generate.load import load_model_dir
 
@@ -227,11 +225,7 @@ def evaluate_run(
     results = combine(cfg, base, tuned, run.train_result())
     results.run_dir = str(run.root)
     if cfg.train.method == "scratch":
-        from shelley.models.perplexity import unigram_baselines
-
-        results.labels = {"base": "untrained (random init)", "finetuned": "trained from scratch"}
-        val = stream if cfg.eval.max_eval_tokens is None else stream[: cfg.eval.max_eval_tokens + 1]
-        results.unigram = unigram_baselines(cached_stream(run, "train"), val, len(tokenizer))
+        _scratch_baselines(results, run, stream, cfg, len(tokenizer))
     if prompts is not None:
         from shelley.eval.prompts import score_expectations
 
@@ -308,6 +302,15 @@ def scene_model_pass(
         model, tokenizer, cfg, stream, n, words, paragraph_break=paragraph_break_for(run), who=who,
         on_progress=on_progress, engine=writer,
     )  # fmt: skip
+
+
+def _scratch_baselines(results: EvalResult, run: Run, stream, cfg: ShelleyConfig, vocab: int) -> None:
+    """A scratch run's labels (its "base" is the untrained GPT) and the unigram baselines of its tokenizer."""
+    from shelley.models.perplexity import unigram_baselines
+
+    results.labels = {"base": "untrained (random init)", "finetuned": "trained from scratch"}
+    val = stream if cfg.eval.max_eval_tokens is None else stream[: cfg.eval.max_eval_tokens + 1]
+    results.unigram = unigram_baselines(cached_stream(run, "train"), val, vocab)
 
 
 def prompted_voice(model, tokenizer, cfg: ShelleyConfig, bags: int, on_progress=None) -> dict[str, Any] | None:

@@ -179,6 +179,13 @@ class Scene:
         return out
 
 
+def prompt_room(position_limit: int, prefix: int = 0, context: int | None = None) -> int:
+    """The most prompt tokens a scene can start from on a model with ``position_limit`` positions (what
+    ``SceneWriter`` leaves after its chunk and ``prefix`` BOS tokens)."""
+    chunk = min(DEFAULT_CHUNK, max(8, position_limit // 4))
+    return min(context or DEFAULT_CONTEXT, position_limit - chunk - prefix) - chunk
+
+
 def check_scene_request(words: int, beats: list[str]) -> None:
     if not MIN_WORDS <= words <= MAX_WORDS:
         raise ShelleyError(f"--words must be between {MIN_WORDS} and {MAX_WORDS} (got {words}); e.g. --words 1000")
