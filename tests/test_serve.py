@@ -132,6 +132,7 @@ def test_scene_mode_clamps_and_streams(tiny_run):
     chunks = list(demo.scene("The storm", 5, "", 0.8, 0.95, 1, False))
     text, notes = chunks[-1]
     assert "clamped to 100" in notes and len(chunks) >= 2 and len(text.split()) >= 80
+    assert all(t.startswith("The storm") for t, _ in chunks)  # the opening, then the scene
     assert demo.paragraph_break == "eos"  # a shelley run: end-of-text is a paragraph break
 
 

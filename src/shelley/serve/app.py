@@ -131,8 +131,13 @@ class Demo:
 
         thread = threading.Thread(target=work, daemon=True)
         thread.start()
+        opening = (prompt or "").strip()
+
+        def whole(text: str) -> str:  # the reader's opening, then the scene that carries it on
+            return f"{opening} {text}" if opening else text
+
         for p in iter(updates.get, None):
-            yield p["text"], f"{p['words']} of {n} words · {p['tokens_per_s']:.1f} tokens/s"
+            yield whole(p["text"]), f"{p['words']} of {n} words · {p['tokens_per_s']:.1f} tokens/s"
         thread.join()
         if "error" in result:
             raise ShelleyError(f"scene failed: {result['error']}")
@@ -142,7 +147,7 @@ class Demo:
             notes.append(f"longest copied span {sc.guard['longest_span']} words")
         if sc.guard.get("on"):
             notes.append(f"re-sampled {sc.guard['resampled']} copy(ies)")
-        yield sc.text, " · ".join(notes)
+        yield whole(sc.text), " · ".join(notes)
 
     def _stream(self, prompt: str, gen: GenerationConfig, notes: list[str]):
         """(the text pieces as they come, the result dict, the thread generating): the final text, or the
