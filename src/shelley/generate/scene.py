@@ -268,9 +268,10 @@ class SceneWriter:
     def _decode(self, ids: list[int]) -> str:
         return self.tok.decode(ids, skip_special_tokens=True)
 
-    def render(self) -> list[str]:
-        """The scene's paragraphs: split at the paragraph token (eos mode) and at blank lines."""
-        body = self.ids[self.scene_start :]
+    def render(self, end: int | None = None) -> list[str]:
+        """The scene's paragraphs (of ``ids`` up to ``end``): split at the paragraph token (eos mode) and at blank
+        lines."""
+        body = self.ids[self.scene_start : end]
         groups: list[list[int]] = [[]]
         for t in body:
             if t == self.eos:
@@ -285,8 +286,8 @@ class SceneWriter:
                     paras.append(p)
         return paras
 
-    def scene_text(self) -> str:
-        return "\n\n".join(self.render())
+    def scene_text(self, end: int | None = None) -> str:
+        return "\n\n".join(self.render(end))
 
     def word_count(self) -> int:
         return len(self.scene_text().split())
@@ -304,9 +305,9 @@ class SceneWriter:
     def _break_at(self, i: int) -> bool:
         return self.ids[i : i + len(self.sep)] == self.sep
 
-    def _cut_index(self, ids_before: list[int], new: list[int], chars: int) -> int:
-        """How many tokens of ``new`` keep ``decode(ids_before + new[:k])`` within ``chars`` characters."""
-        k = 0
+    def _cut_index(self, ids_before: list[int], new: list[int], chars: int, k: int = 0) -> int:
+        """How many tokens of ``new`` keep ``decode(ids_before + new[:k])`` within ``chars`` characters (counting
+        on from ``k``, a count known to fit)."""
         while k < len(new) and len(self._decode(ids_before + new[: k + 1])) <= chars:
             k += 1
         return k
@@ -339,11 +340,11 @@ class SceneWriter:
         tries = 0
         while True:
             new = self._draw(n)
-            hit = self._copy_in(new) if self.index is not None else None
+            tail = self._guard_tail()
+            hit = self._copy_in(tail, new) if self.index is not None else None
             if hit is None:
                 return self._accept(new)
             tries += 1
-            tail = self._guard_tail()
             keep = self._cut_index(tail, new, hit[0])
             if tries >= self.tries:
                 self.gave_up.append({"at_word": self.word_count(), "span": hit[1]})
@@ -352,8 +353,7 @@ class SceneWriter:
             self.resampled += 1
             self._accept(new[:keep])
 
-    def _copy_in(self, new: list[int]) -> tuple[int, int] | None:
-        tail = self._guard_tail()
+    def _copy_in(self, tail: list[int], new: list[int]) -> tuple[int, int] | None:
         return self.index.overlong_copy(self._decode(tail + new), self.max_span, start=len(self._decode(tail)))
 
     def _accept(self, new: list[int]) -> None:
@@ -379,8 +379,7 @@ class SceneWriter:
             ends = sorted({m.end() for m in SENTENCE_END.finditer(self._decode(seg))})
             out, k = [], 0
             for e in ends:
-                while k < len(seg) and len(self._decode(seg[: k + 1])) <= e:
-                    k += 1
+                k = self._cut_index([], seg, e, k)
                 if k > 0:
                     out.append(start + k)
             if out or start == self.milestone:
@@ -398,23 +397,15 @@ class SceneWriter:
                     return
             else:
                 for end in ends:
-                    if len(self._words_through(end)) >= at_least_words:
+                    if len(self.scene_text(end).split()) >= at_least_words:
                         del self.ids[end:]
                         return
             if attempt < extra_chunks:
                 self.chunk_step()
         ends = self._sentence_ends()
         # No sentence end past the length: the last one before it, unless that drops over a fifth of the scene.
-        if ends and len(self._words_through(ends[-1])) >= 0.8 * (at_least_words or 0):
+        if ends and len(self.scene_text(ends[-1]).split()) >= 0.8 * (at_least_words or 0):
             del self.ids[ends[-1] :]
-
-    def _words_through(self, end: int) -> list[str]:
-        saved = self.ids
-        self.ids = saved[:end]
-        try:
-            return self.scene_text().split()
-        finally:
-            self.ids = saved
 
     def add_beat(self, beat: str) -> None:
         if self.ids[self.scene_start :] and not self._ends_with_break():
@@ -517,7 +508,7 @@ def write_scene(
     """Write a scene of about ``words`` words after ``prompt`` (see the module docstring). Ctrl-C returns the
     scene written so far, flagged ``interrupted``. With an ``index`` the scene's longest copied span is
     reported (and with ``original`` guarded)."""
-    beats = [b for b in (beats or [])]
+    beats = list(beats or [])
     check_scene_request(words, beats)
     w = SceneWriter(
         engine, tokenizer, index=index, original=original, max_span=max_span, tries=tries,
