@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import socket
@@ -68,15 +69,25 @@ def server(tiny_run, shelley_home):
         proc.kill()
 
 
-def test_demo_in_a_real_browser(server):
+@contextlib.contextmanager
+def _demo_page(server):
+    """(the demo open in headless Chromium, the folder for screenshots); the browser closes afterwards."""
     from playwright.sync_api import sync_playwright
 
     artifacts = Path(os.environ.get("SHELLEY_ARTIFACTS") or REPO / "test-artifacts")
     artifacts.mkdir(parents=True, exist_ok=True)
     with sync_playwright() as pw:
         browser = pw.chromium.launch(executable_path=_chromium(), headless=True, args=["--no-sandbox"])
-        page = browser.new_page()
-        page.goto(server)
+        try:
+            page = browser.new_page()
+            page.goto(server)
+            yield page, artifacts
+        finally:
+            browser.close()
+
+
+def test_demo_in_a_real_browser(server):
+    with _demo_page(server) as (page, artifacts):
         page.locator("#prompt textarea").fill("The storm broke at midnight.")
         page.locator("#original input[type=checkbox]").uncheck()  # the streaming path (the guard path is tested below)
         page.locator("#generate").click()
@@ -90,20 +101,12 @@ def test_demo_in_a_real_browser(server):
         )
         text = output.input_value()
         page.screenshot(path=str(artifacts / "serve.png"), full_page=True)
-        browser.close()
     assert len(text.strip()) > 0
     assert (artifacts / "serve.png").stat().st_size > 10_000
 
 
 def test_scene_mode_in_a_real_browser(server):
-    from playwright.sync_api import sync_playwright
-
-    artifacts = Path(os.environ.get("SHELLEY_ARTIFACTS") or REPO / "test-artifacts")
-    artifacts.mkdir(parents=True, exist_ok=True)
-    with sync_playwright() as pw:
-        browser = pw.chromium.launch(executable_path=_chromium(), headless=True, args=["--no-sandbox"])
-        page = browser.new_page()
-        page.goto(server)
+    with _demo_page(server) as (page, artifacts):
         page.get_by_role("tab", name="Scene").click()
         page.locator("#scene-prompt textarea").fill("The storm broke at midnight.")
         page.locator("#scene-beats textarea").fill("Then the candle went out.")
@@ -121,7 +124,6 @@ def test_scene_mode_in_a_real_browser(server):
         text = page.locator("#scene-output textarea").input_value()
         notes = page.locator("#scene-notes").inner_text()
         page.screenshot(path=str(artifacts / "serve-scene.png"), full_page=True)
-        browser.close()
     assert "Then the candle went out." in text and len(text.split()) >= 0.8 * 150
     assert " words in " in notes
     assert (artifacts / "serve-scene.png").stat().st_size > 10_000

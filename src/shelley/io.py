@@ -112,6 +112,19 @@ def atomic_write_bytes(path: Path, data: bytes) -> None:
         raise ShelleyError(f"could not write {path} ({exc.strerror}); check the path and free space") from None
 
 
+def write_png(path: Path, fig, dpi: int = 110) -> Path:
+    """Save a matplotlib figure as a PNG (atomically, like every output) and close it."""
+    import io
+
+    import matplotlib.pyplot as plt
+
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=dpi)
+    plt.close(fig)
+    atomic_write_bytes(path, buf.getvalue())
+    return Path(path)
+
+
 def atomic_write_text(path: Path, text: str) -> None:
     atomic_write_bytes(path, text.encode("utf-8"))
 

@@ -27,15 +27,9 @@ def _reduced_attribution_test(cfg: ShelleyConfig, who, train_texts: list[str], v
     its report says how to get one."""
     if not cfg.eval.run_attribution_bags:
         return None, "eval.run_attribution_bags is 0"
-    from shelley.eval.voice import build_attribution_test
+    from shelley.eval.voice import optional_attribution_test
 
-    try:
-        return build_attribution_test(
-            who, train_texts, val_texts, cfg.eval.reference_dir, bag_words=cfg.eval.bag_words, corpus=source,
-            keep_names=cfg.eval.keep_names,
-        ), None  # fmt: skip
-    except ShelleyError as exc:
-        return None, str(exc)
+    return optional_attribution_test(cfg, who, train_texts, val_texts, corpus=source)
 
 
 def _prepare(cfg: ShelleyConfig, source: Path, run: Run, overwrite: bool):

@@ -202,13 +202,10 @@ def evaluate_run(
         cfg.eval.prompts = [p.prompt for p in prompts[1]]
     voice = None
     if attribution_bags:
-        from shelley.eval.voice import build_attribution_test
+        from shelley.eval.voice import attribution_test_for
 
         # Before any generation: a missing reference set must fail in a second, not after minutes of sampling.
-        voice = build_attribution_test(
-            who, train_texts, val_texts, reference_dir or cfg.eval.reference_dir, bag_words=cfg.eval.bag_words,
-            corpus=run.corpus_source(cfg), keep_names=cfg.eval.keep_names,
-        )  # fmt: skip
+        voice = attribution_test_for(cfg, who, train_texts, val_texts, reference_dir, corpus=run.corpus_source(cfg))
     stream = cached_stream(run)
     base_model, tokenizer = _base_for_eval(cfg, out)
     base = score_with_voice(base_model, tokenizer, stream, cfg, attribution_bags, "base", on_progress)
@@ -237,11 +234,17 @@ def evaluate_run(
         results.attribution, texts = attribution_results(voice, written, val_texts, attribution_bags)
         results.attribution.curve = _bag_size_curve(who, train_texts, val_texts, written, voice, cfg, run)
     if scenes:
-        ref = reference_dir or cfg.eval.reference_dir
-        test = voice or _scene_attribution_test(who, train_texts, val_texts, ref, run.corpus_source(cfg), cfg)
+        # Scenes are attributed (one scene, one bag) where a reference set is there, with --attribution or not.
+        test = voice or _optional_test(cfg, who, train_texts, val_texts, reference_dir, run)
         scene_texts = judge_scene_passes(results, run, passes, train_texts, val_texts, scene_words, test)
         texts = (texts or {}) | {"scenes": scene_texts}
     return results, texts
+
+
+def _optional_test(cfg: ShelleyConfig, who, train_texts, val_texts, reference_dir, run: Run):
+    from shelley.eval.voice import optional_attribution_test
+
+    return optional_attribution_test(cfg, who, train_texts, val_texts, reference_dir, corpus=run.corpus_source(cfg))[0]
 
 
 def _per_bag(counts: list[int]) -> dict[str, Any]:
@@ -261,19 +264,6 @@ def _bag_size_curve(who, train_texts, val_texts, written: dict[str, dict], voice
         who, train_texts, val_texts, texts, voice.reference or None, corpus=run.corpus_source(cfg),
         keep_names=cfg.eval.keep_names,
     )  # fmt: skip
-
-
-def _scene_attribution_test(who, train_texts: list[str], val_texts: list[str], reference_dir, corpus, cfg):
-    """The attribution test for one-bag scenes when `--attribution` did not build one: None without a
-    reference set (the scene rule then says its attribution points are missing)."""
-    from shelley.eval.voice import build_attribution_test
-
-    try:
-        return build_attribution_test(
-            who, train_texts, val_texts, reference_dir, corpus=corpus, keep_names=cfg.eval.keep_names
-        )
-    except ShelleyError:
-        return None
 
 
 def judge_scene_passes(results: EvalResult, run: Run, passes, train_texts, val_texts, words: int, test):

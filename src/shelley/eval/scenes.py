@@ -272,15 +272,13 @@ def judge_scenes(
 
 def plot_context_curve(curves: dict[str, dict[str, Any]], labels: dict[str, str], path):
     """Mean loss by token position for each model (log-scaled positions, smoothed in log-spaced bins)."""
-    import io
-
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
     import numpy as np
 
-    from shelley.io import atomic_write_bytes
+    from shelley.io import write_png
 
     fig, ax = plt.subplots(figsize=(7, 4))
     for who, c in curves.items():
@@ -299,8 +297,4 @@ def plot_context_curve(curves: dict[str, dict[str, Any]], labels: dict[str, str]
     ax.axvspan(512, 1024, alpha=0.08)
     ax.legend()
     fig.tight_layout()
-    buf = io.BytesIO()
-    fig.savefig(buf, format="png", dpi=110)
-    plt.close(fig)
-    atomic_write_bytes(path, buf.getvalue())
-    return path
+    return write_png(path, fig)

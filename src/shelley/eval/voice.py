@@ -258,7 +258,7 @@ def plot_attribution(a: dict[str, Any], labels: dict[str, str], path: Path) -> P
     import matplotlib.pyplot as plt
     import numpy as np
 
-    from shelley.io import atomic_write_bytes
+    from shelley.io import write_png
 
     rows = [(who, r) for who, r in a["results"].items()]
     authors = [c["key"] for c in a["candidates"]]
@@ -276,13 +276,7 @@ def plot_attribution(a: dict[str, Any], labels: dict[str, str], path: Path) -> P
     ax.set_title(f"Who wrote this? Attribution among {len(authors)} authors")
     ax.legend(loc="upper center", bbox_to_anchor=(0.5, -0.09), ncol=len(rows), fontsize=8, frameon=False)
     fig.tight_layout()
-    import io
-
-    buf = io.BytesIO()
-    fig.savefig(buf, format="png", dpi=110)
-    plt.close(fig)
-    atomic_write_bytes(path, buf.getvalue())
-    return path
+    return write_png(path, fig)
 
 
 def check_bag(name: str, body: str, bag_words: int) -> None:
@@ -298,15 +292,10 @@ def check_bag(name: str, body: str, bag_words: int) -> None:
 
 def texts_curve(texts: list[str], corpus: Path, cfg, reference: str | None, plot: Path) -> list[dict[str, Any]]:
     """``bag_size_curve`` for texts named on the command line (files or the texts themselves), plotted."""
-    from shelley.data.books import corpus_identity
     from shelley.data.ingest import text_argument
-    from shelley.eval.originality import corpus_rows
 
     named = dict(text_argument(t) for t in texts)
-    rows = corpus_rows(corpus, cfg.data)
-    who = corpus_identity(corpus, cfg, rows)
-    train = [r["text"] for r in rows if r["split"] == "train"]
-    held = [r["text"] for r in rows if r["split"] == "validation"]
+    who, train, held = _author_corpus(corpus, cfg)
     curve = bag_size_curve(
         who, train, held, named, reference or cfg.eval.reference_dir, corpus=corpus, keep_names=cfg.eval.keep_names
     )
@@ -314,27 +303,45 @@ def texts_curve(texts: list[str], corpus: Path, cfg, reference: str | None, plot
     return curve
 
 
+def _author_corpus(corpus: Path, cfg) -> tuple[Identity, list[str], list[str]]:
+    """(the author, train texts, held-out texts) of a run dir, dataset dir or corpus file."""
+    from shelley.data.books import corpus_identity
+    from shelley.eval.originality import corpus_rows
+
+    rows = corpus_rows(corpus, cfg.data)
+    train = [r["text"] for r in rows if r["split"] == "train"]
+    return corpus_identity(corpus, cfg, rows), train, [r["text"] for r in rows if r["split"] == "validation"]
+
+
+def attribution_test_for(
+    cfg, who: Identity, train_texts, held_out_texts, reference_dir=None, *, corpus=None
+) -> AttributionTest:
+    """``build_attribution_test`` with the config's reference set, bag size and names setting."""
+    return build_attribution_test(
+        who, train_texts, held_out_texts, reference_dir or cfg.eval.reference_dir, bag_words=cfg.eval.bag_words,
+        corpus=corpus, keep_names=cfg.eval.keep_names,
+    )  # fmt: skip
+
+
+def optional_attribution_test(cfg, who: Identity, train_texts, held_out_texts, reference_dir=None, *, corpus=None):
+    """(``attribution_test_for``'s test, None), or (None, why there is none): without a reference set the
+    caller goes on and says how to get one."""
+    try:
+        return attribution_test_for(cfg, who, train_texts, held_out_texts, reference_dir, corpus=corpus), None
+    except ShelleyError as exc:
+        return None, str(exc)
+
+
 def attribute_texts(texts: list[str], corpus: Path, cfg, reference: str | None = None):
     """Attribute each text (a file path or the text itself) among the author of ``corpus`` (a run dir, dataset
     dir or corpus file) and the reference authors. Returns (identity, test, one result per text)."""
-    from shelley.data.books import corpus_identity
     from shelley.data.ingest import text_argument
-    from shelley.eval.originality import corpus_rows
 
     named = [text_argument(t) for t in texts]
     for name, body in named:
         check_bag(name, body, cfg.eval.bag_words)
-    rows = corpus_rows(corpus, cfg.data)
-    who = corpus_identity(corpus, cfg, rows)
-    test = build_attribution_test(
-        who,
-        [r["text"] for r in rows if r["split"] == "train"],
-        [r["text"] for r in rows if r["split"] == "validation"],
-        reference or cfg.eval.reference_dir,
-        bag_words=cfg.eval.bag_words,
-        corpus=corpus,
-        keep_names=cfg.eval.keep_names,
-    )
+    who, train, held = _author_corpus(corpus, cfg)
+    test = attribution_test_for(cfg, who, train, held, reference, corpus=corpus)
     return (
         who,
         test,
@@ -387,14 +394,12 @@ def bag_size_curve(
 
 def plot_curve(rows: list[dict[str, Any]], author: str, path: Path) -> Path:
     """Share of bags attributed to the author against bag size, one line per text, intervals as bars (PNG)."""
-    import io
-
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    from shelley.io import atomic_write_bytes
+    from shelley.io import write_png
 
     fig, ax = plt.subplots(figsize=(6, 3.6))
     series = {"own held-out": [(r["bag_words"], r["own_held_out"]) for r in rows]}
@@ -414,8 +419,4 @@ def plot_curve(rows: list[dict[str, Any]], author: str, path: Path) -> Path:
     ax.set_ylim(-0.05, 1.05)
     ax.legend(fontsize=8)
     fig.tight_layout()
-    buf = io.BytesIO()
-    fig.savefig(buf, format="png", dpi=110)
-    plt.close(fig)
-    atomic_write_bytes(path, buf.getvalue())
-    return path
+    return write_png(path, fig)

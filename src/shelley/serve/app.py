@@ -221,6 +221,18 @@ def build_app(demo: Demo, *, title: str = "shelley", concurrency: int = 1):
     return app
 
 
+def _keep_original(demo: Demo, elem_id: str, where: str = ""):
+    """The guard's toggle, on and shown only when the demo has the corpus's originality index."""
+    import gradio as gr
+
+    return gr.Checkbox(
+        value=demo.index is not None,
+        visible=demo.index is not None,
+        label=f"Keep it original (re-sample copies longer than {demo.max_span} words{where})",
+        elem_id=elem_id,
+    )
+
+
 def _scene_tab(demo: Demo, concurrency: int) -> None:
     import gradio as gr
 
@@ -233,12 +245,7 @@ def _scene_tab(demo: Demo, concurrency: int) -> None:
         temperature = gr.Slider(0.0, 2.0, value=demo.gen.temperature, step=0.05, label="Temperature")
         top_p = gr.Slider(0.05, 1.0, value=demo.gen.top_p, step=0.05, label="Top-p")
         seed = gr.Number(value=demo.gen.seed, precision=0, label="Seed")
-    original = gr.Checkbox(
-        value=demo.index is not None,
-        visible=demo.index is not None,
-        label=f"Keep it original (re-sample copies longer than {demo.max_span} words where they start)",
-        elem_id="scene-original",
-    )
+    original = _keep_original(demo, "scene-original", " where they start")
     button = gr.Button("Write the scene", variant="primary", elem_id="scene-write")
     output = gr.Textbox(label="Scene", lines=20, elem_id="scene-output", interactive=False)
     notes = gr.Markdown(elem_id="scene-notes")
@@ -262,12 +269,7 @@ def _continue_tab(demo: Demo, concurrency: int) -> None:
             1, MAX_TOKENS_LIMIT, value=min(demo.gen.max_new_tokens, MAX_TOKENS_LIMIT), step=1, label="Max tokens"
         )
         seed = gr.Number(value=demo.gen.seed, precision=0, label="Seed")
-    original = gr.Checkbox(
-        value=demo.index is not None,
-        visible=demo.index is not None,
-        label=f"Keep it original (re-sample copies longer than {demo.max_span} words)",
-        elem_id="original",
-    )
+    original = _keep_original(demo, "original")
     button = gr.Button("Generate", variant="primary", elem_id="generate")
     output = gr.Textbox(label="Continuation", lines=10, elem_id="output", interactive=False)
     notes = gr.Markdown(elem_id="notes")
