@@ -173,6 +173,27 @@ def test_scene_on_llamacpp_takes_token_ids_and_keeps_beats_and_guard(cli, export
     assert scene["words"] >= 80 and scene["guard"]["on"] and scene["context_tokens"] < limit
 
 
+def test_llamacpp_repetition_penalty_covers_the_whole_context_as_in_transformers(exported):
+    """A strong penalty, greedy, on a prompt that repeats itself: llama.cpp's own penalty would see only the
+    tokens it sampled in this call; through ``hf_sampling`` it sees the prompt too and picks what transformers
+    picks, token for token, across two chunks of one scene (the second call's context holds the first's)."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from shelley.config import GenerationConfig
+    from shelley.generate.llamacpp import LlamaCppWriter
+    from shelley.generate.scene import TransformersEngine
+
+    run, path = exported
+    tok = AutoTokenizer.from_pretrained(run.output)
+    gen = GenerationConfig(do_sample=False, repetition_penalty=1.8)
+    fast = LlamaCppWriter(path, n_ctx=128).scene_engine(gen)
+    slow = TransformersEngine(AutoModelForCausalLM.from_pretrained(run.output), tok, gen)
+    ids = tok("The storm broke and the storm broke and the storm", add_special_tokens=False).input_ids
+    first = fast.continue_ids(ids, 8, seed=1)
+    assert first == slow.continue_ids(ids, 8, seed=1)
+    assert fast.continue_ids(ids + first, 8, seed=2) == slow.continue_ids(ids + first, 8, seed=2)
+
+
 def test_eval_scenes_on_llamacpp_exports_both_models_once(cli, exported):
     import json
 
@@ -183,3 +204,32 @@ def test_eval_scenes_on_llamacpp_exports_both_models_once(cli, exported):
     assert [len(sc["rows"][w]) for w in ("base", "finetuned")] == [1, 1]
     assert (run.root / "export" / "base-f16.gguf").exists()
     assert sc["rows"]["finetuned"][0]["words"] >= 80 and sc["timing"]["base"]["tokens"] > 0
+
+
+@pytest.mark.parametrize("temperature,top_k,top_p", [(0.8, 50, 0.95), (1.3, 7, 0.6), (0.5, 0, 1.0)])
+def test_hf_sampling_shapes_scores_as_transformers_warpers(temperature, top_k, top_p):
+    """The processor llama.cpp samples through gives the scores transformers' repetition penalty, temperature,
+    top-k and top-p give, in that order: the same kept tokens and the same values (needs no llama.cpp)."""
+    from transformers import (
+        LogitsProcessorList,
+        RepetitionPenaltyLogitsProcessor,
+        TemperatureLogitsWarper,
+        TopKLogitsWarper,
+        TopPLogitsWarper,
+    )
+
+    from shelley.config import GenerationConfig
+    from shelley.generate.llamacpp import hf_sampling
+
+    rng = np.random.default_rng(0)
+    scores = rng.normal(0, 3, 500).astype(np.float32)
+    context = rng.integers(0, 500, 80)
+    gen = GenerationConfig(temperature=temperature, top_k=top_k, top_p=top_p, repetition_penalty=1.3)
+    ours = hf_sampling(gen)(context, scores.copy())
+    chain = [RepetitionPenaltyLogitsProcessor(1.3), TemperatureLogitsWarper(temperature)]
+    chain += [TopKLogitsWarper(top_k)] if top_k else []
+    chain += [TopPLogitsWarper(top_p)] if top_p < 1 else []
+    theirs = LogitsProcessorList(chain)(torch.from_numpy(context)[None], torch.from_numpy(scores)[None])[0].numpy()
+    assert np.array_equal(np.isfinite(ours), np.isfinite(theirs))
+    assert np.isfinite(ours).sum() <= (top_k or 500)
+    np.testing.assert_allclose(ours[np.isfinite(ours)], theirs[np.isfinite(theirs)], rtol=1e-6)

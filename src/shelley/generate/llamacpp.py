@@ -6,6 +6,9 @@ and the stop strings unchanged. Sampling maps onto llama.cpp's own: temperature 
 top-k, top-p, repetition penalty, and one seed per sample; min_new_tokens bans end-of-text for that many tokens
 (llama.cpp's logit bias), as transformers does. no_repeat_ngram_size, which llama.cpp lacks, is named, not
 dropped silently.
+
+The scores are shaped by ``hf_sampling``, a logits processor that does what transformers does, in its order;
+llama.cpp's own samplers differ in two ways that matter for long text (see there) and are left as no-ops.
 """
 
 from __future__ import annotations
@@ -26,6 +29,73 @@ def require_llama_cpp():
             "--engine llamacpp needs llama-cpp-python: pip install 'shelley[llamacpp]' (or `make setup-llamacpp`)"
         ) from None
     return llama_cpp
+
+
+def hf_sampling(gen: GenerationConfig):
+    """A llama.cpp logits processor that shapes the scores as transformers' ``generate`` does for ``gen``: the
+    repetition penalty over every token in the context, then temperature, top-k and top-p, in that order.
+
+    llama.cpp's own samplers differ in two ways. Its repetition penalty sees only the tokens the current call
+    sampled, at most 64 (the prompt never), so a scene written in chunks could repeat what the chunks before it
+    said, which transformers' penalty over the whole context stops. And it cuts top-p before dividing by the
+    temperature, so at 0.8 its nucleus is wider than transformers'. With this processor in front, llama.cpp's
+    chain is set to no-ops (``NEUTRAL``) and only draws from what is left (greedy: takes the best)."""
+    import numpy as np
+
+    sample = gen.do_sample and gen.temperature > 0
+    penalty = gen.repetition_penalty
+
+    def apply(input_ids, scores):
+        if penalty != 1.0 and len(input_ids):
+            seen = np.unique(np.asarray(input_ids, dtype=np.intp))
+            s = scores[seen]
+            scores[seen] = np.where(s < 0, s * penalty, s / penalty)  # transformers' RepetitionPenaltyLogitsProcessor
+        if not sample:
+            return scores
+        k = min(gen.top_k or len(scores), len(scores))
+        top = np.argpartition(-scores, k - 1)[:k]
+        top = top[np.argsort(-scores[top], kind="stable")]
+        values = scores[top] / gen.temperature
+        if gen.top_p < 1.0:
+            probs = np.exp(values - values.max())
+            probs /= probs.sum()
+            tail = np.cumsum(probs[::-1])[::-1]  # mass from this token down, as transformers' top-p
+            drop = tail <= 1 - gen.top_p
+            drop[0] = False  # the most likely token always stays
+            values[drop] = -np.inf
+        out = np.full_like(scores, -np.inf)
+        out[top] = values
+        return out
+
+    return apply
+
+
+def ban(token: int, *, once: bool):
+    """A logits processor that bans ``token`` (end-of-text, for ``min_new_tokens``): for the next token only, or
+    for every token of the call. Not llama.cpp's ``logit_bias``: given with a logits processor, llama-cpp-python
+    0.3 drops both (``LogitsProcessorList.extend`` returns None)."""
+    import numpy as np
+
+    left = [True]
+
+    def apply(_input_ids, scores):
+        if left[0]:
+            scores[token] = -np.inf
+            left[0] = not once
+        return scores
+
+    return apply
+
+
+# llama.cpp's own samplers as no-ops, behind ``hf_sampling``: top-k 0, top-p 1, min-p 0, typical 1, temperature
+# 1 and penalty 1 leave the scores as they are; the last sampler draws (or, at temperature 0, takes the best).
+NEUTRAL = {"top_k": 0, "top_p": 1.0, "min_p": 0.0, "typical_p": 1.0, "repeat_penalty": 1.0}
+
+
+def _chain(gen: GenerationConfig) -> dict:
+    """llama.cpp's sampling arguments behind ``hf_sampling``: greedy (temperature 0) or a plain draw."""
+    greedy = not gen.do_sample or gen.temperature == 0
+    return NEUTRAL | {"temp": 0.0 if greedy else 1.0}
 
 
 class LlamaCppWriter:
@@ -67,30 +137,29 @@ class LlamaCppWriter:
         note = on_note or (lambda _m: None)
         if gen.no_repeat_ngram_size:
             note("llama.cpp has no no_repeat_ngram_size; the repetition penalty still applies")
-        greedy = not gen.do_sample or gen.temperature == 0
+        chain = _chain(gen)
         out, self.token_counts = [], []
         for p in prompts:
             for s in range(gen.num_samples):
-                kwargs = {
+                kwargs = {k: v for k, v in chain.items() if k != "temp"} | {
+                    "temperature": chain["temp"],
                     "max_tokens": gen.max_new_tokens,
-                    "temperature": 0.0 if greedy else gen.temperature,
-                    "top_p": gen.top_p,
-                    "top_k": gen.top_k,
-                    "repeat_penalty": gen.repetition_penalty,
                     "seed": gen.seed + s,
                     "stop": list(gen.stop) or None,
                 }
-                out.append(self._sample(p, kwargs, gen.min_new_tokens, on_text if not out else None))
+                out.append(self._sample(p, kwargs, gen, on_text if not out else None))
         return out
 
-    def _sample(self, prompt: str, kwargs: dict, min_new: int, on_text) -> str:
-        """One continuation: first ``min_new`` tokens with end-of-text banned, then the rest as usual."""
+    def _sample(self, prompt: str, kwargs: dict, gen: GenerationConfig, on_text) -> str:
+        """One continuation: first ``min_new_tokens`` tokens with end-of-text banned, then the rest as usual."""
+        llama_cpp = require_llama_cpp()
         text, left, count = "", kwargs["max_tokens"], 0
-        phases = [(min(min_new, left), {self.llm.token_eos(): float("-inf")}), (left - min(min_new, left), None)]
-        for n, bias in phases:
+        first = min(gen.min_new_tokens, left)
+        for n, banned in ((first, True), (left - first, False)):
             if n <= 0:
                 continue
-            args = kwargs | {"max_tokens": n, "logit_bias": bias}
+            shape = [ban(self.llm.token_eos(), once=False), hf_sampling(gen)] if banned else [hf_sampling(gen)]
+            args = kwargs | {"max_tokens": n, "logits_processor": llama_cpp.LogitsProcessorList(shape)}
             if on_text is None:
                 res = self.llm.create_completion(prompt + text, **args)
                 choice = res["choices"][0]
@@ -127,32 +196,16 @@ class LlamaCppEngine:
     def __init__(self, writer: LlamaCppWriter, gen: GenerationConfig) -> None:
         self.llm = writer.llm
         self.position_limit = min(writer.context, writer.trained_context or writer.context)
-        greedy = not gen.do_sample or gen.temperature == 0
-        self.sampling = {
-            "temp": 0.0 if greedy else gen.temperature,
-            "top_k": gen.top_k,
-            "top_p": gen.top_p,
-            "min_p": 0.0,  # llama.cpp's default 0.05 would cut tokens transformers keeps: sample as it does
-            "repeat_penalty": gen.repetition_penalty,
-        }
+        self.gen = gen
 
     def continue_ids(self, ids, max_new, *, seed, ban_eos=False, on_token=None):
-        import numpy as np
-
         llama_cpp = require_llama_cpp()
         eos = self.llm.token_eos()
-        banned = [ban_eos]
-
-        def ban_first_eos(_input_ids, scores):
-            if banned[0]:
-                scores[eos] = -np.inf
-                banned[0] = False
-            return scores
-
+        shape = [ban(eos, once=True), hf_sampling(self.gen)] if ban_eos else [hf_sampling(self.gen)]
         self.llm.set_seed(seed)
         out: list[int] = []
         stream = self.llm.generate(
-            ids, reset=True, logits_processor=llama_cpp.LogitsProcessorList([ban_first_eos]), **self.sampling
+            ids, reset=True, logits_processor=llama_cpp.LogitsProcessorList(shape), **_chain(self.gen)
         )
         for tok in stream:
             out.append(int(tok))
