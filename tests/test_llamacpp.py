@@ -233,3 +233,82 @@ def test_hf_sampling_shapes_scores_as_transformers_warpers(temperature, top_k, t
     assert np.array_equal(np.isfinite(ours), np.isfinite(theirs))
     assert np.isfinite(ours).sum() <= (top_k or 500)
     np.testing.assert_allclose(ours[np.isfinite(ours)], theirs[np.isfinite(theirs)], rtol=1e-6)
+
+
+def _sentencepiece_vocab(path):
+    """A tiny Gemma-style vocabulary as a GGUF holds it (sentencepiece: pieces with ▁ for spaces, scores, token
+    types, byte fallback), written where an imported model keeps it (``models.registry.VOCAB_GGUF``)."""
+    import gguf
+
+    from conftest import BOOK_BODY
+
+    words = sorted({w.strip(".,;:!?\"'()").lower() for w in BOOK_BODY.split()} - {""})[:60]
+    pieces = ["<pad>", "<eos>", "<bos>", "<unk>", "<mask>"] + [f"<0x{b:02X}>" for b in range(256)]
+    types = [3, 3, 3, 2, 3] + [6] * 256
+    normal = ["▁"] + sorted({c for w in words for c in w}) + [f"▁{w}" for w in words] + [w[:2] for w in words]
+    normal = [p for p in dict.fromkeys(normal) if p not in pieces]
+    pieces += normal
+    types += [1] * len(normal)
+    w = gguf.GGUFWriter(str(path), "gemma3")
+    w.add_tokenizer_model("llama")
+    w.add_tokenizer_pre("default")
+    w.add_token_list(pieces)
+    w.add_token_scores([-1000.0] * 5 + [0.0] * 256 + [-float(i) for i in range(len(normal))])
+    w.add_token_types(types)
+    w.add_bos_token_id(2)
+    w.add_eos_token_id(1)
+    w.add_unk_token_id(3)
+    w.add_pad_token_id(0)
+    w.add_add_bos_token(True)
+    w.add_add_space_prefix(False)
+    w.write_header_to_file()
+    w.write_kv_data_to_file()
+    w.write_tensors_to_file()
+    w.close()
+    return path
+
+
+def test_gemma3_exports_to_llamacpp_with_its_sentencepiece_vocabulary(tmp_path, shelley_home):
+    """A tiny Gemma 3 whose tokenizer came from a GGUF, fine-tuned, exported and run by llama.cpp's gemma3: the
+    same tokens for the same text, BOS first, and the same next-token scores as transformers (its norms written
+    plus one, sliding and global layers as llama.cpp lays them out)."""
+    _llama_cpp()
+    from transformers import AutoModelForCausalLM, AutoTokenizer, Gemma3TextConfig
+
+    from shelley.config import load_config
+    from shelley.export import export_run
+    from shelley.finetune.loop import train
+    from shelley.generate.llamacpp import LlamaCppWriter
+    from shelley.models.registry import VOCAB_GGUF
+    from shelley.run import Run
+    from test_export import TEXTS
+
+    base = tmp_path / "tiny-gemma"
+    base.mkdir()
+    _sentencepiece_vocab(base / VOCAB_GGUF)
+    tok = AutoTokenizer.from_pretrained(base, gguf_file=VOCAB_GGUF)
+    tok.save_pretrained(base)
+    config = Gemma3TextConfig(
+        vocab_size=len(tok), hidden_size=32, intermediate_size=64, num_hidden_layers=6, num_attention_heads=2,
+        num_key_value_heads=1, head_dim=16, query_pre_attn_scalar=16, max_position_embeddings=128,
+        sliding_window=8, bos_token_id=2, eos_token_id=1, pad_token_id=0,
+    )  # fmt: skip
+    torch.manual_seed(0)
+    AutoModelForCausalLM.from_config(config).save_pretrained(base)
+    sets = [f"model.name={base}", "model.max_length=32", "train.method=full", "train.steps=3", "train.eval_every=3"]
+    sets += ["train.micro_batch_size=4", "train.learning_rate=3e-3", "train.warmup_steps=1", "eval.stride=16"]
+    train(load_config(None, sets), TEXTS * 4, TEXTS[:3], tmp_path / "run", show_progress=False)
+    run = Run.open(tmp_path / "run")
+    path = export_run(run, "gguf", quant="f16")
+
+    writer = LlamaCppWriter(path, n_ctx=128, logits=True)
+    text = "the storm broke over the lake, and I was alone"
+    ids = tok(text).input_ids
+    assert ids[0] == 2 and writer.llm.tokenize(text.encode(), add_bos=True) == ids  # BOS, then the same pieces
+    ids = (ids * 4)[:40]  # past the sliding window of 8: both kinds of layer matter
+    ours = writer.logits(ids)
+    model = AutoModelForCausalLM.from_pretrained(run.output).eval()
+    with torch.no_grad():
+        theirs = model(torch.tensor([ids])).logits[0].numpy()
+    assert (ours.argmax(-1) == theirs.argmax(-1)).mean() >= 0.95
+    assert np.abs(ours - theirs).max() < 2e-2

@@ -66,6 +66,14 @@ def test_import_gguf_gives_a_trainable_model_equal_to_the_preset(cli, tmp_path, 
     out = tmp_path / "home" / "models" / "smol-copy"
     assert (out / "model.safetensors").exists() and (out / "tokenizer.json").exists()
     assert resolve("smol-copy") == str(out)
+    # the file's own vocabulary beside it, for `shelley export` (a sentencepiece one cannot be rebuilt)
+    from gguf import GGUFReader
+
+    from shelley.models.registry import vocab_gguf
+
+    assert vocab_gguf("smol-copy") == out / "tokenizer.gguf"
+    fields = GGUFReader(str(out / "tokenizer.gguf")).fields
+    assert len(fields["tokenizer.ggml.tokens"].data) == 49152 and fields["general.architecture"].contents() == "llama"
     copy = AutoModelForCausalLM.from_pretrained(out, dtype=torch.float32)
     assert getattr(copy.config, "quantization_config", None) is None  # plain weights: trainable and saveable
     ids = torch.tensor([[1, 504, 3121, 314, 253, 2112]])

@@ -98,6 +98,7 @@ def export_run(
     cfg = run.config()
     loaded = load_for_generation(str(run.root), trust_remote_code=trust_remote_code)
     meta = provenance(run, cfg) | {"quant": quant}
+    vocab = base_vocab(cfg)
     target.parent.mkdir(parents=True, exist_ok=True)
     staging = target.parent / f".{target.name}.tmp"
     shutil.rmtree(staging, ignore_errors=True)
@@ -105,11 +106,13 @@ def export_run(
     try:
         gguf_path = staging / file_name
         if quant == "q4_k_m":
-            write_gguf(loaded.model, loaded.tokenizer, staging / "f16.gguf", quant="f16", metadata=meta)
+            write_gguf(
+                loaded.model, loaded.tokenizer, staging / "f16.gguf", quant="f16", metadata=meta, vocab_file=vocab
+            )
             _quantize_with_llamacpp(staging / "f16.gguf", gguf_path, quant)
             (staging / "f16.gguf").unlink()
         else:
-            write_gguf(loaded.model, loaded.tokenizer, gguf_path, quant=quant, metadata=meta)
+            write_gguf(loaded.model, loaded.tokenizer, gguf_path, quant=quant, metadata=meta, vocab_file=vocab)
         if fmt == "gguf":
             gguf_path.replace(target)
             return target
@@ -126,6 +129,13 @@ def export_run(
         return target
     finally:
         shutil.rmtree(staging, ignore_errors=True)
+
+
+def base_vocab(cfg) -> Path | None:
+    """The GGUF vocabulary of the run's base model (``models.registry.vocab_gguf``); None for a scratch GPT."""
+    from shelley.models.registry import vocab_gguf
+
+    return vocab_gguf(cfg.model.name) if cfg.train.method != "scratch" else None
 
 
 def _config_json(run: Run) -> Path:
@@ -161,7 +171,9 @@ def scene_engines(run: Run, *, on_note=None):
             note("exporting the base model for llama.cpp (f16)")
             path.parent.mkdir(parents=True, exist_ok=True)
             tmp = path.with_name(".base-f16.gguf.tmp")
-            write_gguf(model, tokenizer, tmp, quant="f16", metadata={"shelley.role": "base"})
+            write_gguf(
+                model, tokenizer, tmp, quant="f16", metadata={"role": "base"}, vocab_file=base_vocab(run.config())
+            )
             tmp.replace(path)
         return LlamaCppWriter(path).scene_engine(gen)
 

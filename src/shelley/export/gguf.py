@@ -4,6 +4,9 @@ The file is written with the ``gguf`` package (llama.cpp's own Python writer): i
 quantizer, its vocabulary helpers. shelley only says which Hugging Face weight goes where and how it is laid
 out: llama.cpp's LLAMA graph applies rotary embeddings to interleaved pairs where Hugging Face rotates halves,
 so q and k are permuted (what llama.cpp's converter does), and GPT-2's Conv1D weights are stored transposed.
+Gemma 3 keeps its halves (llama.cpp's GEMMA3 graph rotates as Hugging Face does), but its RMSNorms scale by
+``1 + weight`` where llama.cpp's scale by the stored weight, so every norm is written plus one; its sentencepiece
+vocabulary is copied from the GGUF the base model came from (``models.registry.vocab_gguf``).
 Q4_K_M is made from the f16 file by llama.cpp itself (``llama-cpp-python``), the reference quantizer.
 """
 
@@ -19,7 +22,8 @@ from shelley.errors import ShelleyError
 from shelley.models.bos import bos_prefix
 
 QUANTS = ("f16", "q8_0", "q4_k_m")
-ARCHITECTURES = {"llama": "llama", "mistral": "llama", "gpt2": "gpt2"}  # Hugging Face model_type -> GGUF arch
+# Hugging Face model_type -> GGUF arch
+ARCHITECTURES = {"llama": "llama", "mistral": "llama", "gpt2": "gpt2", "gemma3_text": "gemma3"}
 
 
 def check_export(model_type: str, quant: str) -> None:
@@ -27,7 +31,7 @@ def check_export(model_type: str, quant: str) -> None:
     if model_type not in ARCHITECTURES:
         raise ShelleyError(
             f"cannot export a {model_type!r} model to GGUF; supported: {', '.join(sorted(ARCHITECTURES))} "
-            "(SmolLM2, Mistral, Llama, DistilGPT-2, GPT-2, the scratch GPT)"
+            "(SmolLM2, Mistral, Llama, Gemma 3, DistilGPT-2, GPT-2, the scratch GPT)"
         )
     if quant not in QUANTS:
         raise ShelleyError(f"unknown quant type {quant!r}; use one of {', '.join(QUANTS)}")
@@ -45,7 +49,7 @@ def _tensors(model, arch_name: str):
     from transformers.pytorch_utils import Conv1D
 
     cfg = model.config
-    arch = gguf.MODEL_ARCH.LLAMA if arch_name == "llama" else gguf.MODEL_ARCH.GPT2
+    arch = {"llama": gguf.MODEL_ARCH.LLAMA, "gpt2": gguf.MODEL_ARCH.GPT2, "gemma3": gguf.MODEL_ARCH.GEMMA3}[arch_name]
     names = gguf.get_tensor_name_map(arch, cfg.num_hidden_layers)
     conv1d = {f"{n}.weight" for n, m in model.named_modules() if isinstance(m, Conv1D)}
     state = model.state_dict()
@@ -65,6 +69,8 @@ def _tensors(model, arch_name: str):
             data = _permute(data, cfg.num_attention_heads)
         elif arch_name == "llama" and name.endswith("attn_k.weight"):
             data = _permute(data, cfg.num_key_value_heads)
+        elif arch_name == "gemma3" and name.endswith("norm.weight"):
+            data = data + 1.0  # Gemma's RMSNorm multiplies by (1 + weight); llama.cpp's by the weight
         yield name, np.ascontiguousarray(data)
         if arch_name == "gpt2" and name == "token_embd.weight":
             yield "output.weight", np.ascontiguousarray(data)  # GPT-2 in llama.cpp needs its (tied) head
@@ -78,6 +84,9 @@ def _hyperparameters(w, cfg, arch_name: str) -> None:
         w.add_block_count(cfg.n_layer)
         w.add_head_count(cfg.n_head)
         w.add_layer_norm_eps(cfg.layer_norm_epsilon)
+        return
+    if arch_name == "gemma3":
+        _gemma3_hyperparameters(w, cfg)
         return
     rope = getattr(cfg, "rope_parameters", None) or {}
     if rope.get("rope_type", "default") != "default":
@@ -94,6 +103,36 @@ def _hyperparameters(w, cfg, arch_name: str) -> None:
     w.add_layer_norm_rms_eps(cfg.rms_norm_eps)
 
 
+def _gemma3_hyperparameters(w, cfg) -> None:
+    """Gemma 3 as llama.cpp's GEMMA3 reads it. llama.cpp fixes what the file does not say: every sixth layer
+    global, the others sliding with RoPE base 10,000, and attention scaled by 1/sqrt(head_dim); a model whose
+    config says otherwise would run differently there, so it is refused."""
+    types = list(getattr(cfg, "layer_types", None) or [])
+    expected = ["full_attention" if (i + 1) % 6 == 0 else "sliding_attention" for i in range(cfg.num_hidden_layers)]
+    rope = getattr(cfg, "rope_parameters", None) or {}
+    local = rope.get("sliding_attention", {}).get("rope_theta", getattr(cfg, "rope_local_base_freq", 10000.0))
+    full = rope.get("full_attention", rope).get("rope_theta", getattr(cfg, "rope_theta", 1_000_000.0))
+    scaled = rope.get("full_attention", rope).get("rope_type", "default") != "default"
+    capped = getattr(cfg, "final_logit_softcapping", None) or getattr(cfg, "attn_logit_softcapping", None)
+    odd = (types and types != expected) or float(local) != 10000.0 or cfg.query_pre_attn_scalar != cfg.head_dim
+    if odd or scaled or capped:
+        raise ShelleyError(
+            "this Gemma 3 config (layer pattern, RoPE, attention scale or soft-capping) differs from what "
+            "llama.cpp assumes for gemma3; it cannot be exported"
+        )
+    w.add_context_length(cfg.max_position_embeddings)
+    w.add_embedding_length(cfg.hidden_size)
+    w.add_feed_forward_length(cfg.intermediate_size)
+    w.add_block_count(cfg.num_hidden_layers)
+    w.add_head_count(cfg.num_attention_heads)
+    w.add_head_count_kv(cfg.num_key_value_heads)
+    w.add_key_length(cfg.head_dim)
+    w.add_value_length(cfg.head_dim)
+    w.add_layer_norm_rms_eps(cfg.rms_norm_eps)
+    w.add_rope_freq_base(float(full))
+    w.add_sliding_window(cfg.sliding_window)
+
+
 def _pre_tokenizer(spec: dict[str, Any] | None) -> str:
     """llama.cpp's name for the tokenizer's pre-tokenization: GPT-2's byte-level regex, or SmolLM's (digits
     split one by one first)."""
@@ -108,7 +147,54 @@ def _pre_tokenizer(spec: dict[str, Any] | None) -> str:
     )
 
 
-def _tokenizer(w, tokenizer, n_vocab: int) -> None:
+def _tokenizer(w, tokenizer, n_vocab: int, vocab_file: Path | None = None) -> None:
+    """The vocabulary: a sentencepiece one copied from the model's own GGUF (``vocab_file``), a byte-level BPE
+    one written from the tokenizer; then the special tokens as shelley uses them (its end-of-text may differ
+    from the original file's)."""
+    if vocab_file is not None:
+        _copy_vocabulary(w, vocab_file, n_vocab)
+    else:
+        _byte_level_vocabulary(w, tokenizer, n_vocab)
+    for kind, tid in (
+        ("bos", tokenizer.bos_token_id),
+        ("eos", tokenizer.eos_token_id),
+        ("pad", tokenizer.pad_token_id),
+    ):
+        if tid is not None:
+            getattr(w, f"add_{kind}_token_id")(tid)
+    # llama.cpp adds BOS to a text prompt exactly when the model expects one (models.bos), as shelley does.
+    w.add_add_bos_token(bool(bos_prefix(tokenizer)))
+    if isinstance(getattr(tokenizer, "chat_template", None), str):
+        w.add_chat_template(tokenizer.chat_template)
+
+
+# The keys that spell a vocabulary; special token ids and the BOS flag are written from shelley's tokenizer.
+VOCABULARY_KEYS = (
+    "tokenizer.ggml.model", "tokenizer.ggml.pre", "tokenizer.ggml.tokens", "tokenizer.ggml.scores",
+    "tokenizer.ggml.token_type", "tokenizer.ggml.merges", "tokenizer.ggml.add_space_prefix",
+    "tokenizer.ggml.unknown_token_id", "tokenizer.ggml.precompiled_charsmap",
+)  # fmt: skip
+
+
+def _copy_vocabulary(w, vocab_file: Path, n_vocab: int) -> None:
+    import gguf
+
+    fields = gguf.GGUFReader(str(vocab_file)).fields
+    tokens = fields.get("tokenizer.ggml.tokens")
+    if tokens is None or len(tokens.data) != n_vocab:
+        found = len(tokens.data) if tokens is not None else 0
+        raise ShelleyError(
+            f"the vocabulary in {vocab_file.name} has {found} tokens but the model {n_vocab}; export needs the GGUF "
+            "the base model came from"
+        )
+    for key in VOCABULARY_KEYS:
+        if key in fields:
+            field = fields[key]
+            sub = field.types[-1] if field.types[0] == gguf.GGUFValueType.ARRAY else None
+            w.add_key_value(key, field.contents(), field.types[0], sub_type=sub)
+
+
+def _byte_level_vocabulary(w, tokenizer, n_vocab: int) -> None:
     import gguf
 
     spec = json.loads(tokenizer.backend_tokenizer.to_str())
@@ -133,22 +219,15 @@ def _tokenizer(w, tokenizer, n_vocab: int) -> None:
     w.add_token_types(types)
     merges = spec["model"]["merges"]
     w.add_token_merges([m if isinstance(m, str) else " ".join(m) for m in merges])
-    for kind, tid in (
-        ("bos", tokenizer.bos_token_id),
-        ("eos", tokenizer.eos_token_id),
-        ("pad", tokenizer.pad_token_id),
-    ):
-        if tid is not None:
-            getattr(w, f"add_{kind}_token_id")(tid)
-    # llama.cpp adds BOS to a text prompt exactly when the model expects one (models.bos), as shelley does.
-    w.add_add_bos_token(bool(bos_prefix(tokenizer)))
-    if isinstance(getattr(tokenizer, "chat_template", None), str):
-        w.add_chat_template(tokenizer.chat_template)
 
 
-def write_gguf(model, tokenizer, path: Path, *, quant: str, metadata: dict[str, Any], progress: bool = False) -> Path:
+def write_gguf(
+    model, tokenizer, path: Path, *, quant: str, metadata: dict[str, Any], progress: bool = False,
+    vocab_file: Path | None = None,
+) -> Path:  # fmt: skip
     """Write ``model`` and ``tokenizer`` to ``path`` as f16 or q8_0 GGUF, with ``metadata`` (strings and
-    numbers under ``shelley.*``: provenance and eval figures)."""
+    numbers under ``shelley.*``: provenance and eval figures). ``vocab_file``: the GGUF whose vocabulary to copy
+    (needed for Gemma's sentencepiece vocabulary; see ``models.registry.vocab_gguf``)."""
     import gguf
 
     cfg = model.config
@@ -161,7 +240,12 @@ def write_gguf(model, tokenizer, path: Path, *, quant: str, metadata: dict[str, 
     _hyperparameters(w, cfg, arch_name)
     n_vocab = model.get_input_embeddings().weight.shape[0]
     w.add_vocab_size(n_vocab)
-    _tokenizer(w, tokenizer, n_vocab)
+    if arch_name == "gemma3" and vocab_file is None:
+        raise ShelleyError(
+            "exporting Gemma 3 needs its sentencepiece vocabulary from the GGUF it came from: use the gemma3-270m "
+            "preset or a model brought in with `shelley models import-gguf`"
+        )
+    _tokenizer(w, tokenizer, n_vocab, vocab_file if arch_name == "gemma3" else None)
     for key, value in metadata.items():
         if isinstance(value, bool) or value is None:
             continue

@@ -222,9 +222,47 @@ def import_gguf(gguf: Path, name: str, *, tokenizer_only: bool = False) -> Path:
         else:
             tok = _from_gguf(AutoTokenizer, gguf)
             tok.save_pretrained(tmp)
+            copy_vocab_gguf(gguf, tmp / VOCAB_GGUF)
         if not tokenizer_only:
             _dequantize_into(gguf, tmp)
     return out
+
+
+VOCAB_GGUF = "tokenizer.gguf"  # beside an imported model: its GGUF's vocabulary, as llama.cpp spells it
+
+
+def copy_vocab_gguf(src: Path, dst: Path) -> Path:
+    """Write the vocabulary of GGUF ``src`` (its architecture and ``tokenizer.*`` keys, no tensors) to ``dst``.
+
+    ``shelley export`` writes a byte-level BPE vocabulary from the Hugging Face tokenizer, but a sentencepiece
+    one (Gemma's: tokens, scores and token types) cannot be rebuilt from it exactly: the scores that drive
+    llama.cpp's merges are gone once transformers has turned them into merges. The model's own GGUF has them."""
+    import gguf as gg
+
+    reader = gg.GGUFReader(str(src))
+    arch = reader.fields["general.architecture"].contents()
+    tmp = dst.with_name(f".{dst.name}.tmp")
+    w = gg.GGUFWriter(str(tmp), arch)
+    for key, value in reader.fields.items():
+        if key.startswith("tokenizer."):
+            sub = value.types[-1] if value.types[0] == gg.GGUFValueType.ARRAY else None
+            w.add_key_value(key, value.contents(), value.types[0], sub_type=sub)
+    w.write_header_to_file()
+    w.write_kv_data_to_file()
+    w.write_tensors_to_file()
+    w.close()
+    tmp.replace(dst)
+    return dst
+
+
+def vocab_gguf(name: str) -> Path | None:
+    """The GGUF vocabulary of base model ``name``, when it came from a GGUF: the copy beside the imported model,
+    or the preset's own file (a model imported before the copy existed). None for any other model."""
+    preset = PRESETS.get(name)
+    folder = Path(name).expanduser() if Path(name).expanduser().is_dir() else cache_dir(preset.name if preset else name)
+    if (folder / VOCAB_GGUF).is_file():
+        return folder / VOCAB_GGUF
+    return _find_gguf(preset) if preset is not None else None
 
 
 def _from_gguf(auto_class, gguf: Path, **kwargs: Any):
