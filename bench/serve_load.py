@@ -1,11 +1,15 @@
 """Load check for ``shelley serve``: N concurrent clients against one server, every request must be answered.
 
-    python -m bench.serve_load RUN_DIR --clients 20 [--max-tokens 24] [--concurrency 2]
+    python -m bench.serve_load RUN_DIR --clients 50 [--max-tokens 48] [--engine llamacpp] [--concurrency N]
+    python -m bench.serve_load RUN_DIR --clients 45 --scene-clients 5 [--scene-words 1000]   # mixed load
+    python -m bench.serve_load RUN_DIR --clients 20 --soak 600                                # memory soak
 
 Starts ``shelley serve`` on a free 127.0.0.1 port, fires the clients at once through ``gradio_client`` (the
-official client), and reports answered / failed counts and latency percentiles; writes
-``bench/results/serve_load.json``. Traffic stays on the loopback interface; the run is bounded by
-``--timeout``.
+official client), and reports answered / failed counts, latency percentiles (short requests and scenes apart)
+and tokens a second in all; writes ``bench/results/serve_load.json``. Every short request writes exactly
+``--max-tokens`` tokens (the server runs with min_new_tokens = max tokens), so tokens/s is exact. ``--soak``
+keeps the clients asking for that many seconds and compares the server's RSS after the first minute with the
+RSS at the end. Traffic stays on the loopback interface; the run is bounded by ``--timeout``.
 """
 
 from __future__ import annotations
@@ -31,20 +35,12 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def start_server(model: str, port: int, concurrency: int, max_tokens: int) -> subprocess.Popen:
-    cmd = [
-        sys.executable,
-        "-m",
-        "shelley",
-        "serve",
-        model,
-        "--port",
-        str(port),
-        "--concurrency",
-        str(concurrency),
-        "--set",
-        f"generation.max_new_tokens={max_tokens}",
-    ]
+def start_server(
+    model: str, port: int, concurrency: int | None, max_tokens: int, engine: str = "transformers"
+) -> subprocess.Popen:
+    cmd = [sys.executable, "-m", "shelley", "serve", model, "--port", str(port), "--engine", engine]
+    cmd += ["--concurrency", str(concurrency)] if concurrency else []
+    cmd += ["--set", f"generation.max_new_tokens={max_tokens}", "--set", f"generation.min_new_tokens={max_tokens}"]
     proc = subprocess.Popen(
         cmd,
         env=os.environ | {"GRADIO_ANALYTICS_ENABLED": "False"},
@@ -64,19 +60,24 @@ def start_server(model: str, port: int, concurrency: int, max_tokens: int) -> su
     raise SystemExit("shelley serve did not start within 180 s")
 
 
-def one_client(url: str, i: int, max_tokens: int) -> dict:
+def one_client(url: str, i: int, max_tokens: int, scene_words: int = 0) -> dict:
+    """One request: a continuation of ``max_tokens`` tokens, or (``scene_words``) a scene of that many words."""
     from gradio_client import Client
 
     t0 = time.perf_counter()
+    kind = "scene" if scene_words else "short"
     try:
         client = Client(url, verbose=False)
-        text, _notes = client.predict(
-            f"Client {i} opens the door, and", 0.8, 0.95, max_tokens, i, False, api_name="/generate"
-        )
+        opening = f"Client {i} opens the door, and"
+        if scene_words:
+            text, _notes = client.predict(opening, scene_words, "", 0.8, 0.95, i, False, api_name="/scene")
+        else:
+            text, _notes = client.predict(opening, 0.8, 0.95, max_tokens, i, False, api_name="/generate")
         ok = isinstance(text, str) and len(text) > 0
-        return {"ok": ok, "seconds": time.perf_counter() - t0, "chars": len(text or ""), "error": None}
+        return {"kind": kind, "ok": ok, "seconds": time.perf_counter() - t0, "chars": len(text or ""), "error": None}
     except Exception as exc:  # every failure is counted, none stops the run
-        return {"ok": False, "seconds": time.perf_counter() - t0, "chars": 0, "error": f"{type(exc).__name__}: {exc}"}
+        error = f"{type(exc).__name__}: {exc}"
+        return {"kind": kind, "ok": False, "seconds": time.perf_counter() - t0, "chars": 0, "error": error}
 
 
 def percentile(values: list[float], q: float) -> float:
@@ -86,56 +87,121 @@ def percentile(values: list[float], q: float) -> float:
     return values[lo] + (values[hi] - values[lo]) * (k - lo)
 
 
-def run(model: str, clients: int, max_tokens: int, concurrency: int, timeout: float) -> dict:
+def latencies(rows: list[dict]) -> dict:
+    lat = [r["seconds"] for r in rows if r["ok"]]
+    if not lat:
+        return {}
+    return {
+        "p50": round(percentile(lat, 0.5), 2),
+        "p90": round(percentile(lat, 0.9), 2),
+        "p99": round(percentile(lat, 0.99), 2),
+        "max": round(max(lat), 2),
+        "mean": round(statistics.mean(lat), 2),
+    }
+
+
+def rss_mb(pid: int) -> float:
+    import psutil
+
+    return psutil.Process(pid).memory_info().rss / 2**20
+
+
+def run(
+    model: str, clients: int, max_tokens: int, concurrency: int | None, timeout: float, *, engine: str = "transformers",
+    scene_clients: int = 0, scene_words: int = 1000, soak: float = 0,
+) -> dict:  # fmt: skip
     port = free_port()
-    proc = start_server(model, port, concurrency, max_tokens)
+    proc = start_server(model, port, concurrency, max_tokens, engine)
     url = f"http://127.0.0.1:{port}/"
+    memory: dict[str, float] = {}
     try:
         t0 = time.perf_counter()
-        with ThreadPoolExecutor(max_workers=clients) as pool:
-            futures = [pool.submit(one_client, url, i, max_tokens) for i in range(clients)]
-            rows = [f.result(timeout=timeout) for f in futures]
+        jobs = [(i, 0) for i in range(clients)] + [(clients + i, scene_words) for i in range(scene_clients)]
+        with ThreadPoolExecutor(max_workers=len(jobs)) as pool:
+            if not soak:
+                futures = [pool.submit(one_client, url, i, max_tokens, w) for i, w in jobs]
+                rows = [f.result(timeout=timeout) for f in futures]
+            else:
+                rows = _soak(pool, url, clients, max_tokens, soak, proc.pid, memory)
         wall = time.perf_counter() - t0
     finally:
         proc.terminate()
         proc.wait(timeout=30)
-    lat = [r["seconds"] for r in rows if r["ok"]]
-    return {
+    short = [r for r in rows if r["kind"] == "short"]
+    result = {
         "model": model,
+        "engine": engine,
         "clients": clients,
+        "scene_clients": scene_clients,
+        "scene_words": scene_words if scene_clients else None,
         "server_concurrency": concurrency,
         "max_tokens": max_tokens,
         "answered": sum(r["ok"] for r in rows),
+        "requests": len(rows),
         "failed": sum(not r["ok"] for r in rows),
         "errors": sorted({r["error"] for r in rows if r["error"]}),
         "wall_seconds": round(wall, 2),
-        "latency_seconds": {
-            "p50": round(percentile(lat, 0.5), 2) if lat else None,
-            "p90": round(percentile(lat, 0.9), 2) if lat else None,
-            "p99": round(percentile(lat, 0.99), 2) if lat else None,
-            "max": round(max(lat), 2) if lat else None,
-            "mean": round(statistics.mean(lat), 2) if lat else None,
-        },
+        "latency_seconds": latencies(short),
+        "short_tokens_per_s": round(sum(r["ok"] for r in short) * max_tokens / wall, 1),
     }
+    if scene_clients:
+        result["scene_latency_seconds"] = latencies([r for r in rows if r["kind"] == "scene"])
+    if memory:
+        result["rss_mb"] = {k: round(v, 1) for k, v in memory.items()}
+        result["rss_growth"] = round(memory["end"] / memory["after_first_minute"] - 1, 4)
+    return result
+
+
+def _soak(pool, url: str, clients: int, max_tokens: int, seconds: float, pid: int, memory: dict) -> list[dict]:
+    """``clients`` readers asking again as soon as they are answered, for ``seconds``; RSS after the first
+    minute and at the end."""
+    end = time.perf_counter() + seconds
+    rows: list[dict] = []
+
+    def reader(i: int) -> None:
+        n = 0
+        while time.perf_counter() < end:
+            rows.append(one_client(url, i * 1000 + n, max_tokens))
+            n += 1
+
+    futures = [pool.submit(reader, i) for i in range(clients)]
+    time.sleep(min(60, seconds))
+    memory["after_first_minute"] = rss_mb(pid)
+    for f in futures:
+        f.result()
+    memory["end"] = rss_mb(pid)
+    return rows
 
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("model", help="run dir, model dir or preset to serve")
-    ap.add_argument("--clients", type=int, default=20)
-    ap.add_argument("--max-tokens", type=int, default=24)
-    ap.add_argument("--concurrency", type=int, default=2)
-    ap.add_argument("--timeout", type=float, default=600)
+    ap.add_argument("--clients", type=int, default=50)
+    ap.add_argument("--max-tokens", type=int, default=48)
+    ap.add_argument("--concurrency", type=int, default=None, help="the server's --concurrency (default: its own)")
+    ap.add_argument("--engine", default="transformers", choices=["transformers", "llamacpp"])
+    ap.add_argument("--scene-clients", type=int, default=0, help="also this many readers asking for a scene")
+    ap.add_argument("--scene-words", type=int, default=1000)
+    ap.add_argument("--soak", type=float, default=0, help="keep the clients asking for this many seconds")
+    ap.add_argument("--timeout", type=float, default=900)
     ap.add_argument("--out", type=Path, default=RESULTS / "serve_load.json")
     args = ap.parse_args(argv)
-    result = run(args.model, args.clients, args.max_tokens, args.concurrency, args.timeout)
+    result = run(
+        args.model, args.clients, args.max_tokens, args.concurrency, args.timeout, engine=args.engine,
+        scene_clients=args.scene_clients, scene_words=args.scene_words, soak=args.soak,
+    )  # fmt: skip
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(result, indent=2) + "\n")
     lat = result["latency_seconds"]
     print(
-        f"{result['answered']}/{result['clients']} answered, {result['failed']} failed in {result['wall_seconds']} s; "
-        f"latency p50 {lat['p50']} s, p90 {lat['p90']} s, p99 {lat['p99']} s, max {lat['max']} s"
+        f"{result['answered']}/{result['requests']} answered, {result['failed']} failed in {result['wall_seconds']} s; "
+        f"short requests p50 {lat.get('p50')} s, p90 {lat.get('p90')} s, p99 {lat.get('p99')} s, "
+        f"max {lat.get('max')} s; {result['short_tokens_per_s']} tokens/s in all"
     )
+    if "scene_latency_seconds" in result:
+        print(f"scenes: {result['scene_latency_seconds']}")
+    if "rss_mb" in result:
+        print(f"server RSS {result['rss_mb']} MB: {100 * result['rss_growth']:+.1f}% after the first minute")
     return 0 if result["failed"] == 0 else 1
 
 

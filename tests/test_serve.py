@@ -169,6 +169,19 @@ def test_keep_it_original_uses_the_guard(tiny_run):
     assert len(chunks) == 1 and "after" in chunks[0][1] and "draw" in chunks[0][1]
 
 
+def test_a_full_queue_reaches_the_page_as_busy_try_again(tiny_run):
+    import gradio as gr
+
+    from shelley.generate.batch import BatchWriter
+    from shelley.serve.app import _told
+
+    demo = _demo(tiny_run)
+    assert isinstance(demo.engine, BatchWriter)  # transformers requests are batched
+    demo.engine = BatchWriter(demo.model, demo.tokenizer, max_waiting=0, start=False)
+    with pytest.raises(gr.Error, match=r"busy: 0 requests ahead; try again in \d+ s"):
+        list(_told(demo.generate)("The storm", 0.8, 0.95, 8, 1, False))
+
+
 def test_export_space(cli, tiny_run, tmp_path):
     from huggingface_hub import SpaceCard
 
@@ -194,9 +207,11 @@ def test_load_check_harness_answers_every_client(tiny_run):
     """The load benchmark's harness with 3 clients (the 20-client figures come from `python -m bench.serve_load`)."""
     from bench.serve_load import run
 
-    result = run(str(tiny_run), clients=3, max_tokens=8, concurrency=2, timeout=300)
-    assert result["answered"] == 3 and result["failed"] == 0, result["errors"]
+    result = run(str(tiny_run), clients=3, max_tokens=8, concurrency=None, timeout=300, scene_clients=1,
+                 scene_words=100)  # fmt: skip
+    assert result["answered"] == 4 and result["failed"] == 0, result["errors"]
     assert 0 < result["latency_seconds"]["p50"] <= result["latency_seconds"]["max"]
+    assert result["short_tokens_per_s"] > 0 and result["scene_latency_seconds"]["max"] > 0
 
 
 def test_demo_takes_no_paths_and_binds_loopback_by_default(tiny_run):

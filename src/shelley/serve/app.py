@@ -1,12 +1,15 @@
 """``shelley serve MODEL``: a Gradio page to write with a model: prompt, sampling sliders, seed, a "keep it
 original" toggle backed by the originality guard, streamed output, and the run's key numbers.
 
-It binds 127.0.0.1 unless told otherwise, and runs requests through Gradio's queue with a concurrency limit,
-so twenty people pressing Generate at once wait their turn instead of fighting over two CPU cores.
+It binds 127.0.0.1 unless told otherwise. With transformers, every request goes to one ``generate.batch.
+BatchWriter``: readers who press Generate while the model is busy join its next batch (a chunk of 16 tokens
+later), so fifty readers share the two cores as one batch instead of queueing one by one, and a full queue
+answers "busy, try again in N s". llama.cpp's binding is not thread-safe: it serves one request at a time.
 """
 
 from __future__ import annotations
 
+import functools
 import os
 import socket
 import threading
@@ -33,7 +36,7 @@ class Demo:
     max_span: int = 12
     facts: str = ""  # markdown: the run's measured numbers
     placeholder: str = "Write the opening of a scene"  # the run's first eval prompt, when it has one
-    engine: Any = None  # a generate.llamacpp.LlamaCppWriter running the exported GGUF (None: transformers)
+    engine: Any = None  # LlamaCppWriter (the exported GGUF) or BatchWriter (transformers, batched); None: plain
     paragraph_break: str = "newline"  # how scenes break paragraphs: "eos" for a model shelley trained
 
     def clamp(self, max_tokens: float | int | None) -> tuple[int, list[str]]:
@@ -206,8 +209,32 @@ def run_results(run: Run | None) -> EvalResult | None:
     return run.eval_result() if run is not None and run.results_file() is not None else None
 
 
+def handlers(demo: Demo, concurrency: int) -> int:
+    """How many requests Gradio hands over at once: all the batcher can queue (it batches them itself), else
+    ``concurrency``."""
+    from shelley.generate.batch import BatchWriter
+
+    return demo.engine.max_waiting if isinstance(demo.engine, BatchWriter) else concurrency
+
+
+def _told(fn):
+    """A demo handler whose errors (a full queue, a failed generation) reach the page as their message."""
+    import gradio as gr
+
+    @functools.wraps(fn)
+    def handler(*args):
+        try:
+            yield from fn(*args)
+        except ShelleyError as exc:
+            raise gr.Error(str(exc)) from None
+
+    return handler
+
+
 def build_app(demo: Demo, *, title: str = "shelley", concurrency: int = 1):
     import gradio as gr
+
+    concurrency = handlers(demo, concurrency)
 
     with gr.Blocks(title=title) as app:
         gr.Markdown(f"# {title}\nWrite the opening of a scene; the model carries it on.")
@@ -217,7 +244,7 @@ def build_app(demo: Demo, *, title: str = "shelley", concurrency: int = 1):
             _continue_tab(demo, concurrency)
         with gr.Tab("Scene", elem_id="scene-tab"):
             _scene_tab(demo, concurrency)
-    app.queue(default_concurrency_limit=concurrency, max_size=64)
+    app.queue(default_concurrency_limit=concurrency, max_size=max(64, concurrency))
     return app
 
 
@@ -250,7 +277,7 @@ def _scene_tab(demo: Demo, concurrency: int) -> None:
     output = gr.Textbox(label="Scene", lines=20, elem_id="scene-output", interactive=False)
     notes = gr.Markdown(elem_id="scene-notes")
     button.click(
-        demo.scene,
+        _told(demo.scene),
         inputs=[prompt, words, beats, temperature, top_p, seed, original],
         outputs=[output, notes],
         concurrency_limit=concurrency,
@@ -274,7 +301,7 @@ def _continue_tab(demo: Demo, concurrency: int) -> None:
     output = gr.Textbox(label="Continuation", lines=10, elem_id="output", interactive=False)
     notes = gr.Markdown(elem_id="notes")
     button.click(
-        demo.generate,
+        _told(demo.generate),
         inputs=[prompt, temperature, top_p, max_tokens, seed, original],
         outputs=[output, notes],
         concurrency_limit=concurrency,
@@ -292,12 +319,16 @@ def check_port_free(host: str, port: int) -> None:
 
 def load_demo(
     ref: str, gen: GenerationConfig, *, max_span: int = 12, base: str | None = None, engine: str = "transformers",
-    gguf: Path | None = None,
+    gguf: Path | None = None, batch: int = 32,
 ) -> Demo:  # fmt: skip
+    """The demo of ``ref``; with transformers its requests are batched, up to ``batch`` rows at a time."""
     from shelley.eval.originality import run_index
+    from shelley.generate.batch import BatchWriter
     from shelley.generate.load import load_writer
 
     loaded, fast = load_writer(ref, engine, gguf, base=base)
+    if fast is None:
+        fast = BatchWriter(loaded.model, loaded.tokenizer, max_batch=batch)
     run = loaded.run
     index = run_index(run) if run is not None else None
     facts = run_facts(run_results(run))

@@ -24,6 +24,7 @@ from pathlib import Path
 
 from shelley.config import GenerationConfig
 from shelley.eval.originality import CorpusIndex
+from shelley.generate.batch import BatchWriter
 from shelley.generate.load import load_for_generation
 from shelley.serve.app import Demo, build_app
 
@@ -39,8 +40,9 @@ demo = Demo(
     index=CorpusIndex.load(index_file) if index_file.exists() else None,
     max_span=settings["max_span"],
     facts=settings["facts"],
+    engine=BatchWriter(loaded.model, loaded.tokenizer),  # readers who arrive together share a batch
 )
-build_app(demo, title=settings["title"], concurrency=1).launch()
+build_app(demo, title=settings["title"]).launch()
 '''
 
 

@@ -1,0 +1,276 @@
+"""Many readers, one model: requests that arrive while the model is busy join the next batch.
+
+``BatchWriter`` owns a transformers model and one worker thread. Every request (a prompt to continue, or a
+scene writer's next chunk) becomes a row; the worker runs the rows it has for ``chunk`` tokens as one
+left-padded batch, hands each row its new tokens, drops the rows that are done and takes in the rows that
+arrived meanwhile. So a reader who asked for 48 tokens waits for a few chunks, not for the 2,000-word scene
+another reader asked for first (a scene is many short requests through ``scene_engine``), and the model
+always works on a batch, which on a CPU writes several times more tokens a second than one stream.
+
+Why not Gradio's own batching (``batch=True``): it hands a function lists of inputs and waits for lists of
+whole outputs, so a batched event cannot stream, and a batch ends when its longest member ends.
+
+Each row samples with its own settings (temperature, top-k, top-p) and its own ``torch.Generator`` seeded
+from the request's seed, and its repetition penalty sees only its own tokens (never the padding), so a row
+draws the same tokens whichever rows share its batch: the same seed gives the same text alone or under load
+(up to float rounding in a padded batch, which can flip a near-tie). The draw is not the one ``shelley
+write`` makes for that seed: that samples a whole batch from torch's global generator.
+
+It presents the engine interface of ``generate.llamacpp.LlamaCppWriter`` (``context``, ``generate``,
+``scene_engine``, ``token_counts``), so ``write`` with its originality guard, the scene writer and the demo use
+it unchanged.
+"""
+
+from __future__ import annotations
+
+import queue
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+from shelley.config import GenerationConfig
+from shelley.errors import ShelleyError
+
+
+class Busy(ShelleyError):
+    """The queue is full: the reader is told to come back instead of waiting minutes."""
+
+
+@dataclass
+class _Row:
+    ids: list[int]  # the context: prompt, then what this row has written so far
+    left: int  # tokens still to write
+    gen: GenerationConfig
+    generator: object  # torch.Generator seeded with the request's seed
+    min_new: int = 0  # end-of-text banned until this many tokens are written
+    written: list[int] = field(default_factory=list)
+    out: queue.Queue = field(default_factory=queue.Queue)  # lists of new token ids; None when done
+    error: BaseException | None = None
+
+
+class BatchWriter:
+    def __init__(
+        self, model, tokenizer, *, max_batch: int = 32, chunk: int = 16, max_waiting: int = 64, start: bool = True,
+    ) -> None:  # fmt: skip
+        from shelley.generate import context_window
+
+        self.model, self.tokenizer = model, tokenizer
+        self.max_batch, self.chunk, self.max_waiting = max_batch, chunk, max_waiting
+        self.context = context_window(model)
+        self.token_counts: list[int] = []  # tokens written per sample by the last generate() of this thread
+        self.eos = tokenizer.eos_token_id
+        self.pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else self.eos
+        self._waiting: list[_Row] = []
+        self._active: list[_Row] = []
+        self._lock = threading.Condition()
+        self._rate = 0.0  # tokens a second over the recent chunks, for the busy message
+        self.batches: list[int] = []  # rows per chunk, newest last (the tests read it; capped)
+        self._worker = threading.Thread(target=self._loop, daemon=True, name="shelley-batch")
+        if start:
+            self.start()
+
+    def start(self) -> None:
+        """Start the worker (``start=False`` lets a caller queue requests first, as the tests do)."""
+        self._worker.start()
+
+    # -- the engine interface ---------------------------------------------------------------------------------
+
+    def generate(
+        self,
+        prompts: list[str],
+        gen: GenerationConfig,
+        *,
+        on_note: Callable[[str], None] | None = None,
+        on_text: Callable[[str], None] | None = None,
+    ) -> list[str]:
+        """``gen.num_samples`` continuations of every prompt, prompt-major; ``on_text`` receives the first
+        sample's pieces as they come (a chunk at a time)."""
+        from shelley.generate import check_generation, cut_at_stop, fit_prompts
+
+        check_generation(gen)
+        max_new = min(gen.max_new_tokens, self.context - 1)
+        ids, notes = fit_prompts(self.tokenizer, prompts, self.context - max_new)
+        for n in notes:
+            (on_note or (lambda _m: None))(n)
+        rows = [
+            self.submit(p, max_new, gen, seed=gen.seed + s, min_new=gen.min_new_tokens)
+            for p in ids
+            for s in range(gen.num_samples)
+        ]
+        texts = []
+        for i, row in enumerate(rows):
+            tokens = self._drain(row, self._piece_writer(on_text) if i == 0 and on_text else None)
+            texts.append(cut_at_stop(self.tokenizer.decode(tokens, skip_special_tokens=True), gen.stop))
+        self.token_counts = [len(r.written) for r in rows]
+        return texts
+
+    def scene_engine(self, gen: GenerationConfig) -> BatchSceneEngine:
+        return BatchSceneEngine(self, gen)
+
+    # -- the queue ---------------------------------------------------------------------------------------------
+
+    def submit(self, ids: list[int], max_new: int, gen: GenerationConfig, *, seed: int, min_new: int = 0) -> _Row:
+        """Queue one row; raises ``Busy`` (with a wait estimate) when ``max_waiting`` rows are ahead."""
+        import torch
+
+        row = _Row(list(ids), max(1, max_new), gen, torch.Generator().manual_seed(int(seed)), min_new=min_new)
+        with self._lock:
+            ahead = len(self._waiting) + len(self._active)
+            if ahead >= self.max_waiting:
+                tokens = sum(r.left for r in self._waiting + self._active)
+                wait = tokens / self._rate if self._rate else 30.0
+                raise Busy(f"busy: {ahead} requests ahead; try again in {max(1, round(wait))} s")
+            self._waiting.append(row)
+            self._lock.notify()
+        return row
+
+    def _drain(self, row: _Row, on_tokens: Callable[[list[int]], None] | None = None) -> list[int]:
+        """Wait for ``row`` to finish; its tokens (end-of-text not included)."""
+        for tokens in iter(row.out.get, None):
+            if on_tokens:
+                on_tokens(tokens)
+        if row.error is not None:
+            raise ShelleyError(f"generation failed: {row.error}")
+        return [t for t in row.written if t != self.eos]
+
+    def _piece_writer(self, on_text: Callable[[str], None]) -> Callable[[list[int]], None]:
+        """Turn a row's token chunks into text pieces (decoding the whole row each time: a piece may end inside
+        a character that the next token completes)."""
+        seen: list[int] = []
+        said = [""]
+
+        def take(tokens: list[int]) -> None:
+            seen.extend(t for t in tokens if t != self.eos)
+            text = self.tokenizer.decode(seen, skip_special_tokens=True)
+            if text.startswith(said[0]) and len(text) > len(said[0]):
+                on_text(text[len(said[0]) :])
+                said[0] = text
+
+        return take
+
+    # -- the worker --------------------------------------------------------------------------------------------
+
+    def _loop(self) -> None:
+        while True:
+            with self._lock:
+                while not self._waiting and not self._active:
+                    self._lock.wait()
+                room = self.max_batch - len(self._active)
+                self._active += self._waiting[:room]
+                del self._waiting[:room]
+                rows = list(self._active)
+            t0 = time.perf_counter()
+            try:
+                written = self._run_chunk(rows)
+            except Exception as exc:  # every row of the batch is told; the worker lives on
+                for r in rows:
+                    r.error, r.left = exc, 0
+                    r.out.put(None)
+                written = 0
+            if written:
+                rate = written / max(time.perf_counter() - t0, 1e-6)
+                self._rate = rate if not self._rate else 0.7 * self._rate + 0.3 * rate
+            self.batches = [*self.batches, len(rows)][-1000:]
+            with self._lock:
+                self._active = [r for r in self._active if r.left > 0]
+
+    def _run_chunk(self, rows: list[_Row]) -> int:
+        """Up to ``chunk`` tokens for every row, as one left-padded batch; returns the tokens written."""
+        import torch
+        from transformers import LogitsProcessorList
+
+        width = max(len(r.ids) for r in rows)
+        steps = min(self.chunk, max(r.left for r in rows))
+        input_ids = torch.tensor([[self.pad] * (width - len(r.ids)) + r.ids for r in rows])
+        attention = torch.tensor([[0] * (width - len(r.ids)) + [1] * len(r.ids) for r in rows])
+        was_training = self.model.training
+        self.model.eval()
+        with torch.inference_mode():
+            out = self.model.generate(
+                input_ids=input_ids,
+                attention_mask=attention,
+                max_new_tokens=steps,
+                do_sample=False,  # the rows draw in the processor; generate takes its argmax
+                logits_processor=LogitsProcessorList([_RowSampling(rows, width, self.eos)]),
+                repetition_penalty=1.0,  # each row's own, over its own tokens, in _RowSampling
+                eos_token_id=self.eos,
+                pad_token_id=self.pad,
+                temperature=None,
+                top_k=None,
+                top_p=None,
+            )
+        self.model.train(was_training)
+        total = 0
+        for row, new in zip(rows, out[:, width:].tolist(), strict=True):
+            take = new[: row.left]
+            if self.eos in take:
+                take = take[: take.index(self.eos) + 1]
+                row.left = 0
+            else:
+                row.left -= len(take)
+            row.ids += take
+            row.written += take
+            total += len(take)
+            row.out.put(take)
+            if row.left <= 0:
+                row.out.put(None)
+        return total
+
+
+class _RowSampling:
+    """generate()'s logits processor for a batch of rows with their own settings: each row's repetition penalty
+    over its own tokens, end-of-text banned before its ``min_new``, temperature, top-k, top-p, and a Gumbel draw
+    from its own generator (so the argmax generate takes is that row's sample). Greedy rows take their best."""
+
+    def __init__(self, rows: list[_Row], width: int, eos: int) -> None:
+        self.rows, self.width, self.eos = rows, width, eos
+
+    def __call__(self, input_ids, scores):
+        import torch
+
+        step = input_ids.shape[1] - self.width
+        out = torch.full_like(scores, -float("inf"))
+        for b, row in enumerate(self.rows):
+            s = scores[b].clone()
+            own = input_ids[b, self.width - (len(row.ids)) :]  # the row's tokens, no padding
+            gen = row.gen
+            if gen.repetition_penalty != 1.0:
+                seen = own.unique()
+                got = s[seen]
+                s[seen] = torch.where(got < 0, got * gen.repetition_penalty, got / gen.repetition_penalty)
+            if len(row.written) + step < row.min_new:
+                s[self.eos] = -float("inf")
+            if not gen.do_sample or gen.temperature == 0:
+                out[b, s.argmax()] = 0.0
+                continue
+            k = min(gen.top_k or s.numel(), s.numel())
+            values, indices = s.topk(k)
+            values = values / gen.temperature
+            if gen.top_p < 1.0:
+                tail = values.softmax(-1).flip(0).cumsum(0).flip(0)
+                drop = tail <= 1 - gen.top_p
+                drop[0] = False
+                values = values.masked_fill(drop, -float("inf"))
+            noise = torch.empty_like(values).exponential_(generator=row.generator).clamp_min_(1e-30)
+            out[b, indices] = values - noise.log()
+        return out
+
+
+class BatchSceneEngine:
+    """The scene writer's ``continue_ids`` over a ``BatchWriter``: each chunk of a scene is one request, so a
+    long scene yields to the readers who arrive while it is written."""
+
+    def __init__(self, writer: BatchWriter, gen: GenerationConfig) -> None:
+        self.writer, self.gen = writer, gen
+        self.position_limit = writer.context
+
+    def continue_ids(self, ids, max_new, *, seed, ban_eos=False, on_token=None):
+        row = self.writer.submit(ids, max_new, self.gen, seed=seed, min_new=1 if ban_eos else 0)
+
+        def each(tokens: list[int]) -> None:
+            for t in tokens:
+                on_token(t)
+
+        self.writer._drain(row, each if on_token else None)
+        return list(row.written)
