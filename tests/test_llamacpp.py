@@ -204,6 +204,10 @@ def test_eval_scenes_on_llamacpp_exports_both_models_once(cli, exported):
     assert [len(sc["rows"][w]) for w in ("base", "finetuned")] == [1, 1]
     assert (run.root / "export" / "base-f16.gguf").exists()
     assert sc["rows"]["finetuned"][0]["words"] >= 80 and sc["timing"]["base"]["tokens"] > 0
+    from shelley.generate.load import load_writer
+
+    # write/serve/chat --engine llamacpp run the fine-tuned export, not the base model's beside it
+    assert load_writer(str(run.root), "llamacpp", None)[1].path == run.gguf("f16")
 
 
 @pytest.mark.parametrize("temperature,top_k,top_p", [(0.8, 50, 0.95), (1.3, 7, 0.6), (0.5, 0, 1.0)])

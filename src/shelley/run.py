@@ -226,6 +226,18 @@ class Run:
         return self.root / "ab-scenes-key.json"
 
     @property
+    def export_dir(self) -> Path:
+        return self.root / "export"
+
+    def gguf(self, quant: str = "f16") -> Path:
+        """The fine-tuned model's GGUF as ``shelley export`` names it (the base model's is ``base_gguf``)."""
+        return self.export_dir / f"{self.root.resolve().name}-{quant}.gguf"
+
+    @property
+    def base_gguf(self) -> Path:
+        return self.export_dir / "base-f16.gguf"
+
+    @property
     def model_card(self) -> Path:
         return self.root / "README.md"
 

@@ -92,8 +92,8 @@ def export_run(
         raise ShelleyError(f"unknown export format {fmt!r}; use one of {', '.join(FORMATS)}")
     check_export(json.loads(_config_json(run).read_text()).get("model_type", "?"), quant)
     name = run.root.resolve().name
-    file_name = f"{name}-{quant}.gguf"
-    target = Path(out) if out else run.root / "export" / (file_name if fmt == "gguf" else fmt)
+    file_name = run.gguf(quant).name
+    target = Path(out) if out else (run.gguf(quant) if fmt == "gguf" else run.export_dir / fmt)
     (check_output_file if fmt == "gguf" else check_output_dir)(target, overwrite=overwrite)
     cfg = run.config()
     loaded = load_for_generation(str(run.root), trust_remote_code=trust_remote_code)
@@ -160,13 +160,11 @@ def scene_engines(run: Run, *, on_note=None):
 
     def engine(who: str, model, tokenizer, gen):
         if who == "finetuned":
-            found = sorted((run.root / "export").glob("*-f16.gguf"))
-            path = [p for p in found if p.name != "base-f16.gguf"]
-            if not path:
+            if not run.gguf("f16").exists():
                 note("exporting the fine-tuned model for llama.cpp (f16)")
-                path = [export_run(run, "gguf", quant="f16")]
-            return LlamaCppWriter(path[0]).scene_engine(gen)
-        path = run.root / "export" / "base-f16.gguf"
+                export_run(run, "gguf", quant="f16")
+            return LlamaCppWriter(run.gguf("f16")).scene_engine(gen)
+        path = run.base_gguf
         if not path.exists():
             note("exporting the base model for llama.cpp (f16)")
             path.parent.mkdir(parents=True, exist_ok=True)

@@ -105,7 +105,8 @@ def load_writer(ref: str, engine: str, gguf: Path | None, *, base: str | None = 
     require_llama_cpp()
     run = Run.find(ref) if Path(ref).is_dir() else None
     if gguf is None:
-        found = sorted((run.root / "export").glob("*-f16.gguf")) if run is not None else []
+        # the fine-tuned model's own export, never export/base-f16.gguf (the scene test's base model)
+        found = [p for p in (run.gguf("f16"), run.gguf("q8_0")) if p.exists()] if run is not None else []
         if not found:
             raise ShelleyError(f"--engine llamacpp: no exported GGUF for {ref}; make one with `shelley export {ref}`")
         gguf = found[0]
