@@ -118,3 +118,19 @@ def test_apply_overrides_does_not_mutate_input():
     data = {"data": {"seed": 1}}
     out = apply_overrides(data, ["data.seed=2"])
     assert data == {"data": {"seed": 1}} and out == {"data": {"seed": 2}}
+
+
+def test_a_window_reshapes_the_batch_to_the_same_tokens_a_step():
+    from shelley.config import with_window
+
+    cfg = load_config("smollm2-135m_full_cpu")
+    wide = with_window(cfg, 512)
+    assert (wide.model.max_length, wide.train.micro_batch_size, wide.eval.stride) == (512, 2, 512)
+    assert wide.model.max_length * wide.train.micro_batch_size == cfg.model.max_length * cfg.train.micro_batch_size
+    assert with_window(cfg, 4096).train.micro_batch_size == 1  # at least one window
+    assert cfg.model.max_length == 128  # the loaded config is left as it was
+
+
+def test_a_window_too_small_is_one_line(cli, tmp_path):
+    res = cli("run", tmp_path / "none.csv", "--window", "8")
+    assert res.exit_code == 2 and "--window must be at least 16 tokens (got 8); e.g. --window 512" in res.stderr

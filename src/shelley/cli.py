@@ -16,7 +16,7 @@ import typer
 
 import shelley.options as o
 from shelley import views
-from shelley.config import DEFAULT_RUN_PRESET, describe_fields, load_config, preset_summaries
+from shelley.config import DEFAULT_RUN_PRESET, describe_fields, load_config, preset_summaries, with_window
 from shelley.data.books import default_reference_dir, describe_corpus, fetch_reference
 from shelley.data.build import cleaned_texts, corpus_path, identity_source, prepare_splits, save_dataset, training_texts
 from shelley.data.fetch import fetch_gutenberg
@@ -151,10 +151,13 @@ def train_cmd(
     model: o.key("model.name", "--model") = None,
     resume: o.opt(bool, "--resume", help="Continue from the run dir's last checkpoint.") = False,
     merge: o.key("train.merge", "--merge") = None,
+    window: o.WindowOpt = None,
     overwrite: o.OverwriteOpt = False,
 ) -> None:
     """Fine-tune (full / LoRA / QLoRA) on one accelerate loop; `accelerate launch` scales it out."""
     from shelley.finetune.loop import train
+
+    cfg = with_window(cfg, window) if window else cfg
 
     train_texts, val_texts = training_texts(dataset, cfg.data, on_note=o.tell)
     source = identity_source(dataset or (Path(cfg.data.source) if cfg.data.source else None))
@@ -221,10 +224,12 @@ def run_cmd(
     method: o.key("train.method", "--method") = None,
     model: o.key("model.name", "--model") = None,
     keep_checkpoints: o.opt(bool, "--keep-checkpoints", help="Keep the optimizer state at the end.") = False,
+    window: o.WindowOpt = None,
     overwrite: o.OverwriteOpt = False,
 ) -> None:
     """The main job: corpus -> clean -> split -> fine-tune -> eval -> report, within --time-budget (default
     preset: smollm2-135m_full_cpu)."""
+    cfg = with_window(cfg, window) if window else cfg
     source = corpus_path(corpus, cfg.data)
     progress, on_progress = o.attribution_progress()
     with progress:

@@ -376,6 +376,22 @@ def resolve_config(ref: str | Path) -> Path:
     )
 
 
+def with_window(cfg: ShelleyConfig, window: int) -> ShelleyConfig:
+    """``cfg`` with training and scoring windows of ``window`` tokens (``model.max_length``, ``eval.stride``) and
+    the micro-batch reshaped so that a step sees as many tokens as before (at least one window): the measured
+    way to compare windows, since a longer window alone would also make every step bigger."""
+    if window < 16:
+        raise ShelleyError(f"--window must be at least 16 tokens (got {window}); e.g. --window 512")
+    micro = max(1, cfg.train.micro_batch_size * cfg.model.max_length // window)
+    return cfg.model_copy(
+        update={
+            "model": cfg.model.model_copy(update={"max_length": window}),
+            "train": cfg.train.model_copy(update={"micro_batch_size": micro}),
+            "eval": cfg.eval.model_copy(update={"stride": window}),
+        }
+    )
+
+
 def load_config(path: str | Path | None = None, overrides: list[str] | None = None) -> ShelleyConfig:
     """Load a config: defaults, then the YAML file or preset (if any), then ``--set`` overrides."""
     overrides = overrides or []

@@ -54,6 +54,14 @@ SetOpt = Annotated[
     typer.Option("--set", "-s", help="Override a config key: --set data.seed=7 (repeatable).", show_default=False),
 ]
 OverwriteOpt = Annotated[bool, typer.Option("--overwrite", help="Replace the output if it exists.")]
+WindowOpt = Annotated[
+    int | None,
+    typer.Option(
+        "--window",
+        help="Training and scoring window in tokens; the micro-batch is reshaped to see as many tokens a step.",
+        show_default=False,
+    ),
+]
 JsonOpt = Annotated[bool, typer.Option("--json", help="Print JSON instead of text.")]
 CorpusArg = Annotated[
     Path | None,
