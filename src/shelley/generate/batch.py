@@ -58,7 +58,7 @@ class BatchWriter:
         self.model, self.tokenizer = model, tokenizer
         self.max_batch, self.chunk, self.max_waiting = max_batch, chunk, max_waiting
         self.context = context_window(model)
-        self.token_counts: list[int] = []  # tokens written per sample by the last generate() of this thread
+        self._local = threading.local()  # token_counts per calling thread: many readers call generate at once
         self.eos = tokenizer.eos_token_id
         self.pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else self.eos
         self._waiting: list[_Row] = []
@@ -75,6 +75,11 @@ class BatchWriter:
         self._worker.start()
 
     # -- the engine interface ---------------------------------------------------------------------------------
+
+    @property
+    def token_counts(self) -> list[int]:
+        """Tokens written per sample by this thread's last ``generate``."""
+        return getattr(self._local, "counts", [])
 
     def generate(
         self,
@@ -102,7 +107,7 @@ class BatchWriter:
         for i, row in enumerate(rows):
             tokens = self._drain(row, self._piece_writer(on_text) if i == 0 and on_text else None)
             texts.append(cut_at_stop(self.tokenizer.decode(tokens, skip_special_tokens=True), gen.stop))
-        self.token_counts = [len(r.written) for r in rows]
+        self._local.counts = [len(r.written) for r in rows]
         return texts
 
     def scene_engine(self, gen: GenerationConfig) -> BatchSceneEngine:
