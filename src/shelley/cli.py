@@ -500,7 +500,7 @@ def serve_cmd(
     host: o.opt(str, "--host", help="Interface to bind (default: this machine only).") = "127.0.0.1",
     port: o.opt(int, "--port", min=1, max=65535, help="Port to listen on.") = 7860,
     concurrency: o.opt(
-        int, "--concurrency", min=1, help="transformers: rows per batch (default 32); llamacpp: requests at once (1)."
+        int, "--concurrency", min=1, help="transformers: rows per batch (default 64); llamacpp: requests at once (1)."
     ) = None,
     export_space: o.opt(Path | None, "--export-space", help="Write a Hugging Face Space folder here instead.") = None,
     model_repo: o.opt(str | None, "--model-repo", help="With --export-space: the Hub repo the Space loads.") = None,
@@ -526,7 +526,7 @@ def serve_cmd(
     with o.err_console.status(f"loading {model}"):
         demo = load_demo(
             model, cfg.generation, max_span=cfg.eval.max_copied_span, base=base, engine=engine, gguf=gguf,
-            batch=concurrency or 32,
+            batch=concurrency or 64,
         )  # fmt: skip
     o.err_console.print(f"serving {model} on http://{host}:{port} (Ctrl+C to stop)")
     serve(demo, host=host, port=port, concurrency=concurrency or 1, title=f"shelley · {Path(model).name}")

@@ -51,7 +51,7 @@ class _Row:
 
 class BatchWriter:
     def __init__(
-        self, model, tokenizer, *, max_batch: int = 32, chunk: int = 16, max_waiting: int = 64, start: bool = True,
+        self, model, tokenizer, *, max_batch: int = 64, chunk: int = 16, max_waiting: int = 64, start: bool = True,
     ) -> None:  # fmt: skip
         from shelley.generate import context_window
 
@@ -226,39 +226,53 @@ class BatchWriter:
 class _RowSampling:
     """generate()'s logits processor for a batch of rows with their own settings: each row's repetition penalty
     over its own tokens, end-of-text banned before its ``min_new``, temperature, top-k, top-p, and a Gumbel draw
-    from its own generator (so the argmax generate takes is that row's sample). Greedy rows take their best."""
+    from its own generator (so the argmax generate takes is that row's sample). Greedy rows take their best.
+    The batch is shaped at once; only the draws go row by row, each row drawing exactly its own k numbers, so a
+    row's generator advances the same way whichever rows share its batch."""
 
     def __init__(self, rows: list[_Row], width: int, eos: int) -> None:
+        import torch
+
         self.rows, self.width, self.eos = rows, width, eos
+        self.pads = torch.tensor([width - len(r.ids) for r in rows])
+        self.penalty = torch.tensor([[r.gen.repetition_penalty] for r in rows])
+        self.greedy = [not r.gen.do_sample or r.gen.temperature == 0 for r in rows]
 
     def __call__(self, input_ids, scores):
         import torch
 
+        batch, vocab = scores.shape
         step = input_ids.shape[1] - self.width
-        out = torch.full_like(scores, -float("inf"))
-        for b, row in enumerate(self.rows):
-            s = scores[b].clone()
-            own = input_ids[b, self.width - (len(row.ids)) :]  # the row's tokens, no padding
-            gen = row.gen
-            if gen.repetition_penalty != 1.0:
-                seen = own.unique()
-                got = s[seen]
-                s[seen] = torch.where(got < 0, got * gen.repetition_penalty, got / gen.repetition_penalty)
-            if len(row.written) + step < row.min_new:
-                s[self.eos] = -float("inf")
-            if not gen.do_sample or gen.temperature == 0:
-                out[b, s.argmax()] = 0.0
-                continue
-            k = min(gen.top_k or s.numel(), s.numel())
-            values, indices = s.topk(k)
-            values = values / gen.temperature
-            if gen.top_p < 1.0:
-                tail = values.softmax(-1).flip(0).cumsum(0).flip(0)
-                drop = tail <= 1 - gen.top_p
-                drop[0] = False
-                values = values.masked_fill(drop, -float("inf"))
-            noise = torch.empty_like(values).exponential_(generator=row.generator).clamp_min_(1e-30)
-            out[b, indices] = values - noise.log()
+        s = scores.float().clone()
+        # Repetition penalty over each row's own tokens: padding goes to a column past the vocabulary.
+        padding = torch.arange(input_ids.shape[1])[None, :] < self.pads[:, None]
+        seen = torch.zeros(batch, vocab + 1, dtype=torch.bool).scatter_(1, input_ids.masked_fill(padding, vocab), True)
+        s = torch.where(seen[:, :vocab], torch.where(s < 0, s * self.penalty, s / self.penalty), s)
+        banned = torch.tensor([len(r.written) + step < r.min_new for r in self.rows])
+        s[banned, self.eos] = -float("inf")
+        out = torch.full_like(s, -float("inf"))
+        sampled = [b for b in range(batch) if not self.greedy[b]]
+        for b in range(batch):
+            if self.greedy[b]:
+                out[b, s[b].argmax()] = 0.0
+        if not sampled:
+            return out
+        gens = [self.rows[b].gen for b in sampled]
+        ks = [min(g.top_k or vocab, vocab) for g in gens]
+        values, indices = s[sampled].topk(max(ks), dim=-1)  # (n, k) descending
+        beyond = torch.arange(values.shape[1])[None, :] >= torch.tensor(ks)[:, None]
+        values = values.masked_fill(beyond, -float("inf")) / torch.tensor([[g.temperature] for g in gens])
+        top_p = torch.tensor([[g.top_p] for g in gens])
+        # transformers' top-p: drop a token when it and every less likely one hold at most 1 - top_p
+        tail = values.softmax(-1).flip(-1).cumsum(-1).flip(-1)
+        drop = (tail <= 1 - top_p) & (top_p < 1.0)
+        drop[:, 0] = False
+        values = values.masked_fill(drop, -float("inf"))
+        noise = torch.ones_like(values)
+        for i, b in enumerate(sampled):
+            noise[i, : ks[i]].exponential_(generator=self.rows[b].generator)
+        values = values - noise.clamp_min_(1e-30).log()
+        out[sampled] = out[sampled].scatter(1, indices, values)
         return out
 
 

@@ -319,7 +319,7 @@ def check_port_free(host: str, port: int) -> None:
 
 def load_demo(
     ref: str, gen: GenerationConfig, *, max_span: int = 12, base: str | None = None, engine: str = "transformers",
-    gguf: Path | None = None, batch: int = 32,
+    gguf: Path | None = None, batch: int = 64,
 ) -> Demo:  # fmt: skip
     """The demo of ``ref``; with transformers its requests are batched, up to ``batch`` rows at a time."""
     from shelley.eval.originality import run_index
