@@ -106,3 +106,33 @@ def test_a_scene_is_written_through_the_batcher(tiny):
     writer = BatchWriter(model, tok)
     scene = write_scene(writer.scene_engine(_gen(seed=5)), tok, "The storm", 100, seed=5)
     assert scene.words >= 90 and scene.text.strip() and len(writer.batches) > 1  # chunk by chunk
+
+
+def test_a_batch_goes_on_from_its_kv_cache_until_a_row_joins(tiny):
+    """Chunk after chunk with the same rows, only the new tokens are computed (one prefill); a row that joins
+    costs one prefill of the batch, and an idle batcher keeps no cache."""
+    from shelley.generate.batch import BatchWriter
+
+    model, tok = tiny
+    widths: list[int] = []
+    real = model.forward
+
+    def forward(*args, **kwargs):
+        ids = kwargs.get("input_ids")
+        widths.append(ids.shape[1] if ids is not None else -1)
+        return real(*args, **kwargs)
+
+    model.forward = forward
+    try:
+        writer = BatchWriter(model, tok, chunk=4)
+        row = writer.submit(_ids(tok, "The storm broke over the lake"), 12, _gen(seed=1), seed=1, min_new=12)
+        writer._drain(row)
+        assert len(row.written) == 12 and [w > 1 for w in widths].count(True) == 1  # three chunks, one prefill
+    finally:
+        model.forward = real
+    import time
+
+    deadline = time.time() + 10  # the worker lets go of the cache right after it hands out the last tokens
+    while writer._kept is not None and time.time() < deadline:
+        time.sleep(0.05)
+    assert writer._kept is None

@@ -66,6 +66,7 @@ class BatchWriter:
         self._lock = threading.Condition()
         self._rate = 0.0  # tokens a second over the recent chunks, for the busy message
         self.batches: list[int] = []  # rows per chunk, newest last (the tests read it; capped)
+        self._kept = None  # (rows, sequences, attention mask, KV cache) of the last chunk, while rows go on
         self._worker = threading.Thread(target=self._loop, daemon=True, name="shelley-batch")
         if start:
             self.start()
@@ -179,16 +180,23 @@ class BatchWriter:
             self.batches = [*self.batches, len(rows)][-1000:]
             with self._lock:
                 self._active = [r for r in self._active if r.left > 0]
+                if not self._active:
+                    self._kept = None  # an idle batcher holds no KV cache
 
     def _run_chunk(self, rows: list[_Row]) -> int:
-        """Up to ``chunk`` tokens for every row, as one left-padded batch; returns the tokens written."""
+        """Up to ``chunk`` tokens for every row, as one left-padded batch; returns the tokens written.
+
+        When no row joined since the last chunk, the batch goes on from that chunk's KV cache (rows that left
+        are dropped from it), so only the new tokens are computed; a row that joins costs one prefill of the
+        whole batch, padded to its longest row."""
         import torch
         from transformers import LogitsProcessorList
 
-        width = max(len(r.ids) for r in rows)
+        from shelley.generate.scene import _cache_arg
+
         steps = min(self.chunk, max(r.left for r in rows))
-        input_ids = torch.tensor([[self.pad] * (width - len(r.ids)) + r.ids for r in rows])
-        attention = torch.tensor([[0] * (width - len(r.ids)) + [1] * len(r.ids) for r in rows])
+        input_ids, attention, cache = self._continued(rows)
+        width = input_ids.shape[1]
         was_training = self.model.training
         self.model.eval()
         with torch.inference_mode():
@@ -204,10 +212,13 @@ class BatchWriter:
                 temperature=None,
                 top_k=None,
                 top_p=None,
+                return_dict_in_generate=True,
+                **{_cache_arg(): cache},
             )
         self.model.train(was_training)
+        seqs = out.sequences
         total = 0
-        for row, new in zip(rows, out[:, width:].tolist(), strict=True):
+        for row, new in zip(rows, seqs[:, width:].tolist(), strict=True):
             take = new[: row.left]
             if self.eos in take:
                 take = take[: take.index(self.eos) + 1]
@@ -220,7 +231,35 @@ class BatchWriter:
             row.out.put(take)
             if row.left <= 0:
                 row.out.put(None)
+        grown = seqs.shape[1] - width
+        mask = torch.cat([attention, torch.ones(len(rows), grown, dtype=attention.dtype)], dim=1)
+        self._kept = (list(rows), seqs, mask, getattr(out, _cache_arg(), None))
         return total
+
+    def _continued(self, rows: list[_Row]):
+        """(input ids, attention mask, cache) for this chunk: the last chunk's, less the rows that left, when every
+        row was in it and wrote a whole chunk; else a fresh left-padded batch and no cache."""
+        import torch
+
+        kept = self._kept
+        if kept is not None and kept[3] is not None:
+            before, seqs, mask, cache = kept
+            place = {id(r): i for i, r in enumerate(before)}
+            idx = [place.get(id(r)) for r in rows]
+            whole = all(i is not None for i in idx) and idx == sorted(idx)
+            # each row's ids must be the tail of its line: it wrote every token of the last chunk
+            tails = whole and all(
+                seqs[i, seqs.shape[1] - len(r.ids) :].tolist() == r.ids for i, r in zip(idx, rows, strict=True)
+            )
+            if tails:
+                if len(idx) < len(before):
+                    cache.batch_select_indices(torch.tensor(idx))
+                return seqs[idx], mask[idx], cache
+        self._kept = None
+        width = max(len(r.ids) for r in rows)
+        input_ids = torch.tensor([[self.pad] * (width - len(r.ids)) + r.ids for r in rows])
+        attention = torch.tensor([[0] * (width - len(r.ids)) + [1] * len(r.ids) for r in rows])
+        return input_ids, attention, None
 
 
 class _RowSampling:
