@@ -109,9 +109,15 @@ def test_kv_cache_reuse_gives_the_same_scene(tokenizer):
     reused = TransformersEngine(model, tokenizer, gen)
     fresh = TransformersEngine(model, tokenizer, gen)
     fresh._reuse_cache = lambda keep: None
+    fed = []  # tokens each forward pass was given: the reused cache must spare the prefills
+    forward = model.forward
+    model.forward = lambda *args, **kw: fed.append(kw["input_ids"].shape[1]) or forward(*args, **kw)
     a = write_scene(reused, tokenizer, "The storm", 100, context_tokens=96, chunk_tokens=16)
+    reused_fed, fed[:] = sum(fed), []
     b = write_scene(fresh, tokenizer, "The storm", 100, context_tokens=96, chunk_tokens=16)
     assert a.paragraphs == b.paragraphs and a.drawn_tokens == b.drawn_tokens
+    # a silent fallback to fresh prefills (a cache that refuses to crop) would feed as many tokens as `fresh`
+    assert reused_fed < sum(fed) / 2, (reused_fed, sum(fed))
 
 
 def test_guard_resamples_a_planted_copy_where_it_occurs(tokenizer):

@@ -100,10 +100,14 @@ class TransformersEngine:
     def _reuse_cache(self, keep: int):
         if self._cache is None or keep <= 0:
             return None
-        try:
-            self._cache.crop(keep)
-        except (AttributeError, ValueError, NotImplementedError):  # a cache type that cannot be cropped
-            return None
+        extra = self._cache.get_seq_length() - keep
+        if extra > 0:
+            # transformers 5 crops by a negative count (tokens to remove); a positive one is refused. A sliding-window
+            # layer that has filled its window cannot roll back (RuntimeError): then the context is prefilled anew.
+            try:
+                self._cache.crop(-extra)
+            except (AttributeError, ValueError, NotImplementedError, RuntimeError):
+                return None
         return self._cache
 
 
