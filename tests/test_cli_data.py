@@ -166,7 +166,7 @@ def test_missing_file(cli, tmp_path, cmd):
 def test_directory_instead_of_file(cli, tmp_path):
     (tmp_path / "dir").mkdir()
     err = _one_line_error(cli("data", "build", tmp_path / "dir", "--out", tmp_path / "out"))
-    assert "is a directory" in err
+    assert "is a folder with no book files" in err  # a folder is a corpus of books: this one has none
     _only(tmp_path, "dir")
 
 

@@ -17,7 +17,7 @@ import typer
 import shelley.options as o
 from shelley import views
 from shelley.config import DEFAULT_RUN_PRESET, describe_fields, load_config, preset_summaries, with_window
-from shelley.data.books import default_reference_dir, describe_corpus, fetch_reference
+from shelley.data.books import default_reference_dir, describe_corpus, fetch_books, fetch_reference
 from shelley.data.build import cleaned_texts, corpus_path, identity_source, prepare_splits, save_dataset, training_texts
 from shelley.data.fetch import fetch_gutenberg
 from shelley.data.inspect import inspect_to
@@ -115,15 +115,27 @@ def data_tokens(
 @o.command(fetch_app, "gutenberg")
 def data_fetch_gutenberg(
     cfg,
-    ebook_id: o.arg(int, help="Project Gutenberg ebook number (84: Frankenstein)."),
-    out: o.opt(Path | None, "--out", "-o", help="File to write (default: data/pg<ID>.txt).") = None,
+    ebook_ids: o.arg(list[int], help="Project Gutenberg ebook numbers (84: Frankenstein); several: one folder."),
+    out: o.opt(
+        Path | None, "--out", "-o", help="File to write (default: data/pg<ID>.txt); with several ebooks, a folder."
+    ) = None,
     overwrite: o.OverwriteOpt = False,
 ) -> None:
-    """Download a Project Gutenberg ebook as UTF-8 text (headers are stripped later, at ingest)."""
-    out = out or Path("data") / f"pg{ebook_id}.txt"
-    with o.err_console.status(f"downloading ebook {ebook_id}"):
-        fetch_gutenberg(ebook_id, out, overwrite=overwrite)
-    o.console.print(f"saved ebook {ebook_id} to [bold]{out}[/bold]; next: shelley data inspect {out}")
+    """Download Project Gutenberg ebooks as UTF-8 text (headers are stripped later, at ingest). Several ebooks go
+    into one folder with a MANIFEST.json: an author's works, for `shelley run FOLDER`."""
+    if len(ebook_ids) == 1:
+        name = f"pg{ebook_ids[0]}.txt"
+        out = (out / name if out.is_dir() else out) if out is not None else Path("data") / name
+        with o.err_console.status(f"downloading ebook {ebook_ids[0]}"):
+            fetch_gutenberg(ebook_ids[0], out, overwrite=overwrite)
+        o.console.print(f"saved ebook {ebook_ids[0]} to [bold]{out}[/bold]; next: shelley data inspect {out}")
+        return
+    out = out or Path("data") / "books"
+    with o.err_console.status("downloading") as status:
+        manifest = fetch_books(ebook_ids, out, overwrite=overwrite, on_book=lambda i: status.update(f"ebook {i}"))
+    for m in manifest:
+        o.console.print(f"{m['file']}: {m['title']} by {m['author'] or 'an unnamed author'} ({m['words']:,} words)")
+    o.console.print(f"saved {len(manifest)} ebooks to [bold]{out}[/bold] (MANIFEST.json); next: shelley run {out}")
 
 
 @o.command(fetch_app, "reference")
@@ -184,6 +196,9 @@ def eval_cmd(
     engine: o.opt(
         str, "--engine", help="With --scenes: transformers, or llamacpp (exports both models to GGUF once)."
     ) = "transformers",
+    heldout_book: o.opt(
+        list[Path] | None, "--heldout-book", help="A book by the author the run never saw: loss by context position."
+    ) = None,
 ) -> None:
     """Base vs trained perplexity on the same validation tokens, side-by-side generations -> eval.md/json/html.
     With --scenes: whole scenes (loops, repeats, copies, name churn, who wrote them) and the context curve."""
@@ -191,6 +206,9 @@ def eval_cmd(
     from shelley.eval.report import evaluate_run, keep_earlier, write_eval
 
     run = Run.open(run_dir)
+    for book in heldout_book or []:
+        if not book.is_file():
+            raise ShelleyError(f"--heldout-book {book}: no such file; pass a book file by the corpus's author")
     scene_engine = None
     if scenes:
         from shelley.generate.scene import check_scene_request
@@ -209,7 +227,7 @@ def eval_cmd(
         results, texts = evaluate_run(
             run, prompt_set, attribution_bags=n_bags, reference_dir=str(reference) if reference else None,
             bag_words=bag_words, keep_names=keep_names, scenes=scenes, scene_words=words, scene_engine=scene_engine,
-            on_progress=on_progress,
+            heldout_books=heldout_book, on_progress=on_progress,
         )  # fmt: skip
     results = write_eval(run, keep_earlier(run, results), texts)
     views.eval_result(o.console, results, str(run.eval_md))
@@ -375,7 +393,7 @@ def style_attribute(
         results = [r | {"curve": [c["texts"].get(r["text"]) for c in rows]} for r in results]
     doc = {"author": who.author, "reference": test.reference, "names_left_out": test.names_left_out,
            "validity": test.validity, "verification_validity": test.verifier.validity,
-           "candidates": test.candidates, "texts": results}  # fmt: skip
+           "candidates": test.candidates, "dropped": test.dropped, "texts": results}  # fmt: skip
     views.json_or(as_json, doc, lambda: views.who_wrote(o.console, who.author, test, results))
 
 

@@ -156,5 +156,5 @@ def run_pipeline(
         "train_and_save": round(t_train, 1),
         "score_finetuned": round(time.perf_counter() - t0 - t_base - t_train, 1),
     }
-    results.data = {"rows": report["split"]["rows"], "overlap": report["overlap"]}
+    results.data = {"rows": report["split"]["rows"], "overlap": report["overlap"], "books": report.get("books")}
     return write_eval(run, results, texts)

@@ -153,6 +153,7 @@ class EvalResult(_Record):
     attribution_skipped: str | None = None
     scenes: SceneResult | None = None
     scenes_skipped: str | None = None
+    heldout_books: list[dict[str, Any]] | None = None  # eval.heldout: the author's books the run never saw
     unigram: dict[str, float] | None = None
     prompt_set: dict[str, Any] | None = None
     run_dir: str | None = None

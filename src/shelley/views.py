@@ -91,6 +91,18 @@ def eval_result(console: Console, r: EvalResult, report: str) -> None:
             f"(train-fitted unigram {u['cross_entropy']:.3f})"
         )
     attribution(console, r)
+    for b in r.heldout_books or []:
+        verdict = (
+            "below the base at every position"
+            if b["better_everywhere"]
+            else (f"not below the base at positions {', '.join(b['worse_bands'])}")
+        )
+        console.print(
+            f"unseen book {b['title']}: {lb['base']} {b['bands']['base']['all']:.3f} -> {lb['finetuned']} "
+            f"{b['bands']['finetuned']['all']:.3f} nats/token; {verdict}",
+            highlight=False,
+            markup=False,
+        )
 
 
 def attribution(console: Console, r: EvalResult) -> None:

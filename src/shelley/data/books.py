@@ -17,6 +17,7 @@ import unicodedata
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from shelley.data.works import Works, resolve_works
 from shelley.errors import ShelleyError
 
 
@@ -84,6 +85,7 @@ class Identity:
     title: str
     found_by: str
     prompts: list[str] = field(default_factory=list)
+    named: bool = True  # False: no author was found, so ``author`` is "the author of <title>"
 
 
 def author_key(name: str) -> str:
@@ -121,7 +123,11 @@ def known_book(path: Path) -> Book | None:
 
 
 def identify(source: str | Path | None, author: str | None = None, title: str | None = None) -> Identity:
-    """Author and title of the corpus at ``source``; explicit values win, each field on its own."""
+    """Author and title of the corpus at ``source`` (a file, or a folder or manifest of several books); explicit
+    values win, each field on its own."""
+    works = resolve_works(source)
+    if works is not None:
+        return check_works(works, author, title)[0]
     path = Path(source) if source else Path("corpus")
     header = _from_header(path)
     book = known_book(path)
@@ -145,7 +151,33 @@ def identify(source: str | Path | None, author: str | None = None, title: str | 
     how = (found_author or found_title or ("file name", None))[0]
     same_book = book is not None and slug(book.author) == slug(name) and slug(book.title) == slug(the_title)
     prompts = list(book.prompts) if same_book else []
-    return Identity(key=key, author=name, title=the_title, found_by=how, prompts=prompts)
+    return Identity(key=key, author=name, title=the_title, found_by=how, prompts=prompts, named=bool(found_author))
+
+
+def check_works(works: Works, author: str | None = None, title: str | None = None) -> tuple[Identity, list[Identity]]:
+    """(the corpus's identity, each book's) for several books. The author is one across the books: the one given,
+    else the manifest's, else the first book's that names one; a book by another author is an error unless the
+    manifest sets ``mixed_authors: true``. The title lists the books unless one is given."""
+    each = [identify(b.path, b.author, b.title) for b in works.books]
+    named = [w for w in each if w.named]
+    name = author or works.author or (named[0].author if named else None)
+    titles = [w.title for w in each]
+    the_title = (
+        title or works.title or (titles[0] if len(titles) == 1 else ", ".join(titles[:-1]) + " and " + titles[-1])
+    )
+    if name is None:
+        return Identity("author", f"the author of {the_title}", the_title, "books", named=False), each
+    name = BY_KEY[name].author if name in BY_KEY else name
+    key = author_key(name)
+    if not works.mixed_authors:
+        for book, w in zip(works.books, each, strict=True):
+            if w.named and w.key != key:
+                raise ShelleyError(
+                    f"{book.path.name} is by {w.author}, but the corpus {works.source} is by {name}; remove it, or "
+                    "list the books in a corpus.yaml with `mixed_authors: true`"
+                )
+    how = "config" if author else "corpus manifest" if works.author else "the books"
+    return Identity(key, name, the_title, how), each
 
 
 def corpus_prompts(texts: list[str], n: int = 5, words: int = 8) -> list[str]:
@@ -281,16 +313,37 @@ def fetch_reference(out: Path, *, overwrite: bool = False, on_book=None) -> Path
     return out
 
 
-def corpus_identity(corpus: Path, cfg, rows: list[dict]) -> Identity:
-    """The author of a corpus given as a run dir (what the run recorded), a dataset dir or a corpus file."""
-    from shelley.data.build import identity_source
-    from shelley.run import Run
+def fetch_books(ebook_ids: list[int], out: Path, *, overwrite: bool = False, on_book=None) -> list[dict]:
+    """Download several Project Gutenberg ebooks into the folder ``out`` (written as one folder, atomically) with a
+    MANIFEST.json naming each book's file, author and title (from its header): a corpus of an author's works that
+    ``shelley run out/`` reads book by book. Returns the manifest."""
+    from shelley.data.fetch import download_gutenberg
+    from shelley.data.ingest import strip_gutenberg
+    from shelley.io import atomic_dir, atomic_write_text, check_output_dir, write_json
 
-    source: str | None = str(corpus)
-    run = Run.find(corpus) if corpus.is_dir() else None
-    if run is not None:
-        cfg = run.config()
-        source = run.corpus_source(cfg)
-    elif corpus.is_dir():
-        source = identity_source(corpus)
-    return describe_corpus(cfg, source, [r["text"] for r in rows if r["split"] == "validation"])
+    doubles = sorted({i for i in ebook_ids if ebook_ids.count(i) > 1})
+    if doubles:
+        raise ShelleyError(f"ebook {doubles[0]} is listed twice; list each ebook once")
+    out = Path(out)
+    check_output_dir(out, overwrite=overwrite)
+    manifest = []
+    with atomic_dir(out, overwrite=overwrite) as tmp:
+        for gid in ebook_ids:
+            if on_book:
+                on_book(gid)
+            raw = download_gutenberg(gid).decode("utf-8", errors="replace")
+            head = header_fields(raw)
+            atomic_write_text(tmp / f"pg{gid}.txt", raw)  # as `fetch gutenberg` keeps it: the header is cut at ingest
+            text = strip_gutenberg(raw)
+            manifest.append(
+                {
+                    "file": f"pg{gid}.txt",
+                    "author": head.get("author"),
+                    "title": head.get("title") or f"Project Gutenberg ebook #{gid}",
+                    "source": f"Project Gutenberg ebook #{gid}",
+                    "words": len(text.split()),
+                    "sha256": hashlib.sha256(raw.encode("utf-8")).hexdigest(),
+                }
+            )
+        write_json(tmp / "MANIFEST.json", manifest)
+    return manifest

@@ -65,10 +65,31 @@ Snippets of `{src.name or "a corpus"}` cleaned and split by shelley for fine-tun
 - **Train/validation overlap:** {"?" if overlap is None else f"{100 * overlap:.2f}%"} of validation word
   {report.get("overlap", {}).get("validation", {}).get("n", 8)}-grams also occur in train
 
-## Cleaning
+{_books(report)}## Cleaning
 
 {cleaning or "- none"}
 
 Each row has `text`, `section` (chapter or letter) and `row` (its position in the source).
 """
     return str(DatasetCard(body))
+
+
+def _books(report: dict[str, Any]) -> str:
+    if not report.get("books"):
+        return ""
+    lines = [f"## Books ({report['author']})", "", *books_table(report["books"])]
+    return "\n".join(lines) + "\n"
+
+
+def books_table(books: list[dict[str, Any]] | None) -> list[str]:
+    """Markdown lines: each book of a corpus of several, with its words, share and held-out chapters."""
+    if not books:
+        return []
+    lines = ["| book | words | share | train rows | validation rows | held out |", "|---|---|---|---|---|---|"]
+    for b in books:
+        held = "; ".join(g for groups in b["held_out"].values() for g in groups) or "none"
+        lines.append(
+            f"| {b['title']} | {b['words']:,} | {100 * b['share']:.1f}% | {b['rows'].get('train', 0)} "
+            f"| {b['rows'].get('validation', 0)} | {held} |"
+        )
+    return [*lines, ""]

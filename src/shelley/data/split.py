@@ -29,10 +29,14 @@ class SplitResult:
 def _groups(snippets: list[Snippet], method: str, block_size: int) -> list[tuple[str, list[int]]]:
     groups: list[tuple[str, list[int]]] = []
     if method == "section":
+        seen: Counter[str] = Counter()  # a book in volumes numbers its chapters anew in each: "Chapter I (2)"
+        last = None
         for i, s in enumerate(snippets):
             name = s.section or "front matter"
-            if not groups or groups[-1][0] != name:
-                groups.append((name, []))
+            if name != last:
+                seen[name] += 1
+                groups.append((name if seen[name] == 1 else f"{name} ({seen[name]})", []))
+                last = name
             groups[-1][1].append(i)
     elif method == "block":
         for start in range(0, len(snippets), block_size):

@@ -13,7 +13,9 @@ import numpy as np
 import yaml
 
 from shelley.config import ShelleyConfig
+from shelley.data.card import books_table
 from shelley.errors import ShelleyError
+from shelley.eval.heldout import book_curve, book_stream, heldout_lines, judge_book
 from shelley.models.bos import bos_prefix
 from shelley.records import AttributionResult, EvalResult, SceneResult, StyleResult, TrainResult
 from shelley.run import Run
@@ -174,19 +176,19 @@ def evaluate_run(
     scenes: int | None = None,
     scene_words: int = 1000,
     scene_engine: Callable | None = None,
+    heldout_books: list[Path] | None = None,
     on_progress: Callable[[str, int, int], None] | None = None,
 ) -> tuple[EvalResult, dict[str, str] | None]:
     """Evaluate a finished ``shelley train`` (or ``shelley run``) run: base and trained models on the run's
-    validation tokens, then originality and style of their generations.
-
-    ``prompts`` is ``(name, [Prompt, ...])`` from ``eval.prompts.load_prompts`` and replaces ``eval.prompts``
-    (an empty list keeps the run's own prompts). For a scratch run the "base" is the same GPT before training
+    validation tokens, then originality and style of their generations. ``prompts`` is ``(name, [Prompt, ...])``
+    from ``eval.prompts.load_prompts`` and replaces ``eval.prompts`` (an empty list keeps the run's own prompts).
+    For a scratch run the "base" is the same GPT before training
     (same seed), and the report adds the unigram baselines of its tokenizer on the same validation tokens.
     ``attribution_bags`` adds the who-wrote-this test on that many bags of text from each model;
     ``on_progress(model, words, words_needed)`` follows its generation. Returns the result and the texts the
     attribution read (None without it), which ``write_eval`` keeps for ``shelley ab``. ``scenes``: that many
     scenes of ``scene_words`` words per model and the context curves (texts under ``"scenes"``), written by
-    ``scene_engine(who, model, tokenizer, gen)`` (default: transformers)."""
+    ``scene_engine(who, model, tokenizer, gen)`` (default: transformers). ``heldout_books``: see ``eval.heldout``."""
     from shelley.data.books import describe_corpus
     from shelley.generate.load import load_model_dir
 
@@ -208,7 +210,9 @@ def evaluate_run(
         voice = attribution_test_for(cfg, who, train_texts, val_texts, reference_dir, corpus=run.corpus_source(cfg))
     stream = cached_stream(run)
     base_model, tokenizer = _base_for_eval(cfg, out)
+    books = [book_stream(b, tokenizer, cfg.data, train_texts, run.cache_dir) for b in heldout_books or []]
     base = score_with_voice(base_model, tokenizer, stream, cfg, attribution_bags, "base", on_progress)
+    book_curves = _book_curves(books, [{} for _ in books], "base", base_model, tokenizer)
     sc = (scenes, scene_words, scene_engine, on_progress)
     passes = {"base": scene_model_pass(base_model, tokenizer, cfg, stream, None, *sc)}
     prompted = prompted_voice(base_model, tokenizer, cfg, attribution_bags, on_progress) if voice else None
@@ -216,6 +220,7 @@ def evaluate_run(
     tuned_model = load_model_dir(out, trust_remote_code=cfg.model.trust_remote_code)
     tuned = score_with_voice(tuned_model, tokenizer, stream, cfg, attribution_bags, "finetuned", on_progress)
     passes["finetuned"] = scene_model_pass(tuned_model, tokenizer, cfg, stream, run, *sc)
+    _book_curves(books, book_curves, "finetuned", tuned_model, tokenizer)
     written = {"base": base["voice"], "finetuned": tuned["voice"]} if voice else {}
     if prompted:
         written["prompted"] = prompted
@@ -229,6 +234,7 @@ def evaluate_run(
         checked = score_expectations(results.generations, prompts[1]) if prompts[1] else {}
         results.prompt_set = {"name": prompts[0]} | checked
     results = judge(results, run, cfg)
+    results.heldout_books = [judge_book(info, c) for (_, info), c in zip(books, book_curves, strict=True)] or None
     texts = None
     if voice:
         results.attribution, texts = attribution_results(voice, written, val_texts, attribution_bags)
@@ -239,6 +245,16 @@ def evaluate_run(
         scene_texts = judge_scene_passes(results, run, passes, train_texts, val_texts, scene_words, test)
         texts = (texts or {}) | {"scenes": scene_texts}
     return results, texts
+
+
+def _book_curves(books: list, curves: list[dict], who: str, model, tokenizer) -> list[dict]:
+    """Each held-out book's context curve for ``who`` (base or finetuned), added to ``curves``."""
+    from shelley.generate import context_window
+
+    prefix = bos_prefix(tokenizer)
+    for (stream, _), c in zip(books, curves, strict=True):
+        c[who] = book_curve(model, stream, prefix, min(1024, context_window(model) - len(prefix)))
+    return curves
 
 
 def _optional_test(cfg: ShelleyConfig, who, train_texts, val_texts, reference_dir, run: Run):
@@ -703,13 +719,19 @@ def _md_generations(r: EvalResult) -> list[str]:
 
 def render_eval_md(r: EvalResult) -> str:
     """eval.md: one section per measure, each section present when the results have it."""
-    lines = [f"# Evaluation: {r.model} ({r.method})", "", f"Corpus: *{r.title}* by {r.author}.", "", *_md_perplexity(r)]
+    lines = [f"# Evaluation: {r.model} ({r.method})", "", f"Corpus: *{r.title}* by {r.author}.", ""]
+    books = (r.data or {}).get("books")
+    if books:
+        lines += [f"{len(books)} books, each split on its own (whole chapters held out):", "", *books_table(books)]
+    lines += _md_perplexity(r)
     if r.originality:
         lines += _md_originality(r)
     if r.attribution or r.attribution_skipped:
         lines += _md_attribution(r)
     if r.scenes or r.scenes_skipped:
         lines += _md_scenes(r)
+    if r.heldout_books:
+        lines += heldout_lines(r.heldout_books, r.labels)
     if r.style:
         lines += _md_style(r)
     lines += _md_generations(r)
@@ -800,6 +822,8 @@ def keep_earlier(run: Run, results: EvalResult) -> EvalResult:
             setattr(results, name, getattr(old, name))
     if results.attribution is None and old.attribution is not None:
         results.attribution = old.attribution
+    if results.heldout_books is None and old.heldout_books is not None:
+        results.heldout_books = old.heldout_books
     if results.scenes is None and old.scenes is not None:
         results.scenes, results.scenes_skipped = old.scenes, None
     return results

@@ -305,7 +305,6 @@ def texts_curve(texts: list[str], corpus: Path, cfg, reference: str | None, plot
 
 def _author_corpus(corpus: Path, cfg) -> tuple[Identity, list[str], list[str]]:
     """(the author, train texts, held-out texts) of a run dir, dataset dir or corpus file."""
-    from shelley.data.books import corpus_identity
     from shelley.eval.originality import corpus_rows
 
     rows = corpus_rows(corpus, cfg.data)
@@ -420,3 +419,19 @@ def plot_curve(rows: list[dict[str, Any]], author: str, path: Path) -> Path:
     ax.legend(fontsize=8)
     fig.tight_layout()
     return write_png(path, fig)
+
+
+def corpus_identity(corpus: Path, cfg, rows: list[dict]) -> Identity:
+    """The author of a corpus given as a run dir (what the run recorded), a dataset dir or a corpus file."""
+    from shelley.data.books import describe_corpus
+    from shelley.data.build import identity_source
+    from shelley.run import Run
+
+    source: str | None = str(corpus)
+    run = Run.find(corpus) if corpus.is_dir() else None
+    if run is not None:
+        cfg = run.config()
+        source = run.corpus_source(cfg)
+    else:
+        source = identity_source(corpus)  # a dataset dir: the corpus it was built from
+    return describe_corpus(cfg, source, [r["text"] for r in rows if r["split"] == "validation"])

@@ -52,6 +52,7 @@ def corpus_facts(run: Run, cfg) -> dict[str, Any]:
             if c.get("changed") or c.get("removed")
         ],
         "overlap": overlap,
+        "books": report.get("books") or [],
     }
 
 
