@@ -87,3 +87,53 @@ def test_no_private_attribute_of_a_dependency():
                 if name in line and not (name == "_find_gguf(" and path.name == "registry.py"):
                     found.append(f"{path.relative_to(SRC)}:{line_no}: {name}")
     assert not found, "\n".join(found)
+
+
+def _module_name(path: Path) -> str:
+    parts = list(path.relative_to(SRC).with_suffix("").parts)
+    return ".".join(["shelley", *(parts[:-1] if parts[-1] == "__init__" else parts)])
+
+
+def test_no_import_cycle_inside_a_package():
+    """Modules of one package (``data``, ``eval``...) import each other one way too, lazy imports included: a
+    cycle hidden in a function-level import (books -> build -> card -> books) fails only on the path that runs it."""
+    graph: dict[str, set[str]] = {}
+    for path in sorted(SRC.rglob("*.py")):
+        here = _module_name(path)
+        graph.setdefault(here, set())
+        for _, module in _imports(path):
+            if module.startswith("shelley.") and module.split(".")[1] == here.split(".")[1] and module != here:
+                graph[here].add(module)
+    cycles, state = [], {}
+
+    def visit(node: str, stack: list[str]) -> None:
+        state[node] = "open"
+        for nxt in sorted(graph.get(node, ())):
+            if state.get(nxt) == "open":
+                cycles.append(" -> ".join([*stack[stack.index(nxt) :], nxt]))
+            elif nxt not in state:
+                visit(nxt, [*stack, nxt])
+        state[node] = "done"
+
+    for node in sorted(graph):
+        if node not in state:
+            visit(node, [node])
+    assert not cycles, "\n".join(cycles)
+
+
+CHEAP = {"shelley.io", "shelley.config", "shelley.run", "shelley.runtime", "shelley.errors"}
+
+
+def test_cheap_in_house_modules_are_imported_at_the_top():
+    """A function-level import is for what costs time to import (torch, transformers) or would be a cycle; the
+    in-house foundation modules cost nothing, so importing them lazily only hides what a module depends on."""
+    lazy = []
+    for path in sorted(SRC.rglob("*.py")):
+        tree = ast.parse(path.read_text(encoding="utf-8"))
+        for fn in ast.walk(tree):
+            if not isinstance(fn, ast.FunctionDef | ast.AsyncFunctionDef):
+                continue
+            for node in ast.walk(fn):
+                if isinstance(node, ast.ImportFrom) and node.module in CHEAP:
+                    lazy.append(f"{path.relative_to(SRC)}:{node.lineno} {node.module}")
+    assert not lazy, "\n".join(lazy)

@@ -28,7 +28,7 @@ from shelley.generate.load import load_writer
 from shelley.gpt.tokenizer import check_vocab_size, train_and_save
 from shelley.hub.card import write_model_card, write_space_card
 from shelley.hub.push import push, push_dataset
-from shelley.io import check_output_dir
+from shelley.io import atomic_write_text, check_output_dir, check_output_file
 from shelley.models.registry import PRESETS, import_gguf, load_tokenizer, offline_status, resolve
 from shelley.pipeline import run_pipeline
 from shelley.run import Run
@@ -311,7 +311,6 @@ def write_cmd(
 def _scene_request(words: int, beats: Path | None, out: Path | None, prompts: list[str], samples: int) -> dict:
     """Check a scene request before any model loads: the words, the beats file, the output file."""
     from shelley.generate.scene import check_scene_request, read_beats
-    from shelley.io import check_output_file
 
     if len(prompts) > 1 or samples > 1:
         raise ShelleyError("--words writes one scene: pass one prompt and no --samples")
@@ -324,7 +323,6 @@ def _scene_request(words: int, beats: Path | None, out: Path | None, prompts: li
 
 def _write_scene(cfg, loaded, fast, prompt, request, idx, original, tries, context, out, as_json) -> None:
     from shelley.generate.scene import paragraph_break_for, scene_engine, write_scene
-    from shelley.io import atomic_write_text
 
     show, progress, on_progress = views.scene_stream(o.console, o.err_console, prompt, request["words"], quiet=as_json)
     with progress:

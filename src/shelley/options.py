@@ -19,7 +19,7 @@ from typing import Annotated, Any, TypeVar
 import typer
 from rich.console import Console
 
-from shelley.config import field_info
+from shelley.config import field_info, load_config, set_key
 from shelley.errors import ShelleyError
 
 console = Console()
@@ -113,7 +113,6 @@ def configured(fn=None, *, default_config: str | None = None, groups: tuple[dict
 
     @functools.wraps(fn)
     def wrapper(*args: Any, config: Path | None = None, sets: list[str] | None = None, **kwargs: Any) -> Any:
-        from shelley.config import load_config, set_key
 
         cfg = load_config(config or default_config, sets or [])
         for name, k in keys.items():

@@ -13,8 +13,10 @@ from typing import Any
 
 from shelley.config import ShelleyConfig
 from shelley.errors import ShelleyError
+from shelley.io import check_output_dir
 from shelley.records import EvalResult
 from shelley.run import Run
+from shelley.runtime import tune_allocator
 
 # Measured in a 10-minute run on 2 cores: saving the fine-tuned model took under 5 s and scoring it took 0.99x
 # the base model's time, yet the old reserve (x1.15 + 25 s) left 40 s of the budget unused.
@@ -37,7 +39,6 @@ def _prepare(cfg: ShelleyConfig, source: Path, run: Run, overwrite: bool):
     build report, identity), the cfg a copy that records the author, title and prompts."""
     from shelley.data.books import describe_corpus
     from shelley.data.build import prepare_splits, save_dataset
-    from shelley.io import check_output_dir
 
     check_output_dir(run.root, overwrite=overwrite, flag="--run-dir")
     if run.root.exists():
@@ -115,7 +116,6 @@ def run_pipeline(
     from shelley.finetune.methods import load_base_model, load_tokenizer_for_training
     from shelley.finetune.packing import encode_stream
     from shelley.generate import generate_texts
-    from shelley.runtime import tune_allocator
 
     tune_allocator()
     t0 = time.perf_counter()

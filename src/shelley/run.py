@@ -30,6 +30,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from shelley.config import ShelleyConfig
 from shelley.errors import ShelleyError
 from shelley.records import EvalResult, TrainResult
 
@@ -258,8 +259,6 @@ class Run:
     def config(self):
         """The run's config as training saved it."""
         import yaml
-
-        from shelley.config import ShelleyConfig
 
         return ShelleyConfig.model_validate(yaml.safe_load(self.config_file.read_text(encoding="utf-8")))
 

@@ -19,6 +19,7 @@ from pathlib import Path
 
 from shelley.data.works import Works, resolve_works
 from shelley.errors import ShelleyError
+from shelley.io import atomic_dir, atomic_write_text, check_output_dir, shelley_home, write_json
 
 
 @dataclass(frozen=True)
@@ -227,7 +228,6 @@ def default_reference_dir(corpus: str | Path | None = None) -> Path:
         for folder in near:
             if (folder / "MANIFEST.json").is_file():
                 return folder
-    from shelley.io import shelley_home
 
     return shelley_home() / "reference"
 
@@ -281,7 +281,6 @@ def fetch_reference(out: Path, *, overwrite: bool = False, on_book=None) -> Path
     each book with its Gutenberg header and licence cut, and a MANIFEST.json with words and SHA-256."""
     from shelley.data.fetch import download_gutenberg
     from shelley.data.ingest import strip_gutenberg
-    from shelley.io import atomic_dir, atomic_write_text, check_output_dir, write_json
 
     out = Path(out)
     check_output_dir(out, overwrite=overwrite)
@@ -319,7 +318,6 @@ def fetch_books(ebook_ids: list[int], out: Path, *, overwrite: bool = False, on_
     ``shelley run out/`` reads book by book. Returns the manifest."""
     from shelley.data.fetch import download_gutenberg
     from shelley.data.ingest import strip_gutenberg
-    from shelley.io import atomic_dir, atomic_write_text, check_output_dir, write_json
 
     doubles = sorted({i for i in ebook_ids if ebook_ids.count(i) > 1})
     if doubles:

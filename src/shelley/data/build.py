@@ -15,6 +15,7 @@ from shelley.data.ingest import Snippet, read_corpus
 from shelley.data.split import ngram_overlap, split_snippets
 from shelley.data.works import Works, resolve_works, section_label
 from shelley.errors import ShelleyError
+from shelley.io import atomic_dir, atomic_write_text, write_json
 
 
 def clean_kwargs(cfg: DataConfig) -> dict[str, Any]:
@@ -199,8 +200,6 @@ def render_build_report(report: dict[str, Any]) -> str:
 def save_dataset(splits: dict[str, list[Snippet]], report: dict[str, Any], out: Path, *, overwrite: bool) -> Path:
     """Save the DatasetDict plus build.json / build.md into ``out`` atomically (temp dir, then rename)."""
     from datasets.utils.logging import disable_progress_bar, enable_progress_bar, is_progress_bar_enabled
-
-    from shelley.io import atomic_dir, atomic_write_text, write_json
 
     ds = to_dataset_dict(splits)
     with atomic_dir(out, overwrite=overwrite) as tmp:

@@ -8,6 +8,7 @@ import urllib.request
 from pathlib import Path
 
 from shelley.errors import ShelleyError
+from shelley.io import atomic_write_bytes, check_output_file
 
 # SHELLEY_GUTENBERG_MIRROR points at another mirror (tests use a local server on 127.0.0.1).
 DEFAULT_MIRROR = "https://www.gutenberg.org/cache/epub/{id}/pg{id}.txt"
@@ -41,7 +42,6 @@ def download_gutenberg(ebook_id: int, *, timeout: float = 30.0) -> bytes:
 
 def fetch_gutenberg(ebook_id: int, out: Path, *, overwrite: bool = False, timeout: float = 30.0) -> Path:
     """Download ebook ``ebook_id`` as UTF-8 text to ``out`` (written atomically)."""
-    from shelley.io import atomic_write_bytes, check_output_file
 
     if ebook_id <= 0:
         raise ShelleyError(f"ebook id must be a positive number, got {ebook_id}; e.g. 84 for Frankenstein")

@@ -14,6 +14,7 @@ from typing import Any
 
 from shelley.data.clean import clean_snippets, is_noise
 from shelley.data.ingest import Snippet
+from shelley.io import atomic_dir, atomic_write_text, write_json
 
 
 def _summary(values: list[int]) -> dict[str, float]:
@@ -157,7 +158,6 @@ def render_report(stats: dict[str, Any], source: str) -> str:
 
 def write_inspect_report(stats: dict[str, Any], lengths: dict[str, list[int]], source: str, out: Path) -> list[Path]:
     """Write stats.json, the PNG histograms and report.md into ``out`` (an existing, empty directory)."""
-    from shelley.io import atomic_write_text, write_json
 
     write_json(out / "stats.json", {"source": source, **stats})
     files = [out / "stats.json"]
@@ -181,7 +181,6 @@ def inspect_to(source: Path, cfg, out: Path, *, tokenizer: str | None, loader, o
     Token counts use ``tokenizer`` (default: model.tokenizer, else model.name; "none" skips them), loaded with
     ``loader(name, trust_remote_code=...)`` once the corpus has been read; ``on_stage(text)`` names each stage."""
     from shelley.data.build import clean_kwargs, load_corpus
-    from shelley.io import atomic_dir
 
     say = on_stage or (lambda _text: None)
     say("reading corpus")

@@ -18,6 +18,7 @@ from typing import Any
 
 from shelley.errors import ShelleyError
 from shelley.eval.attribution import wilson
+from shelley.io import atomic_write_text, check_output_file, write_json
 
 KINDS = {
     "base": "fine-tuned vs base model",
@@ -200,7 +201,6 @@ def read_json(path, what: str) -> Any:
 
 def write_scene_page(run, page_path=None, *, seed: int, overwrite: bool = False):
     """The blind A/B page of a run's scenes (from `shelley eval --scenes`) and its key; (page path, key path)."""
-    from shelley.io import atomic_write_text, check_output_file, write_json
 
     if not run.scene_texts.exists():
         raise ShelleyError(f"{run.root} has no {run.scene_texts.name}; run `shelley eval {run.root} --scenes 10` first")
@@ -217,7 +217,6 @@ def write_scene_page(run, page_path=None, *, seed: int, overwrite: bool = False)
 def write_page(run, page_path=None, *, pairs: int, words: int, seed: int, overwrite: bool = False):
     """The blind A/B page of a run (from the texts its attribution wrote) and its key, next to each other;
     returns (page path, key path)."""
-    from shelley.io import atomic_write_text, check_output_file, write_json
 
     if not run.voice_texts.exists():
         raise ShelleyError(

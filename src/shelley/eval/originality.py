@@ -28,6 +28,7 @@ import numpy as np
 from shelley.config import DataConfig
 from shelley.data.build import corpus_rows_from_texts
 from shelley.errors import ShelleyError
+from shelley.io import atomic_write_bytes, shelley_home
 from shelley.run import Run
 
 WORD_RE = re.compile(r"[a-z0-9]+(?:['’][a-z]+)?")
@@ -111,8 +112,6 @@ class CorpusIndex:
 
     def save(self, path: Path) -> None:
         import io
-
-        from shelley.io import atomic_write_bytes
 
         buf = io.BytesIO()
         meta = {"version": INDEX_VERSION, "sha256": self.sha256, "vocab": self.vocab, "rows": self.rows}
@@ -308,6 +307,5 @@ def index_for(run: Run | None, corpus: Path | None, index_path: Path | None, dat
         return CorpusIndex.load(index_path, expect_sha256=corpus_hash(rows))
     if corpus is None:
         return index_for_rows(rows, run.originality_index)
-    from shelley.io import shelley_home
 
     return index_for_rows(rows, shelley_home() / "indexes" / f"{corpus_hash(rows)[:16]}.npz")

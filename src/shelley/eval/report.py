@@ -16,6 +16,7 @@ from shelley.config import ShelleyConfig
 from shelley.data.card import books_table
 from shelley.errors import ShelleyError
 from shelley.eval.heldout import book_curve, book_stream, heldout_lines, judge_book
+from shelley.io import atomic_write_text, write_json
 from shelley.models.bos import bos_prefix
 from shelley.records import AttributionResult, EvalResult, SceneResult, StyleResult, TrainResult
 from shelley.run import Run
@@ -772,7 +773,6 @@ def write_eval(run: Run, results: EvalResult, texts: dict[str, str] | None = Non
     """eval.json, eval.md, eval.html (with the loss curve and attribution chart embedded), attribution.png and
     the attribution's ``texts`` (voice-texts.json, for `shelley ab`), all in the run's root; with the scene
     test also context.png and its texts (``texts["scenes"]``: scene-texts.json, for `shelley ab --scenes`)."""
-    from shelley.io import atomic_write_text, write_json
 
     images = {}
     if run.loss_plot.exists():

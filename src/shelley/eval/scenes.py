@@ -25,6 +25,8 @@ from collections.abc import Iterable
 from statistics import median
 from typing import Any
 
+from shelley.io import write_png
+
 LOOP_WORDS = 12  # a self-repeat this long is a loop
 WORD = re.compile(r"[A-Za-z]+(?:['’][a-z]+)?")
 OPENERS = "\"'“‘([—- "
@@ -277,8 +279,6 @@ def plot_context_curve(curves: dict[str, dict[str, Any]], labels: dict[str, str]
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
     import numpy as np
-
-    from shelley.io import write_png
 
     fig, ax = plt.subplots(figsize=(7, 4))
     for who, c in curves.items():

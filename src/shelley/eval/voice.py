@@ -25,6 +25,8 @@ from shelley.eval.attribution import (
     verdict,
     word_count,
 )
+from shelley.io import write_png
+from shelley.run import Run
 
 FULL_BAGS = 20  # `shelley eval --attribution` default; fewer bags make a reduced, indicative test
 SAMPLE_TOKENS = 256  # tokens per generated sample; samples are joined in order into the bags
@@ -258,8 +260,6 @@ def plot_attribution(a: dict[str, Any], labels: dict[str, str], path: Path) -> P
     import matplotlib.pyplot as plt
     import numpy as np
 
-    from shelley.io import write_png
-
     rows = [(who, r) for who, r in a["results"].items()]
     authors = [c["key"] for c in a["candidates"]]
     names = {c["key"]: c["name"] for c in a["candidates"]}
@@ -398,8 +398,6 @@ def plot_curve(rows: list[dict[str, Any]], author: str, path: Path) -> Path:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    from shelley.io import write_png
-
     fig, ax = plt.subplots(figsize=(6, 3.6))
     series = {"own held-out": [(r["bag_words"], r["own_held_out"]) for r in rows]}
     for r in rows:
@@ -425,7 +423,6 @@ def corpus_identity(corpus: Path, cfg, rows: list[dict]) -> Identity:
     """The author of a corpus given as a run dir (what the run recorded), a dataset dir or a corpus file."""
     from shelley.data.books import describe_corpus
     from shelley.data.build import identity_source
-    from shelley.run import Run
 
     source: str | None = str(corpus)
     run = Run.find(corpus) if corpus.is_dir() else None

@@ -17,6 +17,7 @@ from typing import Any
 
 from shelley.errors import ShelleyError
 from shelley.export.gguf import ARCHITECTURES, QUANTS, check_export, write_gguf
+from shelley.io import check_output_dir, check_output_file
 from shelley.run import Run
 
 FORMATS = ("gguf", "ollama", "lmstudio")
@@ -86,7 +87,6 @@ def export_run(
     """Export the run's model; returns the file (gguf) or folder (ollama, lmstudio) written, by default under
     RUN/export/. Every check runs before the model is loaded; nothing is left half-written."""
     from shelley.generate.load import load_for_generation
-    from shelley.io import check_output_dir, check_output_file
 
     if fmt not in FORMATS:
         raise ShelleyError(f"unknown export format {fmt!r}; use one of {', '.join(FORMATS)}")

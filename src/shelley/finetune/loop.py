@@ -33,10 +33,11 @@ from shelley.errors import ShelleyError, TrainingInterrupted
 from shelley.finetune.loss import can_fuse, causal_lm_loss
 from shelley.finetune.methods import set_attention
 from shelley.finetune.packing import PackedBlocks, encode_stream, micro_batch_indices
+from shelley.io import atomic_dir, atomic_write_text, check_output_dir, write_json
 from shelley.models.bos import bos_prefix
 from shelley.records import TrainResult
 from shelley.run import TRAINER_STATE, Run, write_manifest
-from shelley.runtime import resolve_precision
+from shelley.runtime import resolve_precision, tune_allocator
 
 CALIBRATION_STEPS = 3  # steps timed before the cosine horizon is first fitted to a time budget
 FUSED_ADAMW_DEVICES = ("cpu", "cuda", "mps")  # torch has a fused AdamW kernel there
@@ -327,8 +328,6 @@ def train(
     """
     from accelerate.utils import set_seed
 
-    from shelley.runtime import tune_allocator
-
     tune_allocator()
     files = run_dir if isinstance(run_dir, Run) else Run.for_training(run_dir)
     ckpt = _check_run_dir(cfg, files, resume=resume, overwrite=overwrite, tokenizer_given=tokenizer is not None)
@@ -356,7 +355,6 @@ def train(
 def _check_run_dir(cfg: ShelleyConfig, files: Run, *, resume: bool, overwrite: bool, tokenizer_given: bool):
     """Fail before anything is written: a bad scratch config, an unwritable or existing run dir. Returns the
     checkpoint to resume from (None for a fresh run)."""
-    from shelley.io import check_output_dir
 
     if cfg.train.method == "scratch":
         from shelley.gpt.setup import check_scratch_config
@@ -698,8 +696,6 @@ def _trainable_state(run: _Training) -> dict[str, Any]:
 def _save_best(run: _Training) -> None:
     from safetensors.torch import save_file
 
-    from shelley.io import atomic_dir
-
     if run.accelerator.is_main_process:
         with atomic_dir(run.files.best_dir, overwrite=True) as tmp:
             save_file(_trainable_state(run), str(tmp / "weights.safetensors"))
@@ -781,7 +777,6 @@ def _finish(run: _Training, step: int, reason: str, tokens_seen: int, last_loss:
     """Keep the best weights when the last ones validated worse, then save the model or adapter, the loss plot
     (the kept step marked) and train_summary.json. Last weights that were never validated (``shelley run``
     scores them itself) are kept: nothing says they are worse."""
-    from shelley.io import write_json
 
     elapsed = time.perf_counter() - run.t0
     best, tc = run.best, run.tc
@@ -855,8 +850,6 @@ def _save_outputs(accelerator, model, tokenizer, files: Run, *, merge: bool) -> 
     is_peft = hasattr(unwrapped, "peft_config")
     out = files.adapter_dir if is_peft else files.model_dir
     if accelerator.is_main_process:
-        from shelley.io import atomic_dir
-
         with atomic_dir(out, overwrite=True) as tmp:
             unwrapped.save_pretrained(tmp, safe_serialization=True)
             tokenizer.save_pretrained(tmp)
@@ -935,7 +928,6 @@ def _oom_guard(cfg: ShelleyConfig, step: int, files: Run):
 def _write_corpus(files: Run, train_texts: list[str], val_texts: list[str]) -> None:
     """Keep the texts the run saw: the originality guard indexes them, and a hash ties the index to them."""
     from shelley.data.build import corpus_rows_from_texts
-    from shelley.io import atomic_write_text
 
     rows = corpus_rows_from_texts({"train": train_texts, "validation": val_texts})
     atomic_write_text(files.corpus_file, "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows))
@@ -945,7 +937,6 @@ def _truncate_metrics(path: Path, step: int) -> None:
     """Keep the rows up to ``step``: a run killed after its last checkpoint logged steps that resume redoes."""
     if not path.exists():
         return
-    from shelley.io import atomic_write_text
 
     keep = []
     for line in path.read_text().splitlines():

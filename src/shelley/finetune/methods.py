@@ -9,6 +9,7 @@ from typing import Any
 from shelley.config import ShelleyConfig
 from shelley.errors import ShelleyError
 from shelley.finetune.autocast import apply_in_autocast_dtype
+from shelley.runtime import has_fast_bf16, resolve_precision
 
 
 def linear_layer_names(model) -> list[str]:
@@ -29,8 +30,6 @@ def qlora_compute_dtype(precision: str):
     the device has bf16 hardware, fp16 on a GPU without it (a T4), fp32 on a CPU without it. bf16 asked of a
     device without bf16 hardware is refused: emulated, it is slow."""
     import torch
-
-    from shelley.runtime import has_fast_bf16, resolve_precision
 
     if precision == "bf16" and not has_fast_bf16():
         where = "this GPU" if torch.cuda.is_available() else "this CPU"
@@ -311,7 +310,6 @@ def training_attention(cfg: ShelleyConfig, device_type: str) -> str | None:
     torch's SDPA on a CPU runs a flash kernel whose bf16 backward is slow at fine-tuning lengths: eager
     attention's two matmuls and fp32 softmax take less than half its time there, while in fp32 SDPA is the
     faster (docs/results.md). So ``auto`` takes eager exactly there."""
-    from shelley.runtime import resolve_precision
 
     choice = cfg.train.attention
     if choice != "auto":

@@ -9,6 +9,7 @@ from typing import Any
 
 from shelley.errors import ShelleyError
 from shelley.run import Run
+from shelley.runtime import tune_allocator
 
 
 @dataclass
@@ -66,7 +67,6 @@ def load_model_dir(model_dir: Path, *, base: str | None = None, trust_remote_cod
 
 def load_for_generation(ref: str | Path, *, base: str | None = None, trust_remote_code: bool = False) -> Loaded:
     from shelley.models.registry import load_tokenizer, resolve
-    from shelley.runtime import tune_allocator
 
     tune_allocator()
     path = Path(ref)

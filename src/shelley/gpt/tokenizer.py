@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any
 
 from shelley.errors import ShelleyError
+from shelley.io import atomic_dir
 
 EOS = "<|endoftext|>"  # also used as BOS: documents are separated by one token, as in GPT-2
 PAD = "<|pad|>"
@@ -68,7 +69,6 @@ def compression(tokenizer, texts: list[str]) -> dict[str, Any]:
 
 
 def save_tokenizer(tokenizer, out: Path, *, overwrite: bool = False) -> Path:
-    from shelley.io import atomic_dir
 
     with atomic_dir(Path(out), overwrite=overwrite) as tmp:
         tokenizer.save_pretrained(tmp)

@@ -14,6 +14,7 @@ from typing import Any
 import yaml
 
 from shelley.data.card import gutenberg_provenance
+from shelley.io import atomic_write_text
 from shelley.records import EvalResult
 from shelley.run import Run
 
@@ -276,7 +277,6 @@ def render_space_card(run: Run, *, model_repo: str, title: str | None = None) ->
 
 
 def write_model_card(run: Run, out: Path | None = None, *, name: str | None = None) -> Path:
-    from shelley.io import atomic_write_text
 
     target = Path(out) if out else run.model_card
     atomic_write_text(target, render_model_card(run, name=name))
@@ -284,7 +284,6 @@ def write_model_card(run: Run, out: Path | None = None, *, name: str | None = No
 
 
 def write_space_card(run: Run, out: Path | None = None, *, model_repo: str) -> Path:
-    from shelley.io import atomic_write_text
 
     target = Path(out) if out else run.space_card
     atomic_write_text(target, render_space_card(run, model_repo=model_repo))

@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from shelley.errors import ShelleyError
-from shelley.io import shelley_home
+from shelley.io import atomic_dir, shelley_home
 
 
 @dataclass(frozen=True)
@@ -199,8 +199,6 @@ def import_gguf(gguf: Path, name: str, *, tokenizer_only: bool = False) -> Path:
     if not _is_plain_name(name):
         raise ShelleyError(f"model name {name!r} must be letters, digits, '-', '_' or '.'; e.g. my-model")
     from rich.console import Console
-
-    from shelley.io import atomic_dir
 
     gguf = Path(gguf)
     if not gguf.is_file():

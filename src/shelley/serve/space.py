@@ -14,6 +14,7 @@ from pathlib import Path
 
 from shelley.config import GenerationConfig
 from shelley.errors import ShelleyError
+from shelley.io import atomic_dir
 from shelley.run import Run
 
 APP = '''"""Gradio Space for a shelley model; written by `shelley serve --export-space`."""
@@ -61,7 +62,6 @@ def export_space(
     ``model_repo``."""
     from shelley.hub.card import render_space_card
     from shelley.hub.push import check_repo_id
-    from shelley.io import atomic_dir
     from shelley.serve.app import run_facts, run_results
 
     if not model_repo:
