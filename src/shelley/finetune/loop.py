@@ -31,7 +31,7 @@ import yaml
 from shelley.config import ShelleyConfig
 from shelley.errors import ShelleyError, TrainingInterrupted
 from shelley.finetune.loss import can_fuse, causal_lm_loss
-from shelley.finetune.methods import set_attention
+from shelley.finetune.methods import set_attention, training_attention
 from shelley.finetune.packing import PackedBlocks, encode_stream, micro_batch_indices
 from shelley.io import atomic_dir, atomic_write_text, check_output_dir, write_json
 from shelley.models.bos import bos_prefix
@@ -392,12 +392,7 @@ def _setup_model(cfg: ShelleyConfig, accelerator, files: Run, train_texts: list[
     """The model and tokenizer of the method: passed in, loaded from model.name, or a new scratch GPT."""
     import torch
 
-    from shelley.finetune.methods import (
-        load_base_model,
-        load_tokenizer_for_training,
-        prepare_for_method,
-        training_attention,
-    )
+    from shelley.finetune.methods import load_base_model, load_tokenizer_for_training, prepare_for_method
 
     own_attention = None  # the attention kernel the model had, when training switched it (training_attention)
     if cfg.train.method == "scratch":
@@ -766,11 +761,12 @@ def _own_attention(run: _Training):
     """The model with the attention kernel it came with (``training_attention`` may have switched it for the
     steps): validation and samples see the model as it will be saved and loaded."""
     model = _unwrap(run.accelerator, run.model)
-    training = set_attention(model, run.own_attention)
+    set_attention(model, run.own_attention)
     try:
         yield
     finally:
-        set_attention(model, training)
+        if run.own_attention is not None:  # it was switched for training: switch it back
+            set_attention(model, training_attention(run.cfg, run.accelerator.device.type))
 
 
 def _finish(run: _Training, step: int, reason: str, tokens_seen: int, last_loss: float) -> TrainResult:

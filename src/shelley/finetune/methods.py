@@ -320,14 +320,15 @@ def training_attention(cfg: ShelleyConfig, device_type: str) -> str | None:
 
 
 def set_attention(model, implementation: str | None) -> str | None:
-    """Switch a Hugging Face model to ``implementation``; returns the one it had (None: nothing changed, as for
-    models without ``set_attn_implementation``, e.g. the scratch GPT)."""
+    """Switch a Hugging Face model to ``implementation``; returns the kernel to switch back to: the model's own,
+    the one ``from_pretrained`` picks for it (sdpa where the model supports it). None: nothing changed, as for
+    models without ``set_attn_implementation`` (the scratch GPT). Public transformers API only: the kernel a model
+    runs is not readable without a private config attribute, so shelley restores the default rather than read it."""
     if implementation is None or not hasattr(model, "set_attn_implementation"):
         return None
-    before = model.config._attn_implementation
-    if before != implementation:
-        model.set_attn_implementation(implementation)
-    return before
+    own = model.get_correct_attn_implementation(None)
+    model.set_attn_implementation(implementation)
+    return own
 
 
 def prepare_for_method(model, cfg: ShelleyConfig):
