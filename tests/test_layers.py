@@ -73,7 +73,7 @@ PRIVATE = [
     "torch.cpu._",
     "torch._C",
     "_find_gguf(",
-    "_attn_implementation",
+    "config._attn_implementation",
 ]
 
 
