@@ -124,3 +124,33 @@ def test_can_fuse_refuses_heads_it_would_get_wrong():
     model.config.final_logit_softcapping = None
     model.config.model_type = "gemma2"
     assert not can_fuse(model)
+
+
+@pytest.mark.parametrize("kind", ["llama", "gemma3", "gpt2", "lora"])
+def test_scoring_without_the_full_logits_matches_them(kind, monkeypatch):
+    """``next_token_nll`` (perplexity, the context curve) equals the cross-entropy of the full logits, while the
+    head never sees more than ``NLL_CHUNK`` positions at once: Gemma's 262k vocabulary stays out of memory."""
+    import torch.nn.functional as F
+
+    from shelley.models import head as heads
+
+    model = tiny_causal_lm("llama" if kind == "lora" else kind, 300, seed=3, max_positions=128)
+    if kind == "lora":
+        from peft import LoraConfig, get_peft_model
+
+        model = get_peft_model(model, LoraConfig(r=4, target_modules=["q_proj", "v_proj"], init_lora_weights=False))
+    model.eval()
+    ids = torch.randint(0, 300, (3, 100))
+    with torch.inference_mode():
+        want = F.cross_entropy(
+            model(input_ids=ids).logits[:, :-1].float().transpose(1, 2), ids[:, 1:], reduction="none"
+        )
+        monkeypatch.setattr(heads, "NLL_CHUNK", 64)
+        rows = []
+        head = model.get_output_embeddings()
+        hook = head.register_forward_hook(lambda _m, args, _out: rows.append(args[0].shape[0]))
+        got = heads.next_token_nll(model, ids)
+        hook.remove()
+    assert got.shape == (3, 99) and torch.allclose(got, want, atol=1e-5)
+    assert rows and max(rows) <= 64 and sum(rows) == 3 * 99  # sliced: never the (3 x 100 x vocab) logits
+    assert model.get_output_embeddings() is head  # the head is back

@@ -165,7 +165,7 @@ class TrainConfig(_Section):
     fused_loss: bool | None = Field(
         None,
         description="Compute the output head and cross-entropy in vocabulary slices without keeping the logits "
-        "(shelley.finetune.loss). null: on CPU only, for the model types in loss.FUSABLE_MODEL_TYPES; other "
+        "(shelley.finetune.loss). null: on CPU only, for the model types in models.head.FUSABLE_MODEL_TYPES; other "
         "models always use their own loss.",
     )
     attention: Literal["auto", "sdpa", "eager"] = Field(

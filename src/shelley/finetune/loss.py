@@ -16,19 +16,17 @@ shifted by one, -100 ignored).
 from __future__ import annotations
 
 import functools
-from contextlib import contextmanager
 
 from shelley.finetune.autocast import apply_in_autocast_dtype
+from shelley.models.head import FUSABLE_MODEL_TYPES, can_fuse, hidden_states_as_logits
+
+__all__ = ["FUSABLE_MODEL_TYPES", "can_fuse", "causal_lm_loss", "linear_cross_entropy"]
 
 IGNORE_INDEX = -100
 # Columns per head slice, measured on SmolLM2's head on 2 cores: the two-sweep path (logits kept) is fastest at
 # 4k of 4k/8k/16k/all; the one-sweep path (one reused buffer) at 2k of 1k-16k (3% faster than 4k).
 VOCAB_CHUNK = 4096
 ONLINE_CHUNK = 2048
-
-# Architectures whose logits are exactly ``lm_head(final hidden state)``: no soft-capping, no logit scale, no
-# extra head. Others fall back to the model's own loss.
-FUSABLE_MODEL_TYPES = frozenset({"llama", "mistral", "gpt2", "qwen2", "qwen3", "gemma3_text"})
 
 
 def _one_sweep(hidden, weight, bias, chunk, acc, grad_needed):
@@ -158,39 +156,12 @@ def linear_cross_entropy(hidden, weight, bias, targets, *, chunk: int | None = N
     return apply_in_autocast_dtype(_linear_cross_entropy(), hidden, weight, bias, targets, chunk)
 
 
-def can_fuse(model) -> bool:
-    """Whether ``model``'s logits are a plain linear head over its last hidden state (see FUSABLE_MODEL_TYPES)."""
-    import torch
-
-    config = getattr(model, "config", None)
-    if config is None or getattr(config, "model_type", None) not in FUSABLE_MODEL_TYPES:
-        return False
-    if getattr(config, "final_logit_softcapping", None) or getattr(config, "logit_scale", None):
-        return False
-    head = model.get_output_embeddings()
-    return isinstance(head, torch.nn.Linear)
-
-
-@contextmanager
-def _hidden_states_as_logits(model):
-    """Swap the output head for an identity while the model runs, so its "logits" are the final hidden states.
-    The model is still called through its (possibly DDP-wrapped) forward, so gradient sync works as usual."""
-    import torch
-
-    head = model.get_output_embeddings()
-    model.set_output_embeddings(torch.nn.Identity())
-    try:
-        yield head
-    finally:
-        model.set_output_embeddings(head)
-
-
 def causal_lm_loss(model, ids, *, inner=None):
     """Next-token loss of ``model`` on ``ids`` (B, T) with no padding. ``inner`` is the unwrapped model whose
     head is fused (see ``can_fuse``); None runs the model's own loss."""
     if inner is None:
         return model(input_ids=ids, labels=ids).loss
-    with _hidden_states_as_logits(inner) as head:
+    with hidden_states_as_logits(inner) as head:
         hidden = model(input_ids=ids).logits  # (B, T, C): the head was an identity
     hidden = hidden[:, :-1].reshape(-1, hidden.shape[-1])  # (B*(T-1), C): position t predicts token t+1
     return linear_cross_entropy(hidden, head.weight, head.bias, ids[:, 1:].reshape(-1))

@@ -10,6 +10,8 @@ import math
 
 import numpy as np
 
+from shelley.models.head import next_token_nll
+
 
 def windows(length: int, max_length: int, stride: int) -> list[tuple[int, int, int]]:
     """(begin, end, first_target) windows: each token is predicted exactly once, with up to
@@ -43,7 +45,6 @@ def perplexity(
     ``prefix`` (the BOS a model expects, ``models.bos``) opens every window and is never a target; the
     windows then hold ``max_length - len(prefix)`` tokens of the stream (the same for base and fine-tuned)."""
     import torch
-    import torch.nn.functional as F
 
     if max_tokens is not None:
         stream = stream[: max_tokens + 1]
@@ -68,10 +69,7 @@ def perplexity(
         for batch in iterator:
             rows = [np.concatenate([pre, np.asarray(stream[b:e], dtype=np.int64)]) for b, e, _ in batch]
             ids = torch.from_numpy(np.stack(rows)).to(device)
-            logits = model(input_ids=ids).logits.float()  # (B, T, V)
-            # Position t predicts token t+1.
-            logp = F.log_softmax(logits[:, :-1], dim=-1)
-            nll = -logp.gather(-1, ids[:, 1:, None]).squeeze(-1)  # (B, T-1)
+            nll = next_token_nll(model, ids)  # (B, T-1): position t predicts token t+1
             for row, (b, _, first) in enumerate(batch):
                 part = nll[row, len(pre) + first - b - 1 :]
                 total_nll += float(part.sum())
@@ -134,7 +132,6 @@ def position_losses(
     lower late in the window than early; fine-tuning on short windows can lose that. ``prefix`` (a BOS) opens
     each window and is not counted as context."""
     import torch
-    import torch.nn.functional as F
 
     pre = np.asarray(prefix or [], dtype=np.int64)
     n = len(stream) // window
@@ -152,8 +149,7 @@ def position_losses(
             ]
             ids = torch.from_numpy(np.stack(rows)).to(device)
             # Input position len(pre) + t holds stream token t and predicts token t+1, with t+1 tokens of context.
-            logits = model(input_ids=ids).logits[:, len(pre) : -1].float()
-            nll = F.cross_entropy(logits.transpose(1, 2), ids[:, len(pre) + 1 :], reduction="none")  # (B, window-1)
+            nll = next_token_nll(model, ids)[:, len(pre) :]  # (B, window-1)
             total += nll.sum(0).double().cpu()
     model.train(was_training)
     return {"window": window, "windows": n, "loss": (total / n).tolist()}
