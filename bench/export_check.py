@@ -73,7 +73,7 @@ def measure(run_dir: Path, n_tokens: int = 2000) -> dict[str, Any]:
     import torch
     from transformers import AutoModelForCausalLM
 
-    from shelley.eval.report import cached_stream
+    from shelley.eval.evaluate import cached_stream
     from shelley.export import export_run
     from shelley.generate.llamacpp import LlamaCppWriter
     from shelley.generate.load import load_for_generation

@@ -21,7 +21,10 @@ from bench.results import RESULTS, commit, cpu_name
 
 
 def _validation(run) -> list[str]:
-    return [r["text"] for r in run.corpus_rows() if r["split"] == "validation"]
+    """The run's whole validation split, as its data dir holds it (the job may score only part of it)."""
+    from datasets import load_from_disk
+
+    return list(load_from_disk(str(run.data_dir))["validation"]["text"])
 
 
 def _summary(run) -> dict[str, Any]:
@@ -40,12 +43,13 @@ def _summary(run) -> dict[str, Any]:
             "shares": {k: v.get("target_share") for k, v in a.results.items()},
         },
         "books": (ev.data or {}).get("books"),
+        "scored": (ev.data or {}).get("scored"),
     }
 
 
 def measure(run_one: Path, run_many: Path, book: Path) -> dict[str, Any]:
     from shelley.data.build import prepare_splits
-    from shelley.eval.report import _perplexity
+    from shelley.eval.evaluate import validation_perplexity
     from shelley.finetune.methods import load_base_model, load_tokenizer_for_training
     from shelley.finetune.packing import encode_stream
     from shelley.generate.load import load_model_dir
@@ -67,7 +71,7 @@ def measure(run_one: Path, run_many: Path, book: Path) -> dict[str, Any]:
         ("many_books", lambda: load_model_dir(many.output)),
     ):
         t0 = time.perf_counter()
-        ppl = _perplexity(load(), tokenizer, stream, cfg)
+        ppl = validation_perplexity(load(), tokenizer, stream, cfg)
         scores[name] = {k: ppl.get(k) for k in ("perplexity", "nll", "bits_per_byte", "bits_per_word", "tokens")}
         print(f"{name}: perplexity {ppl['perplexity']:.2f}, bits/byte {ppl.get('bits_per_byte')} "
               f"({time.perf_counter() - t0:.0f} s)")  # fmt: skip

@@ -184,7 +184,7 @@ NOTEBOOKS: dict[str, list[tuple[str, str]]] = {
         ),
         (
             "code",
-            "from shelley.eval.report import evaluate_run, render_eval_md, write_eval\nfrom shelley.run import Run\n\n"
+            "from shelley.eval.evaluate import evaluate_run\nfrom shelley.eval.report import render_eval_md, write_eval\nfrom shelley.run import Run\n\n"
             "run = Run.open(OUT / 'harness')\nr, _texts = evaluate_run(run)\nwrite_eval(run, r)\np = r.perplexity\n"
             "print('perplexity', round(p.base.perplexity, 2), '->', round(p.finetuned.perplexity, 2))\n"
             "print('longest copied span:', r.originality.finetuned.longest_span_max, 'words')",

@@ -18,7 +18,8 @@ def _run(tmp_path_factory, tiny_tokenizer_dir, kind: str):
     from transformers import AutoTokenizer
 
     from shelley.config import load_config
-    from shelley.eval.report import evaluate_run, write_eval
+    from shelley.eval.evaluate import evaluate_run
+    from shelley.eval.report import write_eval
     from shelley.finetune.loop import train
     from shelley.run import Run
 
@@ -68,7 +69,7 @@ def test_q8_0_is_close_to_f16_in_perplexity_and_top1(trained):
     """q8_0 within 2% of f16 in perplexity on the run's validation tokens, and top-1 agreement >= 98%."""
     from transformers import AutoModelForCausalLM
 
-    from shelley.eval.report import cached_stream
+    from shelley.eval.evaluate import cached_stream
     from shelley.export import export_run
 
     stream = torch.tensor(np.asarray(cached_stream(trained)[:32], dtype=np.int64))[None]

@@ -58,7 +58,7 @@ def test_llamacpp_greedy_text_matches_transformers_on_the_same_file(exported):
 def test_llamacpp_next_token_agrees_with_transformers_on_the_validation_tokens(exported):
     from transformers import AutoModelForCausalLM
 
-    from shelley.eval.report import cached_stream
+    from shelley.eval.evaluate import cached_stream
     from shelley.generate.llamacpp import LlamaCppWriter
 
     run, path = exported

@@ -202,8 +202,9 @@ def eval_cmd(
 ) -> None:
     """Base vs trained perplexity on the same validation tokens, side-by-side generations -> eval.md/json/html.
     With --scenes: whole scenes (loops, repeats, copies, name churn, who wrote them) and the context curve."""
+    from shelley.eval.evaluate import evaluate_run
     from shelley.eval.prompts import load_prompts
-    from shelley.eval.report import evaluate_run, keep_earlier, write_eval
+    from shelley.eval.report import keep_earlier, write_eval
 
     run = Run.open(run_dir)
     for book in heldout_book or []:

@@ -21,6 +21,10 @@ from shelley.runtime import tune_allocator
 # Measured in a 10-minute run on 2 cores: saving the fine-tuned model took under 5 s and scoring it took 0.99x
 # the base model's time, yet the old reserve (x1.15 + 25 s) left 40 s of the budget unused.
 SAVE_MARGIN_S = 15.0  # the final save, the loss plot and the reports
+# Validation tokens each model is scored on (and training validates on) inside the budget, unless
+# eval.max_eval_tokens says otherwise: Frankenstein's 10.7k and Pride and Prejudice's 15.1k are scored whole; Ann
+# Radcliffe's three books hold 55k, whose scoring took a third of the 10 minutes (27 training steps were left).
+SCORED_TOKENS = 16_384
 SCORING_SLACK = 1.08  # the fine-tuned model is scored like the base one (same tokens, same lengths); jitter
 
 
@@ -51,14 +55,38 @@ def _prepare(cfg: ShelleyConfig, source: Path, run: Run, overwrite: bool):
     val_texts = [s.text for s in splits["validation"]]
     cfg = cfg.model_copy(deep=True)
     who = describe_corpus(cfg, source, val_texts)
-    return cfg, train_texts, val_texts, report, who
+    return cfg, train_texts, splits["validation"], report, who
+
+
+def _scored_validation(rows, tokenizer, limit: int | None) -> tuple[list[str], dict[str, int]]:
+    """The validation texts both models are scored on (and training validates on) inside the budget: all of
+    them up to ``limit`` tokens; past it the first held-out chapters of each book, in proportion to its share of
+    the validation text, so a corpus of several books cannot spend the job's budget on scoring."""
+    lengths = [len(ids) + 1 for ids in tokenizer([r.text for r in rows], add_special_tokens=False)["input_ids"]]
+    total = sum(lengths)
+    keep = list(range(len(rows)))
+    if limit is not None and total > limit:
+        books: dict[str, list[int]] = {}
+        for i, r in enumerate(rows):  # a book's sections are "Title · Chapter" (data.works); one file: one group
+            books.setdefault((r.section or "").split(" · ")[0] if " · " in (r.section or "") else "", []).append(i)
+        keep = []
+        for idx in books.values():
+            budget, used = limit * sum(lengths[i] for i in idx) / total, 0
+            for i in idx:
+                if used + lengths[i] > budget and used:
+                    break
+                keep.append(i)
+                used += lengths[i]
+        keep.sort()
+    figures = {"texts": len(keep), "of_texts": len(rows), "tokens": sum(lengths[i] for i in keep), "of_tokens": total}
+    return [rows[i].text for i in keep], figures
 
 
 def _scene_pass(model, tokenizer, cfg: ShelleyConfig, stream, run: Run | None, on_progress, scored: dict):
     """The reduced scene test's part for one model (``eval.run_scenes`` scenes), timed into ``scored``."""
     if not cfg.eval.run_scenes:
         return None
-    from shelley.eval.report import scene_model_pass
+    from shelley.eval.evaluate import scene_model_pass
 
     t0 = time.perf_counter()
     out = scene_model_pass(
@@ -76,7 +104,7 @@ def _judge_scenes(results: EvalResult, passes, run: Run, train_texts, val_texts,
             f"than the job's budget spares; run `shelley eval {run.root} --scenes 10` for the full scene test"
         )
         return texts
-    from shelley.eval.report import judge_scene_passes
+    from shelley.eval.evaluate import judge_scene_passes
 
     scene_texts = judge_scene_passes(results, run, passes, train_texts, val_texts, words, voice)
     return (texts or {}) | {"scenes": scene_texts}
@@ -111,7 +139,8 @@ def run_pipeline(
     """Everything inside ``time_budget_s``. The report includes a reduced attribution test
     (``eval.run_attribution_bags`` bags per model) when a reference set is there; ``on_progress(model, words,
     needed)`` follows its generation."""
-    from shelley.eval.report import attribution_results, combine, judge, score_with_voice, write_eval
+    from shelley.eval.evaluate import attribution_results, combine, judge, score_with_voice
+    from shelley.eval.report import write_eval
     from shelley.finetune.loop import train
     from shelley.finetune.methods import load_base_model, load_tokenizer_for_training
     from shelley.finetune.packing import encode_stream
@@ -120,11 +149,13 @@ def run_pipeline(
     tune_allocator()
     t0 = time.perf_counter()
     run = Run.for_pipeline(run_dir)
-    cfg, train_texts, val_texts, report, who = _prepare(cfg, source, run, overwrite)
+    cfg, train_texts, val_rows, report, who = _prepare(cfg, source, run, overwrite)
+    val_texts = [r.text for r in val_rows]
     voice, skipped = _reduced_attribution_test(cfg, who, train_texts, val_texts, source)
     tokenizer = load_tokenizer_for_training(cfg)
     model = load_base_model(cfg)
-    stream = encode_stream(val_texts, tokenizer, run.root / "cache", "validation")
+    scored_texts, scored = _scored_validation(val_rows, tokenizer, cfg.eval.max_eval_tokens or SCORED_TOKENS)
+    stream = encode_stream(scored_texts, tokenizer, run.root / "cache", "validation")
     bags = cfg.eval.run_attribution_bags if voice else 0  # the attribution text only when there is a test to run
     base = score_with_voice(model, tokenizer, stream, cfg, bags, "base", on_progress)
     passes = {"base": _scene_pass(model, tokenizer, cfg, stream, None, on_progress, base)}
@@ -133,7 +164,7 @@ def run_pipeline(
     cfg.train.run_dir = str(run.train_dir)
     cfg.train.drop_checkpoints = not keep_checkpoints  # a finished run keeps its model, not its optimizer state
     result = train(
-        cfg, train_texts, val_texts, run, model=model, tokenizer=tokenizer, final_eval=False, sampler=generate_texts
+        cfg, train_texts, scored_texts, run, model=model, tokenizer=tokenizer, final_eval=False, sampler=generate_texts
     )
     t_train = time.perf_counter() - t0 - t_base
     # `model` was trained in place (full) or wrapped with the trained adapter (LoRA): score it as it is.
@@ -156,5 +187,7 @@ def run_pipeline(
         "train_and_save": round(t_train, 1),
         "score_finetuned": round(time.perf_counter() - t0 - t_base - t_train, 1),
     }
-    results.data = {"rows": report["split"]["rows"], "overlap": report["overlap"], "books": report.get("books")}
+    results.data = {
+        "rows": report["split"]["rows"], "overlap": report["overlap"], "books": report.get("books"), "scored": scored
+    }  # fmt: skip
     return write_eval(run, results, texts)

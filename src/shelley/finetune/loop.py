@@ -1,11 +1,12 @@
 """The one training loop, on accelerate: full, LoRA, QLoRA and the scratch GPT all run through ``train``.
 
 ``train`` is a short list of stages: ``_check_run_dir``, ``_setup_accelerator``, ``_setup_model``,
-``_setup_data``, ``_setup_optimizer``, ``_load_checkpoint``, then ``fit``, whose steps are ``_optimizer_step``
-(forward, the NaN policy, backward, clipping), the cross-rank agreements (``_agree_*``), ``BudgetSchedule``
-(the learning rate fitted to a time budget) and ``_after_step`` (``validate``, samples, checkpoints), and
-``_finish`` (outputs, loss plot, summary). The loop imports no evaluation or generation code: samples come from
-the ``sampler`` its caller passes in.
+``_setup_data``, ``_setup_optimizer``, ``checkpoint.load_checkpoint``, then ``fit``, whose steps are
+``_optimizer_step`` (forward, the NaN policy, backward, clipping), the cross-rank agreements (``_agree_*``),
+``BudgetSchedule`` (the learning rate fitted to a time budget) and ``_after_step`` (``validate``, samples,
+checkpoints), and ``_finish`` (outputs, loss plot, summary). The stages share one ``TrainState`` (``state``);
+checkpoints, resume and the best weights are ``checkpoint``'s. The loop imports no evaluation or generation
+code: samples come from the ``sampler`` its caller passes in.
 
 ``accelerate launch -m shelley.cli train ...`` scales it to several GPUs or machines unchanged: every
 process draws its own micro-batches from the same deterministic order (see ``packing.micro_batch_indices``).
@@ -17,12 +18,10 @@ from __future__ import annotations
 
 import json
 import math
-import pickle
 import shutil
 import time
 from collections.abc import Callable
 from contextlib import contextmanager
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -30,68 +29,25 @@ import yaml
 
 from shelley.config import ShelleyConfig
 from shelley.errors import ShelleyError, TrainingInterrupted
+from shelley.finetune.checkpoint import (
+    check_resume,
+    load_checkpoint,
+    restore_best,
+    save_best,
+    save_checkpoint,
+)
 from shelley.finetune.loss import can_fuse, causal_lm_loss
 from shelley.finetune.methods import set_attention, training_attention
 from shelley.finetune.packing import PackedBlocks, encode_stream, micro_batch_indices
+from shelley.finetune.state import BudgetSchedule, TrainState, unwrap
 from shelley.io import atomic_dir, atomic_write_text, check_output_dir, write_json
 from shelley.models.bos import bos_prefix
 from shelley.records import TrainResult
-from shelley.run import TRAINER_STATE, Run, write_manifest
+from shelley.run import Run
 from shelley.runtime import resolve_precision, tune_allocator
 
 CALIBRATION_STEPS = 3  # steps timed before the cosine horizon is first fitted to a time budget
 FUSED_ADAMW_DEVICES = ("cpu", "cuda", "mps")  # torch has a fused AdamW kernel there
-PACE_WINDOW = 10  # recent optimizer steps whose mean duration predicts the next ones
-
-# Keys that may change between a run and its --resume without changing what the run computes so far.
-RESUMABLE_CHANGES = {
-    "train.steps",
-    "train.time_budget_s",
-    "train.budget_clock",
-    "train.eval_every",
-    "train.sample_every",
-    "train.checkpoint_every",
-    "train.keep_checkpoints",
-    "train.checkpoint_every_s",
-    "train.drop_checkpoints",
-    "train.merge",
-    "train.keep_best",
-    "train.patience",
-    "train.min_delta",
-    "train.max_epochs",
-}
-
-
-def _flatten(d: dict[str, Any], prefix: str = "") -> dict[str, Any]:
-    out: dict[str, Any] = {}
-    for k, v in d.items():
-        if isinstance(v, dict):
-            out |= _flatten(v, f"{prefix}{k}.")
-        else:
-            out[f"{prefix}{k}"] = v
-    return out
-
-
-def check_resume(files: Run, cfg: ShelleyConfig) -> Path:
-    ckpt = files.latest_checkpoint(verify=True)
-    if ckpt is None:
-        raise ShelleyError(
-            f"--resume: {files.train_dir} has no checkpoint to resume from; drop --resume to start fresh"
-        )
-    newest = files.latest_checkpoint()
-    if newest != ckpt:
-        import warnings
-
-        warnings.warn(f"checkpoint {newest} fails its manifest check; resuming from {ckpt}", stacklevel=2)
-    saved = yaml.safe_load(files.config_file.read_text())
-    old, new = _flatten(saved), _flatten(cfg.model_dump(mode="json"))
-    changed = sorted(k for k in old.keys() | new.keys() if old.get(k) != new.get(k) and k not in RESUMABLE_CHANGES)
-    if changed:
-        raise ShelleyError(
-            f"--resume: the config differs from the checkpoint's in {', '.join(changed)}; "
-            f"resume with the saved {files.config_file} or start a new run dir"
-        )
-    return ckpt
 
 
 def _autocast(device_type: str, precision: str):
@@ -106,55 +62,6 @@ def _autocast(device_type: str, precision: str):
 
     low = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(precision)
     return torch.autocast(device_type, dtype=low) if low is not None else contextlib.nullcontext()
-
-
-def _fsync(path: Path) -> None:
-    import os
-
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
-def _fsync_tree(root: Path) -> None:
-    """Flush every file and directory under ``root`` to disk, so the rename that follows publishes data that
-    survives a power cut, not just a process kill."""
-    for path in [*sorted(root.rglob("*"), reverse=True), root]:
-        _fsync(path)
-
-
-def _save_checkpoint(accelerator, files: Run, step: int, keep: int, state: dict[str, Any]) -> Path:
-    """accelerate state into a temp dir, a manifest of SHA-256 hashes, fsync, then one rename: a crash never
-    leaves a half checkpoint under a final name, and a damaged one is detected on resume."""
-    ckpt_root = files.checkpoints_dir
-    ckpt_root.mkdir(parents=True, exist_ok=True)
-    final, tmp = files.checkpoint_dir(step), files.checkpoint_dir(step, tmp=True)
-    if accelerator.is_main_process:
-        shutil.rmtree(tmp, ignore_errors=True)
-    accelerator.wait_for_everyone()
-    try:
-        accelerator.save_state(str(tmp))
-        if accelerator.is_main_process:
-            (tmp / TRAINER_STATE).write_text(json.dumps(state, indent=2))
-            write_manifest(tmp, step)
-            _fsync_tree(tmp)
-            if final.exists():
-                shutil.rmtree(final)
-            tmp.rename(final)
-            _fsync(ckpt_root)  # the rename itself must reach the disk
-            for old in files.checkpoints()[:-keep]:
-                shutil.rmtree(old, ignore_errors=True)
-    except OSError as exc:
-        shutil.rmtree(tmp, ignore_errors=True)
-        last = files.latest_checkpoint()
-        raise ShelleyError(
-            f"could not write checkpoint {final} ({exc.strerror or exc}); free disk space or point train.run_dir "
-            f"at a writable disk. The previous checkpoint is intact: {last or 'none'}"
-        ) from None
-    accelerator.wait_for_everyone()
-    return final
 
 
 def plot_loss(metrics_path: Path, out: Path, kept_step: int | None = None) -> None:
@@ -182,119 +89,6 @@ def plot_loss(metrics_path: Path, out: Path, kept_step: int | None = None) -> No
     fig.tight_layout()
     fig.savefig(out)
     plt.close(fig)
-
-
-class BudgetSchedule:
-    """Linear warmup, then cosine decay to zero (or to train.min_lr_ratio of the peak) over a horizon that fits
-    the time budget.
-
-    The horizon is train.steps. With train.time_budget_s it is re-fitted after every step, once
-    CALIBRATION_STEPS have been timed, from the recent step time and the time left, so the learning rate still
-    reaches the end of its decay as the budget runs out instead of being cut off near its peak. LambdaLR reads
-    the horizon at each step; checkpoints carry it, and a resumed run keeps the horizon it was saved with."""
-
-    def __init__(self, tc, max_steps: int | None = None):
-        self.tc = tc
-        self.max_steps = tc.steps if max_steps is None else max_steps  # train.steps, or fewer by train.max_epochs
-        self.horizon = self.max_steps
-        self.step_times: list[float] = []  # optimizer-step seconds, this process's run only
-
-    def lr_lambda(self, s: int) -> float:
-        tc = self.tc
-        if s < tc.warmup_steps:
-            return (s + 1) / (tc.warmup_steps + 1)
-        progress = min(1.0, (s - tc.warmup_steps) / max(1, self.horizon - tc.warmup_steps))
-        floor = tc.min_lr_ratio
-        return floor + (1.0 - floor) * 0.5 * (1.0 + math.cos(math.pi * progress))
-
-    def record(self, seconds: float) -> None:
-        self.step_times.append(seconds)
-
-    @property
-    def pace(self) -> float:
-        recent = self.step_times[-PACE_WINDOW:]
-        return sum(recent) / len(recent)
-
-    @property
-    def slowest(self) -> float:
-        """The slowest recent step: what the next one may take, for the decision to start it."""
-        return max(self.step_times[-PACE_WINDOW:])
-
-    @property
-    def train_s(self) -> float:
-        return sum(self.step_times)  # optimizer-step time only (no evals, samples, checkpoints)
-
-    def spent(self, elapsed: float) -> float:
-        """What time_budget_s counts: all wall time, or optimizer-step time only (train.budget_clock)."""
-        return elapsed if self.tc.budget_clock == "wall" else self.train_s
-
-    def refit(self, step: int, spent: float, pace: float) -> None:
-        if self.tc.time_budget_s is not None:
-            left = self.tc.time_budget_s - spent
-            # at least one more step while any remain; never past train.steps / train.max_epochs
-            self.horizon = min(self.max_steps, max(step + 1, step + int(left / pace)))
-
-    def out_of_time(self, step: int, spent: float, slowest: float) -> bool:
-        """True when the next step, if it is as slow as the slowest recent one, would not finish inside the
-        budget (a step merely as slow as the average could still overrun it), or the time-fitted horizon is
-        reached before the step limit (at the step limit the loop ends anyway, for that reason)."""
-        budget = self.tc.time_budget_s
-        return budget is not None and (spent + slowest > budget or self.max_steps > step >= self.horizon)
-
-
-@dataclass
-class _Training:
-    """What the stages of one training run share; built by ``train``'s setup stages, driven by ``fit``."""
-
-    cfg: ShelleyConfig
-    files: Run
-    accelerator: Any
-    model: Any
-    tokenizer: Any
-    blocks: PackedBlocks
-    val_stream: Any
-    val_texts: list[str]
-    params: list[Any] = field(default_factory=list)
-    optimizer: Any = None
-    scheduler: Any = None
-    schedule: BudgetSchedule | None = None
-    loss_head: Any = None
-    precision: str = "fp32"  # bf16, fp16 or fp32: the autocast of the training forward
-    own_attention: str | None = None  # the model's attention kernel, put back at the end (None: never switched)
-    scaler: Any = None  # torch.amp.GradScaler, enabled for fp16 only
-    ckpt: Path | None = None
-    start_step: int = 0
-    tokens_before: int = 0
-    evals: list[dict[str, Any]] = field(default_factory=list)
-    sampler: Callable[..., list[str]] | None = None
-    t0: float = 0.0
-    checkpointed_at: float = 0.0  # the budget clock (seconds) at the last checkpoint
-    # The best validation loss seen (None before the first), its step, and evaluations since it without a better one.
-    best: dict[str, Any] = field(default_factory=lambda: {"step": None, "val_loss": None, "stale_evals": 0})
-
-    @property
-    def tc(self):
-        return self.cfg.train
-
-    @property
-    def metrics_path(self) -> Path:
-        return self.files.metrics_file
-
-    @property
-    def world(self) -> int:
-        return self.accelerator.num_processes
-
-    @property
-    def steps_per_epoch(self) -> float:
-        """Optimizer steps in one pass over the packed training blocks (all processes together)."""
-        return len(self.blocks) / (self.tc.micro_batch_size * self.tc.grad_accum * self.world)
-
-    @property
-    def max_steps(self) -> int:
-        """train.steps, or fewer when train.max_epochs passes come first."""
-        if self.tc.max_epochs is None:
-            return self.tc.steps
-        return max(1, min(self.tc.steps, math.ceil(self.tc.max_epochs * self.steps_per_epoch)))
 
 
 def train(
@@ -339,17 +133,17 @@ def train(
             _write_run_files(cfg, files, train_texts, val_texts, resume=resume)
         model, tokenizer, own_attention = _setup_model(cfg, accelerator, files, train_texts, model, tokenizer)
         blocks, val_stream = _setup_data(cfg, accelerator, tokenizer, files, train_texts, val_texts)
-    run = _Training(
+    state = TrainState(
         cfg, files, accelerator, model, tokenizer, blocks, val_stream, val_texts, sampler=sampler,
         own_attention=own_attention,
     )  # fmt: skip
-    _setup_optimizer(run)
+    _setup_optimizer(state)
     try:
         if ckpt is not None:
-            _load_checkpoint(run, ckpt)
-        return fit(run, show_progress=show_progress, stop_after=stop_after, final_eval=final_eval)
+            load_checkpoint(state, ckpt)
+        return fit(state, show_progress=show_progress, stop_after=stop_after, final_eval=final_eval)
     finally:  # however training ends (interrupted, an error), the caller's model has its own kernel back
-        set_attention(_unwrap(accelerator, run.model), own_attention)
+        set_attention(unwrap(accelerator, state.model), own_attention)
 
 
 def _check_run_dir(cfg: ShelleyConfig, files: Run, *, resume: bool, overwrite: bool, tokenizer_given: bool):
@@ -429,16 +223,16 @@ def _setup_data(cfg: ShelleyConfig, accelerator, tokenizer, files: Run, train_te
     return blocks, val_stream
 
 
-def _setup_optimizer(run: _Training) -> None:
+def _setup_optimizer(state: TrainState) -> None:
     """AdamW (8-bit paged for QLoRA), the budget-fitted schedule, accelerate's wrapping, the fused loss head."""
     import torch
 
-    tc, accelerator = run.tc, run.accelerator
-    run.params = [p for p in run.model.parameters() if p.requires_grad]
+    tc, accelerator = state.tc, state.accelerator
+    state.params = [p for p in state.model.parameters() if p.requires_grad]
     # Weight decay on matrices only: decaying biases and LayerNorm gains only pulls them off their useful values.
     groups = [
-        {"params": [p for p in run.params if p.dim() >= 2], "weight_decay": tc.weight_decay},
-        {"params": [p for p in run.params if p.dim() < 2], "weight_decay": 0.0},
+        {"params": [p for p in state.params if p.dim() >= 2], "weight_decay": tc.weight_decay},
+        {"params": [p for p in state.params if p.dim() < 2], "weight_decay": 0.0},
     ]
     groups = [g for g in groups if g["params"]]
     if tc.method == "qlora" and accelerator.device.type == "cuda":
@@ -450,134 +244,115 @@ def _setup_optimizer(run: _Training) -> None:
         # a SmolLM2-135M full step's optimizer time drops from ~0.35 s to ~0.15 s. Same math (torch tests it
         # against the reference implementation); the Trainer uses it by default too.
         optimizer = _adamw(groups, tc.learning_rate, accelerator.device.type)
-    run.schedule = BudgetSchedule(tc, run.max_steps)
-    run.model, run.optimizer = accelerator.prepare(run.model, optimizer)
-    run.loss_head = _fused_loss_model(accelerator, run.model, tc)
+    state.schedule = BudgetSchedule(tc, state.max_steps)
+    state.model, state.optimizer = accelerator.prepare(state.model, optimizer)
+    state.loss_head = _fused_loss_model(accelerator, state.model, tc)
     # The scheduler stays ours (registered so checkpoints carry it): accelerate's wrapper would step it once per
     # process, so N processes would run the schedule N times faster than one process with the same global batch.
-    schedule = run.schedule  # a plain function, so the scheduler's state_dict stays as it was (no lambda state)
-    run.scheduler = torch.optim.lr_scheduler.LambdaLR(run.optimizer.optimizer, lambda s: schedule.lr_lambda(s))
-    accelerator.register_for_checkpointing(run.scheduler)
-    run.precision = resolve_precision(tc.precision)
+    schedule = state.schedule  # a plain function, so the scheduler's state_dict stays as it was (no lambda state)
+    state.scheduler = torch.optim.lr_scheduler.LambdaLR(state.optimizer.optimizer, lambda s: schedule.lr_lambda(s))
+    accelerator.register_for_checkpointing(state.scheduler)
+    state.precision = resolve_precision(tc.precision)
     # fp16 gradients underflow without loss scaling; bf16 keeps fp32's exponent range and needs none.
-    run.scaler = torch.amp.GradScaler(accelerator.device.type, enabled=run.precision == "fp16")
-    if run.scaler.is_enabled():
-        accelerator.register_for_checkpointing(run.scaler)
+    state.scaler = torch.amp.GradScaler(accelerator.device.type, enabled=state.precision == "fp16")
+    if state.scaler.is_enabled():
+        accelerator.register_for_checkpointing(state.scaler)
 
 
-def _load_checkpoint(run: _Training, ckpt: Path) -> None:
-    try:
-        # QLoRA: the checkpoint holds the 4-bit base with its quantization state, which plain load_state_dict does
-        # not take back. The base is frozen and reloaded from model.name anyway (resume checks the config is the
-        # same), so only the adapters, optimizer, scheduler and RNG need to come back: load non-strictly.
-        run.accelerator.load_state(str(ckpt), strict=run.tc.method != "qlora")
-    except (RuntimeError, KeyError, ValueError, pickle.UnpicklingError) as exc:
-        # UnpicklingError: torch.load(weights_only=True) refused something that is not plain tensors.
-        raise ShelleyError(
-            f"--resume: checkpoint {ckpt} does not fit this model ({str(exc).splitlines()[0][:160]}); "
-            "resume with the config the run was started with, or start a new run dir"
-        ) from None
-    state = json.loads((ckpt / TRAINER_STATE).read_text())
-    run.ckpt, run.start_step, run.tokens_before = ckpt, state["step"], state["tokens_seen"]
-    run.schedule.horizon = state.get("horizon", run.max_steps)
-    run.best = state.get("best", run.best)  # the best-so-far state travels with the checkpoint
-    if run.accelerator.is_main_process:
-        _truncate_metrics(run.metrics_path, run.start_step)  # steps after the checkpoint are about to be redone
-
-
-def fit(run: _Training, *, show_progress: bool = True, stop_after: int | None = None, final_eval: bool = True):
+def fit(state: TrainState, *, show_progress: bool = True, stop_after: int | None = None, final_eval: bool = True):
     """The training loop: optimizer steps until train.steps (or train.max_epochs), the time budget, early
     stopping, ``stop_after`` or a signal; validation, samples and checkpoints on their schedules; the outputs."""
-    tc, accelerator, schedule = run.tc, run.accelerator, run.schedule
-    step, tokens_seen, skipped = run.start_step, run.tokens_before, 0
-    last_loss, tps, reason = float("nan"), 0.0, "steps" if run.max_steps == tc.steps else "max epochs"
-    run.t0 = time.perf_counter()
+    tc, accelerator, schedule = state.tc, state.accelerator, state.schedule
+    step, tokens_seen, skipped = state.start_step, state.tokens_before, 0
+    last_loss, tps, reason = float("nan"), 0.0, "steps" if state.max_steps == tc.steps else "max epochs"
+    state.t0 = time.perf_counter()
     progress = _progress(show_progress and accelerator.is_main_process)
-    task = progress.add_task("training", total=run.max_steps, completed=step, loss=float("nan"), lr=0.0, tps=0.0)
-    run.model.train()
+    task = progress.add_task("training", total=state.max_steps, completed=step, loss=float("nan"), lr=0.0, tps=0.0)
+    state.model.train()
     with progress, _stop_on_signals() as stop:
-        while step < run.max_steps:
+        while step < state.max_steps:
             step_start = time.perf_counter()
-            losses, bad, tokens = _optimizer_step(run, step, skipped)
+            losses, bad, tokens = _optimizer_step(state, step, skipped)
             step, tokens_seen = step + 1, tokens_seen + tokens
             if bad:
                 skipped += 1
-                _log(run.metrics_path, {"kind": "skip", "step": step, "reason": "non-finite loss"}, accelerator)
-            last_loss = _mean_loss(run, losses)
-            elapsed = time.perf_counter() - run.t0
+                _log(state.metrics_path, {"kind": "skip", "step": step, "reason": "non-finite loss"}, accelerator)
+            last_loss = _mean_loss(state, losses)
+            elapsed = time.perf_counter() - state.t0
             # Throughput counts optimizer-step time only: evals, samples and checkpoints are not training.
             schedule.record(time.perf_counter() - step_start)
-            spent, pace, slowest = _agree_clocks(run, schedule.spent(elapsed), schedule.pace, schedule.slowest)
-            if run.ckpt is None and step - run.start_step >= CALIBRATION_STEPS and tc.time_budget_s is not None:
+            spent, pace, slowest = _agree_clocks(state, schedule.spent(elapsed), schedule.pace, schedule.slowest)
+            if state.ckpt is None and step - state.start_step >= CALIBRATION_STEPS and tc.time_budget_s is not None:
                 schedule.refit(step, spent, pace)
                 progress.update(task, total=schedule.horizon)
-            tps = (tokens_seen - run.tokens_before) / max(schedule.train_s, 1e-9)
-            lr = run.scheduler.get_last_lr()[0]
+            tps = (tokens_seen - state.tokens_before) / max(schedule.train_s, 1e-9)
+            lr = state.scheduler.get_last_lr()[0]
             row = {"kind": "train", "step": step, "loss": last_loss, "lr": lr, "tokens_seen": tokens_seen}
-            row |= {"epoch": round(step / run.steps_per_epoch, 4), "tokens_per_s": tps}
-            _log(run.metrics_path, row | {"elapsed_s": elapsed, "train_s": schedule.train_s}, accelerator)
+            row |= {"epoch": round(step / state.steps_per_epoch, 4), "tokens_per_s": tps}
+            _log(state.metrics_path, row | {"elapsed_s": elapsed, "train_s": schedule.train_s}, accelerator)
             progress.update(task, completed=step, loss=last_loss, lr=lr, tps=tps)
             out_of_time = schedule.out_of_time(step, spent, slowest)
-            signalled = _agree_signal(run, stop.get("signal"))
-            interrupted = (stop_after is not None and step - run.start_step >= stop_after) or bool(signalled)
-            state = {"step": step, "tokens_seen": tokens_seen, "loss": last_loss, "horizon": schedule.horizon}
+            signalled = _agree_signal(state, stop.get("signal"))
+            interrupted = (stop_after is not None and step - state.start_step >= stop_after) or bool(signalled)
+            counters = {"step": step, "tokens_seen": tokens_seen, "loss": last_loss, "horizon": schedule.horizon}
             # At a normal end the outputs are saved: a last checkpoint is only for runs that keep them.
-            ending = (out_of_time or step == run.max_steps) and not tc.drop_checkpoints
-            early = _after_step(run, step, state, last=step == run.max_steps or out_of_time, final_eval=final_eval,
-                                save=ending or interrupted, clock=spent)  # fmt: skip
+            ending = (out_of_time or step == state.max_steps) and not tc.drop_checkpoints
+            last = step == state.max_steps or out_of_time
+            early = _after_step(state, step, counters, last=last, final_eval=final_eval, save=ending or interrupted,
+                                clock=spent)  # fmt: skip
             if signalled:
                 raise TrainingInterrupted(
-                    f"{signalled} at step {step}: checkpoint saved to {run.files.latest_checkpoint()}; continue "
+                    f"{signalled} at step {step}: checkpoint saved to {state.files.latest_checkpoint()}; continue "
                     "with the same command plus --resume"
                 )
             if interrupted:
                 return TrainResult(
-                    run_dir=run.files.train_dir, steps=step, stopped_early=True, train_seconds=elapsed,
-                    tokens_seen=tokens_seen, tokens_per_second=tps, last_loss=last_loss, evals=run.evals,
+                    run_dir=state.files.train_dir, steps=step, stopped_early=True, train_seconds=elapsed,
+                    tokens_seen=tokens_seen, tokens_per_second=tps, last_loss=last_loss, evals=state.evals,
                     stop_reason="interrupted",
                 )  # fmt: skip
             if out_of_time or early:
                 reason = "early stopping" if early else "time budget"
                 break
-    return _finish(run, step, reason, tokens_seen, last_loss)
+    return _finish(state, step, reason, tokens_seen, last_loss)
 
 
-def _optimizer_step(run: _Training, step: int, skipped: int) -> tuple[list[float], bool, int]:
+def _optimizer_step(state: TrainState, step: int, skipped: int) -> tuple[list[float], bool, int]:
     """One optimizer step over train.grad_accum micro-batches: forward, the NaN policy, backward, clipping, the
     optimizer and scheduler steps. Returns (micro-batch losses, whether the update was skipped, tokens seen)."""
-    tc, accelerator = run.tc, run.accelerator
+    tc, accelerator = state.tc, state.accelerator
     losses, bad, tokens = [], False, 0  # bad: a non-finite loss in this optimizer step (nan_policy skip)
     for k in range(tc.grad_accum):
-        micro = (step * tc.grad_accum + k) * run.world + accelerator.process_index
-        ids = run.blocks.batch(micro_batch_indices(len(run.blocks), tc.micro_batch_size, tc.seed, micro))
+        micro = (step * tc.grad_accum + k) * state.world + accelerator.process_index
+        ids = state.blocks.batch(micro_batch_indices(len(state.blocks), tc.micro_batch_size, tc.seed, micro))
         ids = ids.to(accelerator.device)
-        with accelerator.accumulate(run.model), _oom_guard(run.cfg, step + 1, run.files):
-            with _autocast(accelerator.device.type, run.precision):  # the forward and the fused head
-                loss = causal_lm_loss(run.model, ids, inner=run.loss_head)
-            if _agree_finite(run, loss):
-                accelerator.backward(run.scaler.scale(loss))  # (scale: identity unless fp16)
+        with accelerator.accumulate(state.model), _oom_guard(state.cfg, step + 1, state.files):
+            with _autocast(accelerator.device.type, state.precision):  # the forward and the fused head
+                loss = causal_lm_loss(state.model, ids, inner=state.loss_head)
+            if _agree_finite(state, loss):
+                accelerator.backward(state.scaler.scale(loss))  # (scale: identity unless fp16)
             else:
-                _nan_policy(run, loss, step, skipped)
+                _nan_policy(state, loss, step, skipped)
                 bad = True
             if accelerator.sync_gradients and not bad:
-                run.scaler.unscale_(run.optimizer)  # clip the true gradients, not the scaled ones
-                accelerator.clip_grad_norm_(run.params, tc.max_grad_norm)
-                run.scaler.step(run.optimizer)  # optimizer.step(), skipped by fp16 scaling on inf gradients
-                run.scaler.update()
+                state.scaler.unscale_(state.optimizer)  # clip the true gradients, not the scaled ones
+                accelerator.clip_grad_norm_(state.params, tc.max_grad_norm)
+                state.scaler.step(state.optimizer)  # optimizer.step(), skipped by fp16 scaling on inf gradients
+                state.scaler.update()
             if accelerator.sync_gradients:
-                run.scheduler.step()  # once per optimizer step, skipped or not: the schedule counts steps
-            run.optimizer.zero_grad(set_to_none=True)
+                state.scheduler.step()  # once per optimizer step, skipped or not: the schedule counts steps
+            state.optimizer.zero_grad(set_to_none=True)
         losses.append(float(loss.detach()))
-        tokens += ids.numel() * run.world
+        tokens += ids.numel() * state.world
     return losses, bad, tokens
 
 
-def _nan_policy(run: _Training, loss, step: int, skipped: int) -> None:
+def _nan_policy(state: TrainState, loss, step: int, skipped: int) -> None:
     """A non-finite loss stops the run (naming the last good checkpoint) unless train.nan_policy is skip and
     fewer than train.max_skipped_steps were skipped."""
-    tc = run.tc
+    tc = state.tc
     if tc.nan_policy == "stop" or skipped >= tc.max_skipped_steps:
-        last = run.files.latest_checkpoint()
+        last = state.files.latest_checkpoint()
         raise ShelleyError(
             f"loss became {float(loss.detach())} at step {step + 1}; training stopped"
             + (f" after skipping {skipped} steps" if skipped else "")
@@ -590,217 +365,187 @@ def _nan_policy(run: _Training, loss, step: int, skipped: int) -> None:
 # a collective (backward's all-reduce, the next step) that the others never reach.
 
 
-def _agree_finite(run: _Training, loss) -> bool:
+def _agree_finite(state: TrainState, loss) -> bool:
     import torch
 
     finite = torch.isfinite(loss.detach()).float().reshape(1)
-    if run.world > 1:
-        finite = run.accelerator.gather(finite).min().reshape(1)
+    if state.world > 1:
+        finite = state.accelerator.gather(finite).min().reshape(1)
     return bool(finite.item())
 
 
-def _mean_loss(run: _Training, losses: list[float]) -> float:
+def _mean_loss(state: TrainState, losses: list[float]) -> float:
     """The step's mean micro-batch loss; over ranks, the loss of the global batch as one process would see it."""
     import torch
 
     finite = [x for x in losses if math.isfinite(x)] or [float("nan")]
     loss = sum(finite) / len(finite)
-    if run.world > 1:
-        loss = float(run.accelerator.reduce(torch.tensor([loss], device=run.accelerator.device), "mean"))
+    if state.world > 1:
+        loss = float(state.accelerator.reduce(torch.tensor([loss], device=state.accelerator.device), "mean"))
     return loss
 
 
-def _agree_clocks(run: _Training, *clocks: float) -> tuple[float, ...]:
+def _agree_clocks(state: TrainState, *clocks: float) -> tuple[float, ...]:
     """Under a time budget all ranks go by the slowest rank's clocks (time spent, step pace, slowest step):
     each times itself, so near the end one could stop while another starts a step, and their cosine horizons
     (so learning rates) could drift apart."""
     import torch
 
-    if run.world == 1 or run.tc.time_budget_s is None:
+    if state.world == 1 or state.tc.time_budget_s is None:
         return clocks
-    mine = torch.tensor([clocks], dtype=torch.float64, device=run.accelerator.device)
-    return tuple(float(x) for x in run.accelerator.gather(mine).max(dim=0).values)
+    mine = torch.tensor([clocks], dtype=torch.float64, device=state.accelerator.device)
+    return tuple(float(x) for x in state.accelerator.gather(mine).max(dim=0).values)
 
 
-def _agree_signal(run: _Training, signalled: str | None) -> str | None:
+def _agree_signal(state: TrainState, signalled: str | None) -> str | None:
     """A signal may reach one rank only: all stop together."""
-    return signalled or (_agree_any(run, bool(signalled)) and "SIGTERM") or None
+    return signalled or (_agree_any(state, bool(signalled)) and "SIGTERM") or None
 
 
-def _agree_any(run: _Training, flag: bool) -> bool:
+def _agree_any(state: TrainState, flag: bool) -> bool:
     """True on every rank when it is true on any."""
     import torch
 
-    if run.world == 1:
+    if state.world == 1:
         return flag
-    t = torch.tensor([1.0 if flag else 0.0], device=run.accelerator.device)
-    return bool(run.accelerator.reduce(t, "sum").item())
+    t = torch.tensor([1.0 if flag else 0.0], device=state.accelerator.device)
+    return bool(state.accelerator.reduce(t, "sum").item())
 
 
 def _after_step(
-    run: _Training, step: int, state: dict[str, Any], *, last: bool, final_eval: bool, save: bool, clock: float
+    state: TrainState, step: int, counters: dict[str, Any], *, last: bool, final_eval: bool, save: bool, clock: float
 ) -> bool:
     """Validation (with best-model tracking), samples and a checkpoint, each on its own schedule (and at the
     end). Returns True when train.patience evaluations in a row brought no improvement: time to stop."""
-    tc, accelerator = run.tc, run.accelerator
+    tc, accelerator = state.tc, state.accelerator
     early = False
     if step % tc.eval_every == 0 or (last and final_eval):
-        early = _track_best(run, step, validate(run, step))
+        early = _track_best(state, step, validate(state, step))
     if step % tc.sample_every == 0:
         if accelerator.is_main_process:
-            _write_samples(run, step)
+            _write_samples(state, step)
         # The other ranks wait here, not inside their next step, so rank 0's samples do not count as their
         # training time.
         accelerator.wait_for_everyone()
     stopping_early = early and not tc.drop_checkpoints
-    if step % tc.checkpoint_every == 0 or save or stopping_early or _checkpoint_due(run, clock):
-        _save_checkpoint(accelerator, run.files, step, tc.keep_checkpoints, state | {"best": run.best})
-        run.checkpointed_at = clock
+    if step % tc.checkpoint_every == 0 or save or stopping_early or _checkpoint_due(state, clock):
+        save_checkpoint(accelerator, state.files, step, tc.keep_checkpoints, counters | {"best": state.best})
+        state.checkpointed_at = clock
     return early
 
 
-def _checkpoint_due(run: _Training, clock: float) -> bool:
+def _checkpoint_due(state: TrainState, clock: float) -> bool:
     """train.checkpoint_every_s has passed on the budget clock since the last checkpoint, and the budget does not
     end within one more interval (then the outputs are about to be saved; a checkpoint would cost as much disk
     as the model and its optimizer state). Every rank takes the same decision."""
-    every, budget = run.tc.checkpoint_every_s, run.tc.time_budget_s
+    every, budget = state.tc.checkpoint_every_s, state.tc.time_budget_s
     if every is None:
         return False  # (the same on every rank: no need to ask them)
-    return _agree_any(run, clock - run.checkpointed_at >= every and (budget is None or budget - clock > every))
+    return _agree_any(state, clock - state.checkpointed_at >= every and (budget is None or budget - clock > every))
 
 
-def _track_best(run: _Training, step: int, row: dict[str, Any]) -> bool:
+def _track_best(state: TrainState, step: int, row: dict[str, Any]) -> bool:
     """Remember the best validation loss (and with train.keep_best its weights, in the run's best/); count the
     evaluations since. True when train.patience of them brought no improvement of train.min_delta."""
-    best, tc = run.best, run.tc
+    best, tc = state.best, state.tc
     if best["val_loss"] is None or row["val_loss"] < best["val_loss"] - tc.min_delta:
         best.update(step=step, val_loss=row["val_loss"], stale_evals=0)
         if tc.keep_best:
-            _save_best(run)
+            save_best(state)
         return False
     best["stale_evals"] += 1
     return tc.patience is not None and best["stale_evals"] >= tc.patience
 
 
-def _trainable_state(run: _Training) -> dict[str, Any]:
-    """The weights training changes (all of them for full and scratch, the adapters for LoRA), as CPU tensors."""
-    unwrapped = _unwrap(run.accelerator, run.model)
-    return {n: p.detach().cpu().contiguous() for n, p in unwrapped.named_parameters() if p.requires_grad}
-
-
-def _save_best(run: _Training) -> None:
-    from safetensors.torch import save_file
-
-    if run.accelerator.is_main_process:
-        with atomic_dir(run.files.best_dir, overwrite=True) as tmp:
-            save_file(_trainable_state(run), str(tmp / "weights.safetensors"))
-            (tmp / "best.json").write_text(json.dumps({"step": run.best["step"], "val_loss": run.best["val_loss"]}))
-    run.accelerator.wait_for_everyone()
-
-
-def _restore_best(run: _Training) -> None:
-    """Load the best weights back into the model (every process), so the outputs and any scoring that follows
-    (``shelley run`` scores the model it holds) see them."""
-    from safetensors.torch import load_file
-
-    state = load_file(str(run.files.best_dir / "weights.safetensors"))
-    unwrapped = _unwrap(run.accelerator, run.model)
-    device = next(unwrapped.parameters()).device
-    missing = {n for n, p in unwrapped.named_parameters() if p.requires_grad} - set(state)
-    if missing:
-        raise ShelleyError(f"{run.files.best_dir} does not hold this model's weights; rerun without --resume")
-    unwrapped.load_state_dict({k: v.to(device) for k, v in state.items()}, strict=False)
-
-
-def validate(run: _Training, step: int) -> dict[str, Any]:
+def validate(state: TrainState, step: int) -> dict[str, Any]:
     """Perplexity of the model as it is now on the validation tokens, logged to metrics.jsonl."""
     from shelley.models.perplexity import perplexity
 
     # No autocast here: the training forward's is a context around the steps, not a wrapper on the model, so
     # validation scores the weights as saved, in their own precision (and with their own attention kernel).
-    with _own_attention(run):
+    with _own_attention(state):
         res = perplexity(
-            _unwrap(run.accelerator, run.model),
-            run.val_stream,
-            max_length=run.cfg.model.max_length,
-            stride=run.cfg.eval.stride,
-            batch_size=run.tc.micro_batch_size,
-            max_tokens=run.cfg.eval.max_eval_tokens,
-            prefix=run.blocks.prefix,
+            unwrap(state.accelerator, state.model),
+            state.val_stream,
+            max_length=state.cfg.model.max_length,
+            stride=state.cfg.eval.stride,
+            batch_size=state.tc.micro_batch_size,
+            max_tokens=state.cfg.eval.max_eval_tokens,
+            prefix=state.blocks.prefix,
         )
     row = {"kind": "eval", "step": step, "val_loss": res["nll"], "val_perplexity": res["perplexity"]}
     row["val_tokens"] = res["tokens"]
-    run.evals.append(row)
-    _log(run.metrics_path, row, run.accelerator)
+    state.evals.append(row)
+    _log(state.metrics_path, row, state.accelerator)
     return row
 
 
-def _write_samples(run: _Training, step: int) -> None:
+def _write_samples(state: TrainState, step: int) -> None:
     from shelley.data.books import corpus_prompts
 
-    if run.sampler is None:
+    if state.sampler is None:
         return
-    gen = run.cfg.generation.model_copy(
+    gen = state.cfg.generation.model_copy(
         # At most half the context, so the prompts keep room (a tiny scratch model may see 64 tokens).
         update={
-            "max_new_tokens": min(60, run.cfg.generation.max_new_tokens, max(1, run.cfg.model.max_length // 2)),
+            "max_new_tokens": min(60, state.cfg.generation.max_new_tokens, max(1, state.cfg.model.max_length // 2)),
             "num_samples": 1,
         }
     )
-    prompts = run.cfg.eval.prompts or corpus_prompts(run.val_texts)
-    with _own_attention(run):
-        model = _inference_model(run.accelerator, run.model, run.tokenizer)
-        texts = run.sampler(model, run.tokenizer, prompts, gen)
-    with run.files.samples_file.open("a") as fh:
+    prompts = state.cfg.eval.prompts or corpus_prompts(state.val_texts)
+    with _own_attention(state):
+        model = _inference_model(state.accelerator, state.model, state.tokenizer)
+        texts = state.sampler(model, state.tokenizer, prompts, gen)
+    with state.files.samples_file.open("a") as fh:
         for p, t in zip(prompts, texts, strict=True):
             fh.write(json.dumps({"step": step, "prompt": p, "text": t}) + "\n")
 
 
 @contextmanager
-def _own_attention(run: _Training):
+def _own_attention(state: TrainState):
     """The model with the attention kernel it came with (``training_attention`` may have switched it for the
     steps): validation and samples see the model as it will be saved and loaded."""
-    model = _unwrap(run.accelerator, run.model)
-    set_attention(model, run.own_attention)
+    model = unwrap(state.accelerator, state.model)
+    set_attention(model, state.own_attention)
     try:
         yield
     finally:
-        if run.own_attention is not None:  # it was switched for training: switch it back
-            set_attention(model, training_attention(run.cfg, run.accelerator.device.type))
+        if state.own_attention is not None:  # it was switched for training: switch it back
+            set_attention(model, training_attention(state.cfg, state.accelerator.device.type))
 
 
-def _finish(run: _Training, step: int, reason: str, tokens_seen: int, last_loss: float) -> TrainResult:
+def _finish(state: TrainState, step: int, reason: str, tokens_seen: int, last_loss: float) -> TrainResult:
     """Keep the best weights when the last ones validated worse, then save the model or adapter, the loss plot
     (the kept step marked) and train_summary.json. Last weights that were never validated (``shelley run``
     scores them itself) are kept: nothing says they are worse."""
 
-    elapsed = time.perf_counter() - run.t0
-    best, tc = run.best, run.tc
-    last_validated = bool(run.evals) and run.evals[-1]["step"] == step
+    elapsed = time.perf_counter() - state.t0
+    best, tc = state.best, state.tc
+    last_validated = bool(state.evals) and state.evals[-1]["step"] == step
     kept = step
     if tc.keep_best and best["step"] is not None and best["step"] != step and last_validated:
-        _restore_best(run)
+        restore_best(state)
         kept = best["step"]
     # Saved with the attention kernel it came with (train() hands it back so on every other exit too).
-    set_attention(_unwrap(run.accelerator, run.model), run.own_attention)
-    output_dir = _save_outputs(run.accelerator, run.model, run.tokenizer, run.files, merge=tc.merge)
-    if run.accelerator.is_main_process:
-        plot_loss(run.metrics_path, run.files.loss_plot, kept_step=kept)
+    set_attention(unwrap(state.accelerator, state.model), state.own_attention)
+    output_dir = _save_outputs(state.accelerator, state.model, state.tokenizer, state.files, merge=tc.merge)
+    if state.accelerator.is_main_process:
+        plot_loss(state.metrics_path, state.files.loss_plot, kept_step=kept)
         if tc.drop_checkpoints:  # the outputs are on disk: the optimizer state has done its job
-            shutil.rmtree(run.files.checkpoints_dir, ignore_errors=True)
-            shutil.rmtree(run.files.best_dir, ignore_errors=True)
-    tps = (tokens_seen - run.tokens_before) / max(run.schedule.train_s, 1e-9)
+            shutil.rmtree(state.files.checkpoints_dir, ignore_errors=True)
+            shutil.rmtree(state.files.best_dir, ignore_errors=True)
+    tps = (tokens_seen - state.tokens_before) / max(state.schedule.train_s, 1e-9)
     left = None
     if tc.time_budget_s is not None and reason in ("early stopping", "max epochs"):
-        left = round(max(0.0, tc.time_budget_s - run.schedule.spent(elapsed)), 1)
+        left = round(max(0.0, tc.time_budget_s - state.schedule.spent(elapsed)), 1)
     result = TrainResult(
-        run_dir=run.files.train_dir, steps=step, stopped_early=reason != "steps", train_seconds=elapsed,
-        tokens_seen=tokens_seen, tokens_per_second=tps, last_loss=last_loss, evals=run.evals, output_dir=output_dir,
-        stop_reason=reason, kept_step=kept, epochs=round(step / run.steps_per_epoch, 3), best_step=best["step"],
+        run_dir=state.files.train_dir, steps=step, stopped_early=reason != "steps", train_seconds=elapsed,
+        tokens_seen=tokens_seen, tokens_per_second=tps, last_loss=last_loss, evals=state.evals, output_dir=output_dir,
+        stop_reason=reason, kept_step=kept, epochs=round(step / state.steps_per_epoch, 3), best_step=best["step"],
         best_val_loss=best["val_loss"], budget_left_s=left,
     )  # fmt: skip
-    if run.accelerator.is_main_process:
-        write_json(run.files.summary_file, result.summary())
+    if state.accelerator.is_main_process:
+        write_json(state.files.summary_file, result.summary())
     return result
 
 
@@ -819,12 +564,8 @@ def _fused_loss_model(accelerator, model, tc):
     wanted = tc.fused_loss if tc.fused_loss is not None else accelerator.device.type == "cpu"
     if not wanted or tc.compile or tc.method == "scratch":  # compiled graphs and our GPT keep their own loss
         return None
-    inner = _unwrap(accelerator, model)
+    inner = unwrap(accelerator, model)
     return inner if can_fuse(inner) else None
-
-
-def _unwrap(accelerator, model):
-    return accelerator.unwrap_model(model, keep_torch_compile=False)
 
 
 def _inference_model(accelerator, model, tokenizer):
@@ -832,7 +573,7 @@ def _inference_model(accelerator, model, tokenizer):
     of a few million weights), everything else is used as is."""
     from shelley.gpt.model import GPT
 
-    unwrapped = _unwrap(accelerator, model)
+    unwrapped = unwrap(accelerator, model)
     if isinstance(unwrapped, GPT):
         from shelley.gpt.setup import export_hf
 
@@ -927,21 +668,6 @@ def _write_corpus(files: Run, train_texts: list[str], val_texts: list[str]) -> N
 
     rows = corpus_rows_from_texts({"train": train_texts, "validation": val_texts})
     atomic_write_text(files.corpus_file, "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows))
-
-
-def _truncate_metrics(path: Path, step: int) -> None:
-    """Keep the rows up to ``step``: a run killed after its last checkpoint logged steps that resume redoes."""
-    if not path.exists():
-        return
-
-    keep = []
-    for line in path.read_text().splitlines():
-        try:
-            if json.loads(line).get("step", 0) <= step:
-                keep.append(line)
-        except json.JSONDecodeError:
-            continue  # a line torn by the kill
-    atomic_write_text(path, "".join(f"{line}\n" for line in keep))
 
 
 def _log(path: Path, row: dict[str, Any], accelerator) -> None:
