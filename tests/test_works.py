@@ -207,3 +207,18 @@ def test_eval_scores_the_authors_unseen_book_by_context_position(cli, tmp_path, 
     assert refused.exit_code == 2 and "is not held out" in refused.stderr
     missing = cli("eval", run, "--heldout-book", tmp_path / "nope.txt")
     assert missing.exit_code == 2 and "no such file" in missing.stderr
+
+
+def test_several_book_files_on_the_command_line(cli, works, tmp_path, shelley_home):
+    """``data build a.txt b.txt``: the corpus of a manifest that names both, kept in $SHELLEY_HOME/corpora."""
+    out = tmp_path / "ds"
+    result = cli("data", "build", works / "two.txt", works / "one.txt", "--out", out)
+    assert result.exit_code == 0, result.stderr
+    build = json.loads((out / "build.json").read_text())
+    assert [b["title"] for b in build["books"]] == ["The Second Romance", "The First Romance"]  # the order given
+    assert Path(build["source"]).parent == shelley_home / "corpora" and Path(build["source"]).suffix == ".yaml"
+    again = cli("data", "build", works / "two.txt", works / "one.txt", "--out", tmp_path / "ds2")
+    assert json.loads((tmp_path / "ds2" / "build.json").read_text())["source"] == build["source"]  # same manifest
+    missing = cli("data", "build", works / "two.txt", works / "nope.txt", "--out", tmp_path / "ds3")
+    assert missing.exit_code == 2 and "nope.txt: no such file" in missing.stderr
+    assert again.exit_code == 0 and not (tmp_path / "ds3").exists()

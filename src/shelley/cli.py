@@ -559,7 +559,7 @@ def tokenizer_train(
 ) -> None:
     """Train a byte-level BPE on the corpus's train split; report characters per token on its validation split."""
     check_vocab_size(vocab_size)  # before reading the corpus
-    train_texts, val_texts = training_texts(corpus, cfg.data, on_note=o.tell)
+    train_texts, val_texts = training_texts(corpus_path(corpus, cfg.data) if corpus else None, cfg.data, on_note=o.tell)
     with o.err_console.status(f"training a {vocab_size}-token byte-level BPE on {len(train_texts)} rows"):
         tok, c = train_and_save(train_texts, val_texts, vocab_size, out, overwrite=overwrite)
     o.console.print(

@@ -64,8 +64,12 @@ WindowOpt = Annotated[
 ]
 JsonOpt = Annotated[bool, typer.Option("--json", help="Print JSON instead of text.")]
 CorpusArg = Annotated[
-    Path | None,
-    typer.Argument(help="Corpus file (.csv with a `text` column, .txt / Gutenberg book, .jsonl).", show_default=False),
+    list[Path] | None,
+    typer.Argument(
+        help="Corpus file (.csv with a `text` column, .txt / Gutenberg book, .jsonl), a folder of an author's books, "
+        "a corpus.yaml, or several book files.",
+        show_default=False,
+    ),
 ]
 ModelArg = Annotated[str, typer.Argument(help="Run dir, model or adapter dir, preset or Hub id.")]
 RunArg = Annotated[Path, typer.Argument(help="Run dir of `shelley run` or `shelley train`.")]

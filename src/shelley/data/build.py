@@ -13,7 +13,7 @@ from shelley.data.card import books_table, render_dataset_card
 from shelley.data.clean import clean_snippets
 from shelley.data.ingest import Snippet, read_corpus
 from shelley.data.split import ngram_overlap, split_snippets
-from shelley.data.works import Works, resolve_works, section_label
+from shelley.data.works import Works, manifest_for, resolve_works, section_label
 from shelley.errors import ShelleyError
 from shelley.io import atomic_dir, atomic_write_text, write_json
 
@@ -245,8 +245,11 @@ def corpus_rows_from_texts(splits: dict[str, list[str]]) -> list[dict[str, Any]]
     return [{"text": t, "split": name, "row": i} for name, texts in splits.items() for i, t in enumerate(texts)]
 
 
-def corpus_path(corpus: Path | None, cfg: DataConfig) -> Path:
-    """The corpus to read: the one given, else data.source."""
+def corpus_path(corpus: Path | list[Path] | None, cfg: DataConfig) -> Path:
+    """The corpus to read: the one given (several book files: the manifest that lists them, ``works.manifest_for``),
+    else data.source."""
+    if isinstance(corpus, list):
+        corpus = None if not corpus else corpus[0] if len(corpus) == 1 else manifest_for(corpus)
     source = corpus or (Path(cfg.source) if cfg.source else None)
     if source is None:
         raise ShelleyError("no corpus given; pass a CORPUS path or set data.source in the config")

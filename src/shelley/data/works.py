@@ -23,11 +23,13 @@ the corpus.
 
 from __future__ import annotations
 
+import hashlib
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from shelley.errors import ShelleyError
+from shelley.io import atomic_write_text, shelley_home
 
 MANIFESTS = ("corpus.yaml", "corpus.yml", "MANIFEST.json")
 BOOK_SUFFIXES = (".txt", ".text", ".md", ".csv", ".jsonl", ".ndjson")
@@ -126,3 +128,23 @@ def _opt_str(value) -> str | None:
 def section_label(title: str, section: str | None) -> str:
     """A held-out group's name in a corpus of several books: the book, then its chapter."""
     return f"{title} · {section or 'front matter'}"
+
+
+def manifest_for(paths: list[Path]) -> Path:
+    """The corpus.yaml of several book files given on the command line (``shelley run a.txt b.txt``): their
+    absolute paths, in the order given, kept under ``$SHELLEY_HOME/corpora`` and named by a hash of that list, so
+    the run records one source that names every book and the same files give the same manifest."""
+    import yaml
+
+    for p in paths:
+        if not Path(p).is_file():
+            raise ShelleyError(f"{p}: no such file; pass book files, or one folder of them")
+    books = [str(Path(p).resolve()) for p in paths]
+    if len(set(books)) < len(books):
+        raise ShelleyError("the same book file is given twice; give each book once")
+    text = yaml.safe_dump({"books": [{"file": b} for b in books]}, sort_keys=False)
+    out = shelley_home() / "corpora" / f"{hashlib.sha256(text.encode()).hexdigest()[:16]}.yaml"
+    if not out.is_file():
+        out.parent.mkdir(parents=True, exist_ok=True)
+        atomic_write_text(out, text)
+    return out
