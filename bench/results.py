@@ -172,6 +172,81 @@ def record_export(figures: dict[str, Any], name: str, note: str = "", at_commit:
     return path
 
 
+def record_heldout(run_dirs: list[Path], name: str, note: str = "", at_commit: str | None = None) -> Path:
+    """Keep the author's-unseen-book figures (``shelley eval RUN --heldout-book FILE``) of several runs, side by
+    side, as docs/results/<name>.json."""
+    from shelley.run import Run
+
+    rows = []
+    for d in run_dirs:
+        run = Run.at(d)
+        ev, cfg = run.eval_result(), run.config()
+        tr = ev.training
+        for b in ev.heldout_books or []:
+            rows.append({
+                "run": Path(d).name, "method": cfg.train.method, "trained_on": ev.corpus.title,
+                "steps": tr.steps if tr else None, "passes": tr.epochs if tr else None, "book": b["title"],
+                "window": b["window"], "windows": b["windows"], "base": b["bands"]["base"],
+                "finetuned": b["bands"]["finetuned"], "better_everywhere": b["better_everywhere"],
+            })  # fmt: skip
+    doc = {"kind": "heldout", "name": name, "note": note, "commit": at_commit or commit(), "cpu": cpu_name()}
+    doc |= {"date": time.strftime("%Y-%m-%d"), "rows": rows}
+    path = RESULTS / f"{name}.json"
+    path.write_text(json.dumps(doc, indent=1) + "\n")
+    return path
+
+
+def _render_heldout(doc: dict[str, Any]) -> list[str]:
+    rows = doc["rows"]
+    if not rows:
+        return []
+    bands = [b for b in rows[0]["base"] if b != "all"]
+    lines = ["", f"## Author, not book: loss on the author's unseen books ({doc['name']})", "", doc.get("note", ""), ""]
+    lines += [
+        "Mean loss (nats/token) by token position in 1,024-token windows of a book by the corpus's author that the "
+        "run never trained on; each cell is fine-tuned − base (negative: the fine-tuned model is better there).",
+        "",
+        "| run (method) | trained on | steps (passes) | unseen book | base, all | fine-tuned, all | "
+        + " | ".join(f"{b}" for b in bands)
+        + " | better at every position |",
+        "|---|---|---|---|---|---|" + "---|" * len(bands) + "---|",
+    ]
+    for r in rows:
+        diffs = [f"{r['finetuned'][b] - r['base'][b]:+.3f}" for b in bands]
+        passes = f" ({r['passes']:.2f})" if r.get("passes") else ""
+        lines.append(
+            f"| {r['run']} ({r['method']}) | {r['trained_on']} | {r['steps']}{passes} | {r['book']} | "
+            f"{r['base']['all']:.3f} | {r['finetuned']['all']:.3f} | "
+            + " | ".join(diffs)
+            + f" | {'yes' if r['better_everywhere'] else 'no'} |"
+        )
+    lines += ["", f"Commit {doc['commit']}, {doc['date']}, {doc['cpu']}."]
+    return lines
+
+
+def _render_same_chapters(doc: dict[str, Any]) -> list[str]:
+    s = doc["scores"]
+    one, many = doc["one_book"], doc["many_books"]
+    lines = ["", f"## What more books bought, on one book's own held-out chapters ({doc['name']})", ""]
+    lines += [
+        f"Both runs scored on the same {doc['held_out_rows']} held-out rows of `{Path(doc['book']).name}` (each "
+        "book is split on its own, so its held-out chapters are the same in both corpora).",
+        "",
+        "| model | perplexity | bits per byte | steps (passes) | attribution: fine-tuned bags to the author |",
+        "|---|---|---|---|---|",
+    ]
+    for key, label, run in (("base", "base", None), ("one_book", "one book", one), ("many_books", "all books", many)):
+        sc = s[key]
+        bpb = f"{sc['bits_per_byte']:.3f}" if sc.get("bits_per_byte") is not None else "—"
+        steps = f"{run['steps']} ({run['passes']:.2f})" if run and run.get("passes") else "—"
+        att = (run or {}).get("attribution") or {}
+        share = (att.get("shares") or {}).get("finetuned")
+        verdict = f"{100 * share:.0f}% ({'PASS' if att.get('passed') else 'FAIL'})" if share is not None else "—"
+        lines.append(f"| {label} | {sc['perplexity']:.2f} | {bpb} | {steps} | {verdict} |")
+    lines += ["", f"Commit {doc['commit']}, {doc['date']}, {doc['cpu']}."]
+    return lines
+
+
 def record_bench(train_json: Path, name: str, note: str = "") -> Path:
     """Keep a train bench's table (``python -m bench``'s train.json) as docs/results/<name>.json: one row per
     contestant with its tokens/s, share of the limit, multiples, final perplexity and time to the target."""
@@ -302,6 +377,10 @@ def render(folder: Path = RESULTS) -> str:
         lines += _render_export(doc)
     for doc in (r for r in rows if r.get("kind") == "choices"):
         lines += _render_choices(doc)
+    for doc in (r for r in rows if r.get("kind") == "same_chapters"):
+        lines += _render_same_chapters(doc)
+    for doc in (r for r in rows if r.get("kind") == "heldout"):
+        lines += _render_heldout(doc)
     for doc in (r for r in rows if r.get("kind") == "history"):
         title = doc.get("title", "Earlier measurements")
         lines += ["", f"## {title}", "", doc.get("note", ""), "", "| what | measured | commit, CPU |"]
@@ -391,12 +470,19 @@ def main() -> None:
     bench.add_argument("train_json", type=Path)
     bench.add_argument("--name", required=True)
     bench.add_argument("--note", default="")
+    held = sub.add_parser("record-heldout", help="keep several runs' unseen-book figures in docs/results/NAME.json")
+    held.add_argument("runs", type=Path, nargs="+")
+    held.add_argument("--name", required=True)
+    held.add_argument("--note", default="")
+    held.add_argument("--commit", default=None)
     sub.add_parser("render", help="write docs/results.md from docs/results/*.json")
     args = ap.parse_args()
     if args.cmd == "record":
         print("wrote", record(args.run, args.name, args.note, args.commit))
     elif args.cmd == "record-bench":
         print("wrote", record_bench(args.train_json, args.name, args.note))
+    elif args.cmd == "record-heldout":
+        print("wrote", record_heldout(args.runs, args.name, args.note, args.commit))
     elif args.cmd == "record-train":
         print("wrote", record_training(args.run, args.name, args.note, args.commit))
     PAGE.write_text(render())

@@ -28,12 +28,13 @@ EVAL = {"max_length": 128, "stride": 128}  # the one evaluation every contestant
 
 def _setup(model: str, corpus: Path, eval_tokens: int, work: Path):
     from shelley.config import load_config
-    from shelley.data.build import train_val_texts
+    from shelley.data.corpus import open_corpus
     from shelley.finetune.methods import load_tokenizer_for_training
     from shelley.finetune.packing import encode_stream
 
     cfg = load_config(overrides=[f"model.name={model}", "model.max_length=128"])
-    train_texts, val_texts = train_val_texts(corpus, cfg.data)
+    found = open_corpus(corpus, cfg.data)
+    train_texts, val_texts = found.train, found.validation
     tok = load_tokenizer_for_training(cfg)
     stream = encode_stream(val_texts, tok, work / "eval-cache", "validation")[: eval_tokens + 1]
     return cfg, train_texts, val_texts, tok, stream

@@ -139,9 +139,9 @@ NOTEBOOKS: dict[str, list[tuple[str, str]]] = {
         ("code", SETUP.format(default_model="smollm2-135m")),
         (
             "code",
-            "from shelley.config import DataConfig\nfrom shelley.data.build import train_val_texts\n"
+            "from shelley.config import DataConfig\nfrom shelley.data.corpus import open_corpus\n"
             "from shelley.gpt.tokenizer import compression, train_tokenizer\n\n"
-            "train, val = train_val_texts(DATA / 'frankenstein.txt', DataConfig())\n"
+            "corpus = open_corpus(DATA / 'frankenstein.txt', DataConfig())\ntrain, val = corpus.train, corpus.validation\n"
             "results = {}\nfor vocab in (512, 2048, 4096):\n    tok = train_tokenizer(train, vocab)\n"
             "    results[vocab] = compression(tok, val)['chars_per_token']\nprint(results)",
         ),
@@ -172,12 +172,12 @@ NOTEBOOKS: dict[str, list[tuple[str, str]]] = {
         ("code", SETUP.format(default_model="smollm2-135m")),
         (
             "code",
-            "from shelley.config import load_config\nfrom shelley.data.build import train_val_texts\n"
+            "from shelley.config import load_config\nfrom shelley.data.corpus import open_corpus\n"
             "from shelley.finetune.loop import train\n\nsteps = 4 if QUICK else 40\n"
             "cfg = load_config(overrides=[f'model.name={MODEL}', 'train.method=full', f'train.steps={steps}',\n"
             "    'model.max_length=64' if QUICK else 'model.max_length=128', 'train.learning_rate=1e-4',\n"
             "    'train.micro_batch_size=4', 'eval.samples_per_prompt=1', 'generation.max_new_tokens=24'])\n"
-            "train_texts, val_texts = train_val_texts(DATA / 'frankenstein_chunks.csv', cfg.data)\n"
+            "corpus = open_corpus(DATA / 'frankenstein_chunks.csv', cfg.data)\ntrain_texts, val_texts = corpus.train, corpus.validation\n"
             "if QUICK:\n    train_texts, val_texts = train_texts[:200], val_texts[:30]\n"
             "result = train(cfg, train_texts, val_texts, OUT / 'harness', overwrite=True, show_progress=False)\n"
             "print(result.steps, 'steps,', round(result.tokens_per_second), 'tokens/s')",
@@ -202,12 +202,12 @@ NOTEBOOKS: dict[str, list[tuple[str, str]]] = {
         ("code", SETUP.format(default_model="distilgpt2")),
         (
             "code",
-            "from shelley.config import load_config\nfrom shelley.data.build import train_val_texts\n"
+            "from shelley.config import load_config\nfrom shelley.data.corpus import open_corpus\n"
             "from shelley.finetune.loop import train\n\n"
             "cfg = load_config('distilgpt2_full_cpu',  # a preset shipped inside the shelley package\n"
             "                  [f'model.name={MODEL}', 'train.method=full'] + (['train.steps=3', 'model.max_length=64',\n"
             "                   'train.eval_every=3', 'train.checkpoint_every=3'] if QUICK else []))\n"
-            "train_texts, val_texts = train_val_texts(DATA / 'frankenstein_chunks.csv', cfg.data)\n"
+            "corpus = open_corpus(DATA / 'frankenstein_chunks.csv', cfg.data)\ntrain_texts, val_texts = corpus.train, corpus.validation\n"
             "if QUICK:\n    train_texts, val_texts = train_texts[:120], val_texts[:20]\n"
             "result = train(cfg, train_texts, val_texts, OUT / 'distilgpt2', overwrite=True, show_progress=False)\n"
             "print(result.steps, 'steps; validation perplexity', round(result.evals[-1]['val_perplexity'], 2))",
@@ -274,9 +274,9 @@ NOTEBOOKS: dict[str, list[tuple[str, str]]] = {
         ),
         (
             "code",
-            "from pathlib import Path\n\nfrom shelley.config import load_config\nfrom shelley.data.build import train_val_texts\n"
+            "from pathlib import Path\n\nfrom shelley.config import load_config\nfrom shelley.data.corpus import open_corpus\n"
             "from shelley.finetune.loop import train\n\ncfg = load_config('mistral-7b_qlora_gpu')  # a preset shipped inside the shelley package\n"
-            "train_texts, val_texts = train_val_texts(Path('data/frankenstein'), cfg.data)\n"
+            "corpus = open_corpus(Path('data/frankenstein'), cfg.data)\ntrain_texts, val_texts = corpus.train, corpus.validation\n"
             "result = train(cfg, train_texts, val_texts, Path('runs/mistral-qlora'))\n"
             "print(result.steps, 'steps', result.tokens_per_second, 'tokens/s', torch.cuda.max_memory_allocated() / 2**30, 'GiB peak')",
         ),

@@ -11,7 +11,7 @@ SRC = Path(__file__).resolve().parents[1] / "src" / "shelley"
 # Same number: siblings that must not import each other. serve sits above hub: the Space export writes a Space card.
 LAYERS = {
     **dict.fromkeys(["__init__", "errors", "config", "io", "runtime", "configs"], 0),
-    **dict.fromkeys(["records", "run"], 0),  # run imports records: foundation modules may use each other
+    **dict.fromkeys(["records", "run", "corpus"], 0),  # run imports records: foundation modules may use each other
     **dict.fromkeys(["data", "models", "gpt"], 1),
     **dict.fromkeys(["finetune", "generate"], 2),
     "eval": 3,

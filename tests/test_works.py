@@ -222,3 +222,48 @@ def test_several_book_files_on_the_command_line(cli, works, tmp_path, shelley_ho
     missing = cli("data", "build", works / "two.txt", works / "nope.txt", "--out", tmp_path / "ds3")
     assert missing.exit_code == 2 and "nope.txt: no such file" in missing.stderr
     assert again.exit_code == 0 and not (tmp_path / "ds3").exists()
+
+
+def test_a_run_of_several_books_leaves_its_config_as_loaded(tmp_path, tiny_model_dir, works, shelley_home):
+    """The whole job on a tiny model and a folder of two books: the corpus's identity travels in the Corpus and
+    the run's own copy of the config; the config the caller loaded is not written into."""
+    from shelley.config import load_config
+    from shelley.pipeline import run_pipeline
+    from shelley.run import Run
+
+    cfg = load_config(
+        None,
+        [f"model.name={tiny_model_dir}", "model.max_length=32", "train.steps=3", "train.micro_batch_size=4",
+         "eval.run_attribution_bags=0", "eval.run_scenes=0", "eval.samples_per_prompt=1",
+         "generation.max_new_tokens=8", "eval.stride=16"],
+    )  # fmt: skip
+    before = cfg.model_dump()
+    results = run_pipeline(cfg, works, tmp_path / "run", time_budget_s=300)
+    assert cfg.model_dump() == before
+    assert results.author == "Ann Author" and [b["title"] for b in results.data["books"]] == [
+        "The First Romance",
+        "The Second Romance",
+    ]
+    run = Run.open(tmp_path / "run")
+    assert run.config().data.author == "Ann Author" and run.config().eval.prompts  # recorded in the run's copy
+    corpus = run.corpus()
+    assert corpus.source == str(works) and corpus.author == "Ann Author" and corpus.validation
+    assert [b["title"] for b in corpus.books] == ["The First Romance", "The Second Romance"]
+
+
+def test_only_the_corpus_modules_tell_splits_apart():
+    """Which corpus this is, and which of its rows are held out, is decided in ``shelley.corpus``,
+    ``shelley.data.corpus`` and ``Run`` only."""
+    import re
+
+    src = Path(__file__).resolve().parents[1] / "src" / "shelley"
+    allowed = {"corpus.py", "data/corpus.py", "run.py"}
+    pattern = re.compile(r"dataset_dict\.json|\[\"split\"\]\s*(==|!=|in\b)|\[\"split\"\] for")
+    found = [
+        f"{p.relative_to(src)}:{n}"
+        for p in sorted(src.rglob("*.py"))
+        if str(p.relative_to(src)) not in allowed
+        for n, line in enumerate(p.read_text().splitlines(), 1)
+        if pattern.search(line)
+    ]
+    assert not found, found

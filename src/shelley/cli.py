@@ -17,8 +17,9 @@ import typer
 import shelley.options as o
 from shelley import views
 from shelley.config import DEFAULT_RUN_PRESET, describe_fields, load_config, preset_summaries, with_window
-from shelley.data.books import default_reference_dir, describe_corpus, fetch_books, fetch_reference
-from shelley.data.build import cleaned_texts, corpus_path, identity_source, prepare_splits, save_dataset, training_texts
+from shelley.data.books import default_reference_dir, fetch_books, fetch_reference
+from shelley.data.build import corpus_path, prepare_splits, save_dataset
+from shelley.data.corpus import open_corpus, training_corpus, with_identity
 from shelley.data.fetch import fetch_gutenberg
 from shelley.data.inspect import inspect_to
 from shelley.data.tokens import token_check
@@ -104,7 +105,7 @@ def data_tokens(
     as_json: o.JsonOpt = False,
 ) -> None:
     """Tokenizer sanity check: round trip, tokens per snippet, truncation, padding sides, packing efficiency."""
-    texts = cleaned_texts(corpus_path(corpus, cfg.data), cfg.data)
+    texts = open_corpus(corpus_path(corpus, cfg.data), cfg.data, split=False).train  # a dataset dir: its train split
     tok_name = tokenizer or cfg.model.tokenizer or cfg.model.name
     with o.err_console.status(f"loading tokenizer {tok_name}"):
         tok = load_tokenizer(tok_name, trust_remote_code=cfg.model.trust_remote_code)
@@ -171,12 +172,12 @@ def train_cmd(
 
     cfg = with_window(cfg, window) if window else cfg
 
-    train_texts, val_texts = training_texts(dataset, cfg.data, on_note=o.tell)
-    source = identity_source(dataset or (Path(cfg.data.source) if cfg.data.source else None))
-    describe_corpus(cfg, source, val_texts)  # recorded in the run's config.yaml
+    corpus = training_corpus(dataset, cfg.data, on_note=o.tell)
+    cfg, _ = with_identity(cfg, corpus)  # the run's config.yaml records the corpus's author, title and prompts
     result = train(
-        cfg, train_texts, val_texts, Path(cfg.train.run_dir), resume=resume, overwrite=overwrite, sampler=generate_texts
-    )
+        cfg, corpus.train, corpus.validation, Path(cfg.train.run_dir), resume=resume, overwrite=overwrite,
+        sampler=generate_texts,
+    )  # fmt: skip
     views.train_result(o.console, result)
 
 
@@ -559,7 +560,8 @@ def tokenizer_train(
 ) -> None:
     """Train a byte-level BPE on the corpus's train split; report characters per token on its validation split."""
     check_vocab_size(vocab_size)  # before reading the corpus
-    train_texts, val_texts = training_texts(corpus_path(corpus, cfg.data) if corpus else None, cfg.data, on_note=o.tell)
+    found = training_corpus(corpus_path(corpus, cfg.data) if corpus else None, cfg.data, on_note=o.tell)
+    train_texts, val_texts = found.train, found.validation
     with o.err_console.status(f"training a {vocab_size}-token byte-level BPE on {len(train_texts)} rows"):
         tok, c = train_and_save(train_texts, val_texts, vocab_size, out, overwrite=overwrite)
     o.console.print(

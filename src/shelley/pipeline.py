@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from shelley.config import ShelleyConfig
+from shelley.corpus import Corpus
 from shelley.errors import ShelleyError
 from shelley.io import check_output_dir
 from shelley.records import EvalResult
@@ -41,8 +42,8 @@ def _reduced_attribution_test(cfg: ShelleyConfig, who, train_texts: list[str], v
 def _prepare(cfg: ShelleyConfig, source: Path, run: Run, overwrite: bool):
     """Clean and split the corpus into the run's data dir; name its author. Returns (cfg, train, validation,
     build report, identity), the cfg a copy that records the author, title and prompts."""
-    from shelley.data.books import describe_corpus
     from shelley.data.build import prepare_splits, save_dataset
+    from shelley.data.corpus import with_identity
 
     check_output_dir(run.root, overwrite=overwrite, flag="--run-dir")
     if run.root.exists():
@@ -51,11 +52,9 @@ def _prepare(cfg: ShelleyConfig, source: Path, run: Run, overwrite: bool):
         shutil.rmtree(run.root)
     splits, report = prepare_splits(source, cfg.data)
     save_dataset(splits, report, run.data_dir, overwrite=True)
-    train_texts = [s.text for s in splits["train"]]
-    val_texts = [s.text for s in splits["validation"]]
-    cfg = cfg.model_copy(deep=True)
-    who = describe_corpus(cfg, source, val_texts)
-    return cfg, train_texts, splits["validation"], report, who
+    corpus = Corpus({k: [s.text for s in v] for k, v in splits.items()}, source=str(source), books=report.get("books"))
+    cfg, who = with_identity(cfg, corpus)  # a copy: the caller's cfg stays as it was loaded
+    return cfg, corpus.train, splits["validation"], report, who
 
 
 def _scored_validation(rows, tokenizer, limit: int | None) -> tuple[list[str], dict[str, int]]:

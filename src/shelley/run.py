@@ -31,6 +31,7 @@ from pathlib import Path
 from typing import Any
 
 from shelley.config import ShelleyConfig
+from shelley.corpus import Corpus
 from shelley.errors import ShelleyError
 from shelley.records import EvalResult, TrainResult
 
@@ -279,6 +280,20 @@ class Run:
             )
         lines = self.corpus_file.read_text(encoding="utf-8").splitlines()
         return [json.loads(line) for line in lines if line.strip()]
+
+    def corpus(self) -> Corpus:
+        """The corpus the run trained on: its texts per split (corpus.jsonl), its source, the author, title and
+        prompts the run recorded, and its books (a corpus of several)."""
+        cfg = self.config() if self.config_file.is_file() else None
+        report = self.build_report()
+        return Corpus.from_rows(
+            self.corpus_rows(),
+            source=(cfg.data.source if cfg else None) or report.get("source"),
+            author=cfg.data.author if cfg else None,
+            title=cfg.data.title if cfg else None,
+            prompts=list(cfg.eval.prompts) if cfg and cfg.eval.prompts else None,
+            books=report.get("books"),
+        )
 
     def corpus_source(self, cfg) -> str | None:
         """The corpus file the run was built from: data.source, else what its build report recorded."""

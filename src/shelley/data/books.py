@@ -192,16 +192,6 @@ def corpus_prompts(texts: list[str], n: int = 5, words: int = 8) -> list[str]:
     return [" ".join(usable[int(i * step)].split()[:words]) for i in range(min(n, len(usable)))]
 
 
-def describe_corpus(cfg, source: str | Path | None, val_texts: list[str]) -> Identity:
-    """Fill ``data.author``, ``data.title`` and ``eval.prompts`` of ``cfg`` (in place) where the config left them
-    empty, so the run records them; returns the corpus's identity."""
-    who = identify(source, cfg.data.author, cfg.data.title)
-    cfg.data.author, cfg.data.title = who.author, who.title
-    if cfg.eval.prompts is None:
-        cfg.eval.prompts = who.prompts or corpus_prompts(val_texts)
-    return who
-
-
 # ---------------------------------------------------------------------------------------------- reference
 
 

@@ -216,35 +216,6 @@ def save_dataset(splits: dict[str, list[Snippet]], report: dict[str, Any], out: 
     return out
 
 
-def train_val_texts(source: Path, data_cfg: DataConfig) -> tuple[list[str], list[str]]:
-    """Train/validation texts from a built dataset directory, or built on the fly from a corpus file."""
-    source = Path(source)
-    if source.is_dir() and (source / "dataset_dict.json").exists():
-        from datasets import load_from_disk
-
-        ds = load_from_disk(str(source))
-        if "validation" not in ds:
-            raise ShelleyError(f"{source} has no validation split; rebuild it with `shelley data build`")
-        return list(ds["train"]["text"]), list(ds["validation"]["text"])
-    splits, _ = prepare_splits(source, data_cfg)
-    return [s.text for s in splits["train"]], [s.text for s in splits["validation"]]
-
-
-def build_source(dataset_dir: Path) -> str | None:
-    """The corpus file a dataset dir of ``data build`` was made from, as its build.json records it."""
-    build = Path(dataset_dir) / "build.json"
-    if not build.is_file():
-        return None
-    import json
-
-    return json.loads(build.read_text()).get("source")
-
-
-def corpus_rows_from_texts(splits: dict[str, list[str]]) -> list[dict[str, Any]]:
-    """Rows ({text, split, row}) of a corpus from its texts per split, as a run records them in corpus.jsonl."""
-    return [{"text": t, "split": name, "row": i} for name, texts in splits.items() for i, t in enumerate(texts)]
-
-
 def corpus_path(corpus: Path | list[Path] | None, cfg: DataConfig) -> Path:
     """The corpus to read: the one given (several book files: the manifest that lists them, ``works.manifest_for``),
     else data.source."""
@@ -254,38 +225,3 @@ def corpus_path(corpus: Path | list[Path] | None, cfg: DataConfig) -> Path:
     if source is None:
         raise ShelleyError("no corpus given; pass a CORPUS path or set data.source in the config")
     return source
-
-
-def identity_source(path: Path | None) -> str | None:
-    """The corpus file behind a training argument: the file itself, or the source a dataset dir was built from."""
-    if path is not None and (path / "dataset_dict.json").is_file():
-        return build_source(path)
-    return str(path) if path else None
-
-
-def training_texts(dataset: Path | None, cfg: DataConfig, on_note=None) -> tuple[list[str], list[str]]:
-    """The split to train on (a dataset dir, a corpus file, else data.out when built, else data.source) plus any
-    data.extra_sources; ``on_note(message)`` hears about sources that were replaced or capped."""
-    from shelley.data.sources import with_sources
-
-    if dataset is None and Path(cfg.out).exists():
-        dataset = Path(cfg.out)
-    if dataset is None and not cfg.source and cfg.extra_sources:
-        train_texts, val_texts = [], []  # extra sources only
-    else:
-        train_texts, val_texts = train_val_texts(dataset or corpus_path(None, cfg), cfg)
-    return with_sources(train_texts, val_texts, cfg, on_note=on_note)
-
-
-def cleaned_texts(source: Path, cfg: DataConfig) -> list[str]:
-    """The training texts of a dataset dir, or a corpus file's rows cleaned (not split): what the tokenizer
-    check reads."""
-    if source.is_dir() and (source / "dataset_dict.json").exists():
-        from datasets import load_from_disk
-
-        return list(load_from_disk(str(source))["train"]["text"])
-    snippets, _ = load_corpus(source, cfg)
-    kept, _ = clean_snippets(snippets, **clean_kwargs(cfg))
-    if not kept:
-        raise ShelleyError(f"all rows of {source} are empty or noise after cleaning; check --text-column")
-    return [s.text for s in kept]

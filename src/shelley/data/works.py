@@ -28,6 +28,7 @@ import json
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from shelley.corpus import is_dataset_dir
 from shelley.errors import ShelleyError
 from shelley.io import atomic_write_text, shelley_home
 
@@ -64,7 +65,7 @@ def resolve_works(source: str | Path | None) -> Works | None:
         return None
     path = Path(source)
     if path.is_dir():
-        if (path / "dataset_dict.json").exists():
+        if is_dataset_dir(path):
             return None
         for name in MANIFESTS:
             if (path / name).is_file():

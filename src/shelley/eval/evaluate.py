@@ -119,10 +119,9 @@ def judge(results: EvalResult, run: Run, cfg: ShelleyConfig) -> EvalResult:
     from shelley.eval.originality import run_index
     from shelley.eval.style import StyleModel, compare, delta_floor, window_spans, words
 
-    rows = run.corpus_rows()
+    corpus = run.corpus()
     index = run_index(run)
-    train_texts = [r["text"] for r in rows if r["split"] == "train"]
-    held_out = [r["text"] for r in rows if r["split"] == "validation"]
+    train_texts, held_out = corpus.train, corpus.validation
     limit = cfg.eval.max_copied_span
     for g in results.generations:
         g.base_originality = [index.check(t) for t in g.base]
@@ -187,17 +186,15 @@ def evaluate_run(
     attribution read (None without it), which ``write_eval`` keeps for ``shelley ab``. ``scenes``: that many
     scenes of ``scene_words`` words per model and the context curves (texts under ``"scenes"``), written by
     ``scene_engine(who, model, tokenizer, gen)`` (default: transformers). ``heldout_books``: see ``eval.heldout``."""
-    from shelley.data.books import describe_corpus
+    from shelley.data.corpus import with_identity
     from shelley.generate.load import load_model_dir
 
-    cfg, out = run.config(), run.output
+    corpus, out = run.corpus(), run.output
+    cfg, who = with_identity(run.config(), corpus)
     if bag_words:
         cfg.eval.bag_words = bag_words
     cfg.eval.keep_names = keep_names or cfg.eval.keep_names
-    rows = run.corpus_rows()
-    train_texts = [r["text"] for r in rows if r["split"] == "train"]
-    val_texts = [r["text"] for r in rows if r["split"] == "validation"]
-    who = describe_corpus(cfg, run.corpus_source(cfg), val_texts)
+    train_texts, val_texts = corpus.train, corpus.validation
     if prompts is not None and prompts[1]:
         cfg.eval.prompts = [p.prompt for p in prompts[1]]
     voice = None

@@ -26,7 +26,7 @@ from typing import Any
 import numpy as np
 
 from shelley.config import DataConfig
-from shelley.data.build import corpus_rows_from_texts
+from shelley.data.corpus import open_corpus
 from shelley.errors import ShelleyError
 from shelley.io import atomic_write_bytes, shelley_home
 from shelley.run import Run
@@ -276,31 +276,12 @@ def run_index(run: Run, progress: bool = False) -> CorpusIndex:
     return index_for_rows(run.corpus_rows(), run.originality_index, progress=progress)
 
 
-def corpus_rows(source: Path, data_cfg: DataConfig, *, split: bool = True) -> list[dict]:
-    """Rows ({text, split, row}) of a training run dir (the corpus it saw), a dataset dir or a corpus file.
-    A corpus file is split as ``data build`` would, or with ``split=False`` cleaned and kept whole (split
-    "train")."""
-    from shelley.data.build import clean_kwargs, load_corpus, train_val_texts
-    from shelley.data.clean import clean_snippets
-
-    source = Path(source)
-    run = Run.find(source) if source.is_dir() else None
-    if run is not None:
-        return run.corpus_rows()
-    if not split and not (source.is_dir() and (source / "dataset_dict.json").exists()):
-        snippets, _ = load_corpus(source, data_cfg)
-        kept, _ = clean_snippets(snippets, **clean_kwargs(data_cfg))
-        return corpus_rows_from_texts({"train": [s.text for s in kept]})
-    train, val = train_val_texts(source, data_cfg)
-    return corpus_rows_from_texts({"train": train, "validation": val})
-
-
 def index_for(run: Run | None, corpus: Path | None, index_path: Path | None, data_cfg: DataConfig) -> CorpusIndex:
     """The originality index for writing: an explicit saved index (checked against the corpus by hash), else the
     run's own, else one built from ``corpus`` and cached under SHELLEY_HOME/indexes."""
     if corpus is None and run is None:
         raise ShelleyError("the originality check needs the training corpus: pass a run dir as MODEL or --corpus FILE")
-    rows = corpus_rows(corpus, data_cfg) if corpus is not None else run.corpus_rows()
+    rows = open_corpus(corpus, data_cfg).rows() if corpus is not None else run.corpus_rows()
     if index_path is not None:
         if not index_path.exists():
             raise ShelleyError(f"originality index not found: {index_path}; drop --index to build one")

@@ -192,12 +192,12 @@ def compare(style: StyleModel, texts: dict[str, list[str]], reference: str) -> d
 def profile(text: str, corpus: Path, data_cfg, features: int = 50) -> tuple[list[str], dict[str, Any]]:
     """Stylometry of ``text`` (a file path or the text itself) against ``corpus``'s held-out text: the function
     words Delta used, and the comparison table."""
+    from shelley.data.corpus import open_corpus
     from shelley.data.ingest import text_argument
-    from shelley.eval.originality import corpus_rows
 
     _name, body = text_argument(text)
-    rows = corpus_rows(corpus, data_cfg, split=False)
-    fit_on = [r["text"] for r in rows if r["split"] == "train"] or [r["text"] for r in rows]
+    found = open_corpus(corpus, data_cfg, split=False)  # a corpus file whole; a run or dataset dir as split
+    fit_on = found.train or [t for texts in found.texts.values() for t in texts]
     style = StyleModel.fit(fit_on, n_features=features)
-    held = [r["text"] for r in rows if r["split"] == "validation"] or fit_on
+    held = found.validation or fit_on
     return style.features, compare(style, {"text": [body], "corpus_held_out": held}, reference="corpus_held_out")

@@ -26,7 +26,6 @@ from shelley.eval.attribution import (
     word_count,
 )
 from shelley.io import write_png
-from shelley.run import Run
 
 FULL_BAGS = 20  # `shelley eval --attribution` default; fewer bags make a reduced, indicative test
 SAMPLE_TOKENS = 256  # tokens per generated sample; samples are joined in order into the bags
@@ -304,12 +303,11 @@ def texts_curve(texts: list[str], corpus: Path, cfg, reference: str | None, plot
 
 
 def _author_corpus(corpus: Path, cfg) -> tuple[Identity, list[str], list[str]]:
-    """(the author, train texts, held-out texts) of a run dir, dataset dir or corpus file."""
-    from shelley.eval.originality import corpus_rows
+    """(the author, train texts, held-out texts) of a run dir, dataset dir or corpus file, folder or manifest."""
+    from shelley.data.corpus import identity, open_corpus
 
-    rows = corpus_rows(corpus, cfg.data)
-    train = [r["text"] for r in rows if r["split"] == "train"]
-    return corpus_identity(corpus, cfg, rows), train, [r["text"] for r in rows if r["split"] == "validation"]
+    found = open_corpus(corpus, cfg.data)
+    return identity(found, cfg.data), found.train, found.validation
 
 
 def attribution_test_for(
@@ -417,18 +415,3 @@ def plot_curve(rows: list[dict[str, Any]], author: str, path: Path) -> Path:
     ax.legend(fontsize=8)
     fig.tight_layout()
     return write_png(path, fig)
-
-
-def corpus_identity(corpus: Path, cfg, rows: list[dict]) -> Identity:
-    """The author of a corpus given as a run dir (what the run recorded), a dataset dir or a corpus file."""
-    from shelley.data.books import describe_corpus
-    from shelley.data.build import identity_source
-
-    source: str | None = str(corpus)
-    run = Run.find(corpus) if corpus.is_dir() else None
-    if run is not None:
-        cfg = run.config()
-        source = run.corpus_source(cfg)
-    else:
-        source = identity_source(corpus)  # a dataset dir: the corpus it was built from
-    return describe_corpus(cfg, source, [r["text"] for r in rows if r["split"] == "validation"])

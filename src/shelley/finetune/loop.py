@@ -28,6 +28,7 @@ from typing import Any
 import yaml
 
 from shelley.config import ShelleyConfig
+from shelley.corpus import Corpus
 from shelley.errors import ShelleyError, TrainingInterrupted
 from shelley.finetune.checkpoint import (
     check_resume,
@@ -664,9 +665,7 @@ def _oom_guard(cfg: ShelleyConfig, step: int, files: Run):
 
 def _write_corpus(files: Run, train_texts: list[str], val_texts: list[str]) -> None:
     """Keep the texts the run saw: the originality guard indexes them, and a hash ties the index to them."""
-    from shelley.data.build import corpus_rows_from_texts
-
-    rows = corpus_rows_from_texts({"train": train_texts, "validation": val_texts})
+    rows = Corpus({"train": train_texts, "validation": val_texts}).rows()
     atomic_write_text(files.corpus_file, "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows))
 
 

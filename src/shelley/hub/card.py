@@ -38,8 +38,8 @@ def corpus_facts(run: Run, cfg) -> dict[str, Any]:
     )
     rows = report.get("split", {}).get("rows")
     if rows is None and run.corpus_file.exists():
-        splits = [r["split"] for r in run.corpus_rows()]
-        rows = {"train": splits.count("train"), "validation": splits.count("validation")}
+        corpus = run.corpus()
+        rows = {"train": len(corpus.train), "validation": len(corpus.validation)}
     overlap = report.get("overlap", {}).get("validation", {}).get("shared_fraction")
     return {
         "source": src_path.name if src_path.name else str(source),
