@@ -12,14 +12,18 @@ from conftest import GUTENBERG
 from shelley.data.ingest import read_corpus
 
 
+def send_body(handler: BaseHTTPRequestHandler, body: bytes) -> None:
+    """Answer a mirror request with ``body`` (200, its length)."""
+    handler.send_response(200)
+    handler.send_header("Content-Length", str(len(body)))
+    handler.end_headers()
+    handler.wfile.write(body)
+
+
 class _Mirror(BaseHTTPRequestHandler):
     def do_GET(self):
         if self.path == "/84.txt":
-            body = GUTENBERG.encode()
-            self.send_response(200)
-            self.send_header("Content-Length", str(len(body)))
-            self.end_headers()
-            self.wfile.write(body)
+            send_body(self, GUTENBERG.encode())
         else:
             self.send_error(404)
 
@@ -88,10 +92,7 @@ class _BookMirror(BaseHTTPRequestHandler):
             f"*** START OF THE PROJECT GUTENBERG EBOOK {title.upper()} ***\n\nThe text of {title}, at length.\n"
             f"*** END OF THE PROJECT GUTENBERG EBOOK {title.upper()} ***\nLicence.\n"
         ).encode()
-        self.send_response(200)
-        self.send_header("Content-Length", str(len(body)))
-        self.end_headers()
-        self.wfile.write(body)
+        send_body(self, body)
 
     def log_message(self, *args):
         pass

@@ -144,7 +144,7 @@ def test_attribution_drops_every_book_by_the_corpus_author(cli, tmp_path):
 def test_fetch_several_ebooks_into_one_folder(cli, tmp_path, monkeypatch):
     from http.server import BaseHTTPRequestHandler
 
-    from test_fetch import _serve
+    from test_fetch import _serve, send_body
 
     books = {11: _book("The First Romance", "Ann Author", 6, 1), 12: _book("The Second Romance", "Ann Author", 6, 2)}
 
@@ -154,10 +154,7 @@ def test_fetch_several_ebooks_into_one_folder(cli, tmp_path, monkeypatch):
             if not body:
                 self.send_error(404)
                 return
-            self.send_response(200)
-            self.send_header("Content-Length", str(len(body)))
-            self.end_headers()
-            self.wfile.write(body)
+            send_body(self, body)
 
         def log_message(self, *args):
             pass
