@@ -40,8 +40,8 @@ def _reduced_attribution_test(cfg: ShelleyConfig, who, train_texts: list[str], v
 
 
 def _prepare(cfg: ShelleyConfig, source: Path, run: Run, overwrite: bool):
-    """Clean and split the corpus into the run's data dir; name its author. Returns (cfg, train, validation,
-    build report, identity), the cfg a copy that records the author, title and prompts."""
+    """Clean and split the corpus into the run's data dir; name its author. Returns (cfg, corpus, validation
+    rows, build report, identity), the cfg a copy that records the author, title and prompts."""
     from shelley.data.build import prepare_splits, save_dataset
     from shelley.data.corpus import with_identity
 
@@ -54,7 +54,7 @@ def _prepare(cfg: ShelleyConfig, source: Path, run: Run, overwrite: bool):
     save_dataset(splits, report, run.data_dir, overwrite=True)
     corpus = Corpus({k: [s.text for s in v] for k, v in splits.items()}, source=str(source), books=report.get("books"))
     cfg, who = with_identity(cfg, corpus)  # a copy: the caller's cfg stays as it was loaded
-    return cfg, corpus.train, splits["validation"], report, who
+    return cfg, corpus, splits["validation"], report, who
 
 
 def _scored_validation(rows, tokenizer, limit: int | None) -> tuple[list[str], dict[str, int]]:
@@ -79,34 +79,6 @@ def _scored_validation(rows, tokenizer, limit: int | None) -> tuple[list[str], d
         keep.sort()
     figures = {"texts": len(keep), "of_texts": len(rows), "tokens": sum(lengths[i] for i in keep), "of_tokens": total}
     return [rows[i].text for i in keep], figures
-
-
-def _scene_pass(model, tokenizer, cfg: ShelleyConfig, stream, run: Run | None, on_progress, scored: dict):
-    """The reduced scene test's part for one model (``eval.run_scenes`` scenes), timed into ``scored``."""
-    if not cfg.eval.run_scenes:
-        return None
-    from shelley.eval.evaluate import scene_model_pass
-
-    t0 = time.perf_counter()
-    out = scene_model_pass(
-        model, tokenizer, cfg, stream, run, cfg.eval.run_scenes, cfg.eval.scene_words, None, on_progress
-    )
-    scored["scene_seconds"] = time.perf_counter() - t0
-    return out
-
-
-def _judge_scenes(results: EvalResult, passes, run: Run, train_texts, val_texts, voice, texts, words: int):
-    """The reduced scene test in the report, or why it was left out; returns the texts to keep."""
-    if passes["base"] is None:
-        results.scenes_skipped = (
-            "eval.run_scenes is 0: whole scenes take about a minute per 1,000 words and model on 2 CPU cores, more "
-            f"than the job's budget spares; run `shelley eval {run.root} --scenes 10` for the full scene test"
-        )
-        return texts
-    from shelley.eval.evaluate import judge_scene_passes
-
-    scene_texts = judge_scene_passes(results, run, passes, train_texts, val_texts, words, voice)
-    return (texts or {}) | {"scenes": scene_texts}
 
 
 def _train_budget(scored: dict[str, Any], time_budget_s: float, used_s: float) -> float:
@@ -138,7 +110,7 @@ def run_pipeline(
     """Everything inside ``time_budget_s``. The report includes a reduced attribution test
     (``eval.run_attribution_bags`` bags per model) when a reference set is there; ``on_progress(model, words,
     needed)`` follows its generation."""
-    from shelley.eval.evaluate import attribution_results, combine, judge, score_with_voice
+    from shelley.eval.evaluate import Evaluation
     from shelley.eval.report import write_eval
     from shelley.finetune.loop import train
     from shelley.finetune.methods import load_base_model, load_tokenizer_for_training
@@ -148,36 +120,31 @@ def run_pipeline(
     tune_allocator()
     t0 = time.perf_counter()
     run = Run.for_pipeline(run_dir)
-    cfg, train_texts, val_rows, report, who = _prepare(cfg, source, run, overwrite)
-    val_texts = [r.text for r in val_rows]
-    voice, skipped = _reduced_attribution_test(cfg, who, train_texts, val_texts, source)
+    cfg, corpus, val_rows, report, who = _prepare(cfg, source, run, overwrite)
+    voice, skipped = _reduced_attribution_test(cfg, who, corpus.train, corpus.validation, source)
     tokenizer = load_tokenizer_for_training(cfg)
     model = load_base_model(cfg)
     scored_texts, scored = _scored_validation(val_rows, tokenizer, cfg.eval.max_eval_tokens or SCORED_TOKENS)
-    stream = encode_stream(scored_texts, tokenizer, run.root / "cache", "validation")
-    bags = cfg.eval.run_attribution_bags if voice else 0  # the attribution text only when there is a test to run
-    base = score_with_voice(model, tokenizer, stream, cfg, bags, "base", on_progress)
-    passes = {"base": _scene_pass(model, tokenizer, cfg, stream, None, on_progress, base)}
+    flow = Evaluation(
+        cfg, run, corpus, encode_stream(scored_texts, tokenizer, run.root / "cache", "validation"), tokenizer,
+        identity=who, voice=voice, bags=cfg.eval.run_attribution_bags, voice_skipped=skipped,
+        scenes=cfg.eval.run_scenes, scene_words=cfg.eval.scene_words, scene_test=voice, scenes_skipped=(
+            "eval.run_scenes is 0: whole scenes take about a minute per 1,000 words and model on 2 CPU cores, more "
+            f"than the job's budget spares; run `shelley eval {run.root} --scenes 10` for the full scene test"
+        ), on_progress=on_progress,
+    )  # fmt: skip
+    base = flow.score("base", model)
     t_base = time.perf_counter() - t0
     cfg.train.time_budget_s = _train_budget(base, time_budget_s, t_base)
     cfg.train.run_dir = str(run.train_dir)
     cfg.train.drop_checkpoints = not keep_checkpoints  # a finished run keeps its model, not its optimizer state
     result = train(
-        cfg, train_texts, scored_texts, run, model=model, tokenizer=tokenizer, final_eval=False, sampler=generate_texts
+        cfg, corpus.train, scored_texts, run, model=model, tokenizer=tokenizer, final_eval=False, sampler=generate_texts
     )
     t_train = time.perf_counter() - t0 - t_base
     # `model` was trained in place (full) or wrapped with the trained adapter (LoRA): score it as it is.
-    tuned = score_with_voice(model, tokenizer, stream, cfg, bags, "finetuned", on_progress)
-    passes["finetuned"] = _scene_pass(model, tokenizer, cfg, stream, run, on_progress, tuned)
-    results = judge(combine(cfg, base, tuned, result), run, cfg)
-    texts = None
-    if voice:
-        written = {"base": base["voice"], "finetuned": tuned["voice"]}
-        results.attribution, texts = attribution_results(voice, written, val_texts, cfg.eval.run_attribution_bags)
-    elif skipped:
-        results.attribution_skipped = skipped
-    texts = _judge_scenes(results, passes, run, train_texts, val_texts, voice, texts, cfg.eval.scene_words)
-    results.run_dir = str(run.root)
+    flow.score("finetuned", model)
+    results, texts = flow.finish(result)
     results.time_budget_s = time_budget_s
     results.wall_seconds = round(time.perf_counter() - t0, 1)
     results.train_budget_s = round(cfg.train.time_budget_s, 1)

@@ -12,6 +12,7 @@ from typing import Any
 import numpy as np
 
 from shelley.config import ShelleyConfig
+from shelley.corpus import Corpus
 from shelley.errors import ShelleyError
 from shelley.eval.heldout import book_curve, book_stream, judge_book
 from shelley.models.bos import bos_prefix
@@ -162,6 +163,101 @@ def judge(results: EvalResult, run: Run, cfg: ShelleyConfig) -> EvalResult:
     return results
 
 
+class Evaluation:
+    """The evaluation ``shelley run`` and ``shelley eval`` both carry out, in two halves around the fine-tuned
+    model: ``score("base", model)``, then (after training, or after loading the trained model)
+    ``score("finetuned", model)``, then ``finish(training)`` judges both into one ``EvalResult``.
+
+    Each ``score`` gives back what it measured and how long it took (perplexity, generations, the attribution
+    text, the scene pass), which ``shelley run`` reads to fit training into its budget. What the two commands
+    ask for differs only in the arguments: ``identity`` (the corpus's author, ``data.corpus.with_identity``),
+    ``voice`` (the who-wrote-this test, None: no bags) and ``bags``;
+    ``voice_skipped`` (why there is no test, for the report); ``scenes``/``scene_words``/``scene_engine`` and
+    ``scene_test`` (the test that attributes scenes); ``books`` (held-out books of the author, ``eval.heldout``);
+    ``prompted`` (the prompted baseline's text) and ``curve`` (the bag-size curve), which only ``shelley eval``
+    spends time on."""
+
+    def __init__(
+        self,
+        cfg: ShelleyConfig,
+        run: Run,
+        corpus: Corpus,
+        stream: np.ndarray,
+        tokenizer,
+        *,
+        identity=None,
+        voice=None,
+        bags: int = 0,
+        voice_skipped: str | None = None,
+        scenes: int | None = None,
+        scene_words: int = 1000,
+        scene_engine: Callable | None = None,
+        scene_test=None,
+        scenes_skipped: str | None = None,
+        books: list | None = None,
+        prompted: bool = False,
+        curve: bool = False,
+        on_progress: Callable[[str, int, int], None] | None = None,
+    ) -> None:
+        self.cfg, self.run, self.corpus, self.stream, self.tokenizer = cfg, run, corpus, stream, tokenizer
+        self.identity = identity
+        self.voice, self.bags, self.voice_skipped = voice, bags if voice is not None else 0, voice_skipped
+        self.scenes, self.scene_words, self.scene_engine = scenes, scene_words, scene_engine
+        self.scene_test, self.scenes_skipped = scene_test, scenes_skipped
+        self.books, self.curves = books or [], [{} for _ in books or []]
+        self.prompted, self.curve, self.on_progress = prompted, curve, on_progress
+        self.scored: dict[str, dict[str, Any]] = {}
+        self.passes: dict[str, Any] = {}
+        self.written: dict[str, dict] = {}
+
+    def score(self, who: str, model) -> dict[str, Any]:
+        """Score ``model`` as ``who`` ("base" or "finetuned"): perplexity and bits per byte on the validation
+        tokens, the side-by-side generations, the attribution text, the scene pass and the held-out books' curves,
+        each timed. Returns the scores (``scene_seconds`` among them when scenes were written)."""
+        cfg, tok = self.cfg, self.tokenizer
+        scored = score_with_voice(model, tok, self.stream, cfg, self.bags, who, self.on_progress)
+        t0 = time.perf_counter()
+        run = self.run if who == "finetuned" else None
+        self.passes[who] = scene_model_pass(
+            model, tok, cfg, self.stream, run, self.scenes, self.scene_words, self.scene_engine, self.on_progress
+        )
+        if self.passes[who] is not None:
+            scored["scene_seconds"] = time.perf_counter() - t0
+        _book_curves(self.books, self.curves, who, model, tok)
+        if self.voice is not None:
+            self.written[who] = scored["voice"]
+        asked = who == "base" and self.voice is not None and self.prompted
+        if asked and (text := prompted_voice(model, tok, cfg, self.bags, self.on_progress)) is not None:
+            self.written["prompted"] = text
+        self.scored[who] = scored
+        return scored
+
+    def finish(self, training: TrainResult | None) -> tuple[EvalResult, dict[str, str] | None]:
+        """Both models judged: the report's core (``combine``), originality and style (``judge``), the held-out
+        books, the attribution test and the scenes. Returns the result and the texts the attribution and scenes
+        read (None without them), which ``write_eval`` keeps for ``shelley ab``."""
+        cfg, run, corpus = self.cfg, self.run, self.corpus
+        results = judge(combine(cfg, self.scored["base"], self.scored["finetuned"], training), run, cfg)
+        results.run_dir = str(run.root)
+        results.heldout_books = [judge_book(info, c) for (_, info), c in zip(self.books, self.curves, strict=True)]
+        results.heldout_books = results.heldout_books or None
+        texts = None
+        if self.voice is not None:
+            results.attribution, texts = attribution_results(self.voice, self.written, corpus.validation, self.bags)
+            if self.curve:
+                results.attribution.curve = _bag_size_curve(self.identity, corpus, self.written, self.voice, cfg, run)
+        elif self.voice_skipped:
+            results.attribution_skipped = self.voice_skipped
+        if self.passes.get("base") is not None:
+            scene_texts = judge_scene_passes(
+                results, run, self.passes, corpus.train, corpus.validation, self.scene_words, self.scene_test
+            )
+            texts = (texts or {}) | {"scenes": scene_texts}
+        elif self.scenes_skipped:
+            results.scenes_skipped = self.scenes_skipped
+        return results, texts
+
+
 def evaluate_run(
     run: Run,
     prompts: tuple[str, list] | None = None,
@@ -194,33 +290,30 @@ def evaluate_run(
     if bag_words:
         cfg.eval.bag_words = bag_words
     cfg.eval.keep_names = keep_names or cfg.eval.keep_names
-    train_texts, val_texts = corpus.train, corpus.validation
     if prompts is not None and prompts[1]:
         cfg.eval.prompts = [p.prompt for p in prompts[1]]
-    voice = None
+    voice = test = None
     if attribution_bags:
         from shelley.eval.voice import attribution_test_for
 
         # Before any generation: a missing reference set must fail in a second, not after minutes of sampling.
-        voice = attribution_test_for(cfg, who, train_texts, val_texts, reference_dir, corpus=run.corpus_source(cfg))
+        voice = attribution_test_for(
+            cfg, who, corpus.train, corpus.validation, reference_dir, corpus=run.corpus_source(cfg)
+        )
+    if scenes:  # scenes are attributed (one scene, one bag) where a reference set is there, --attribution or not
+        test = voice or _optional_test(cfg, who, corpus.train, corpus.validation, reference_dir, run)
     stream = cached_stream(run)
     base_model, tokenizer = _base_for_eval(cfg, out)
-    books = [book_stream(b, tokenizer, cfg.data, train_texts, run.cache_dir) for b in heldout_books or []]
-    base = score_with_voice(base_model, tokenizer, stream, cfg, attribution_bags, "base", on_progress)
-    book_curves = _book_curves(books, [{} for _ in books], "base", base_model, tokenizer)
-    sc = (scenes, scene_words, scene_engine, on_progress)
-    passes = {"base": scene_model_pass(base_model, tokenizer, cfg, stream, None, *sc)}
-    prompted = prompted_voice(base_model, tokenizer, cfg, attribution_bags, on_progress) if voice else None
+    books = [book_stream(b, tokenizer, cfg.data, corpus.train, run.cache_dir) for b in heldout_books or []]
+    flow = Evaluation(
+        cfg, run, corpus, stream, tokenizer, identity=who, voice=voice, bags=attribution_bags or 0, scenes=scenes,
+        scene_words=scene_words, scene_engine=scene_engine, scene_test=test, books=books, prompted=True, curve=True,
+        on_progress=on_progress,
+    )  # fmt: skip
+    flow.score("base", base_model)
     del base_model
-    tuned_model = load_model_dir(out, trust_remote_code=cfg.model.trust_remote_code)
-    tuned = score_with_voice(tuned_model, tokenizer, stream, cfg, attribution_bags, "finetuned", on_progress)
-    passes["finetuned"] = scene_model_pass(tuned_model, tokenizer, cfg, stream, run, *sc)
-    _book_curves(books, book_curves, "finetuned", tuned_model, tokenizer)
-    written = {"base": base["voice"], "finetuned": tuned["voice"]} if voice else {}
-    if prompted:
-        written["prompted"] = prompted
-    results = combine(cfg, base, tuned, run.train_result())
-    results.run_dir = str(run.root)
+    flow.score("finetuned", load_model_dir(out, trust_remote_code=cfg.model.trust_remote_code))
+    results, texts = flow.finish(run.train_result())
     if cfg.train.method == "scratch":
         _scratch_baselines(results, run, stream, cfg, len(tokenizer))
     if prompts is not None:
@@ -228,17 +321,6 @@ def evaluate_run(
 
         checked = score_expectations(results.generations, prompts[1]) if prompts[1] else {}
         results.prompt_set = {"name": prompts[0]} | checked
-    results = judge(results, run, cfg)
-    results.heldout_books = [judge_book(info, c) for (_, info), c in zip(books, book_curves, strict=True)] or None
-    texts = None
-    if voice:
-        results.attribution, texts = attribution_results(voice, written, val_texts, attribution_bags)
-        results.attribution.curve = _bag_size_curve(who, train_texts, val_texts, written, voice, cfg, run)
-    if scenes:
-        # Scenes are attributed (one scene, one bag) where a reference set is there, with --attribution or not.
-        test = voice or _optional_test(cfg, who, train_texts, val_texts, reference_dir, run)
-        scene_texts = judge_scene_passes(results, run, passes, train_texts, val_texts, scene_words, test)
-        texts = (texts or {}) | {"scenes": scene_texts}
     return results, texts
 
 
@@ -266,13 +348,13 @@ def _per_bag(counts: list[int]) -> dict[str, Any]:
     return {"generations_per_bag": [ordered[0], ordered[len(ordered) // 2], ordered[-1]]}
 
 
-def _bag_size_curve(who, train_texts, val_texts, written: dict[str, dict], voice, cfg, run: Run):
+def _bag_size_curve(who, corpus: Corpus, written: dict[str, dict], voice, cfg, run: Run):
     """The attribution's shares at 500 to 5,000 words per bag, for the generated texts (see ``bag_size_curve``)."""
     from shelley.eval.voice import bag_size_curve
 
     texts = {who_: w["text"] for who_, w in written.items()}
     return bag_size_curve(
-        who, train_texts, val_texts, texts, voice.reference or None, corpus=run.corpus_source(cfg),
+        who, corpus.train, corpus.validation, texts, voice.reference or None, corpus=run.corpus_source(cfg),
         keep_names=cfg.eval.keep_names,
     )  # fmt: skip
 
