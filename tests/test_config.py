@@ -134,3 +134,12 @@ def test_a_window_reshapes_the_batch_to_the_same_tokens_a_step():
 def test_a_window_too_small_is_one_line(cli, tmp_path):
     res = cli("run", tmp_path / "none.csv", "--window", "8")
     assert res.exit_code == 2 and "--window must be at least 16 tokens (got 8); e.g. --window 512" in res.stderr
+
+
+def test_resume_may_change_how_long_and_how_often_never_what_is_computed():
+    from shelley.config import resumable_keys
+
+    keys = resumable_keys()
+    assert {"train.steps", "train.time_budget_s", "train.eval_every", "train.keep_best", "train.max_epochs"} <= keys
+    computed = {"train.learning_rate", "train.seed", "train.micro_batch_size", "model.name", "model.max_length"}
+    assert not keys & (computed | {"data.seed", "train.method"})

@@ -15,6 +15,22 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from shelley.errors import ShelleyError
 
 
+def resumable(default: Any, **kwargs: Any) -> Any:
+    """A train field that ``--resume`` may change: how long the run goes on, how often it looks and what it keeps,
+    never what the steps so far computed (``finetune.checkpoint.check_resume`` compares every other key)."""
+    return Field(default, json_schema_extra={"resumable": True}, **kwargs)
+
+
+def resumable_keys() -> set[str]:
+    """The dotted keys (``train.steps``, ...) marked ``resumable``."""
+    return {
+        f"{section}.{name}"
+        for section, field in ShelleyConfig.model_fields.items()
+        for name, f in field.annotation.model_fields.items()
+        if isinstance(f.json_schema_extra, dict) and f.json_schema_extra.get("resumable")
+    }
+
+
 class _Section(BaseModel):
     # extra="forbid": a typo such as `lerning_rate` must fail loudly, not be ignored silently.
     model_config = ConfigDict(extra="forbid", validate_assignment=True)
@@ -107,7 +123,7 @@ class TrainConfig(_Section):
         description="full / lora / qlora fine-tune model.name; scratch trains a new GPT (model.n_layers, ...) and"
         " its own tokenizer (or model.tokenizer) from random weights.",
     )
-    steps: int = Field(200, gt=0, description="Optimizer steps to run.")
+    steps: int = resumable(200, gt=0, description="Optimizer steps to run.")
     micro_batch_size: int = Field(8, gt=0, description="Blocks per forward/backward pass.")
     grad_accum: int = Field(1, gt=0, description="Micro-batches accumulated per optimizer step.")
     learning_rate: float = Field(2e-4, gt=0, description="Peak learning rate after warmup.")
@@ -127,17 +143,17 @@ class TrainConfig(_Section):
         " (a T4), else fp32. Validation runs without autocast.",
     )
     seed: int = Field(42, description="Seed for weights init, data order and dropout.")
-    eval_every: int = Field(50, gt=0, description="Evaluate validation loss every N steps.")
-    sample_every: int = Field(100, gt=0, description="Write sample generations every N steps.")
-    checkpoint_every: int = Field(100, gt=0, description="Checkpoint every N steps.")
-    keep_checkpoints: int = Field(2, gt=0, description="How many recent checkpoints to keep.")
-    checkpoint_every_s: float | None = Field(
+    eval_every: int = resumable(50, gt=0, description="Evaluate validation loss every N steps.")
+    sample_every: int = resumable(100, gt=0, description="Write sample generations every N steps.")
+    checkpoint_every: int = resumable(100, gt=0, description="Checkpoint every N steps.")
+    keep_checkpoints: int = resumable(2, gt=0, description="How many recent checkpoints to keep.")
+    checkpoint_every_s: float | None = resumable(
         None,
         gt=0,
         description="Also checkpoint when this many seconds (train.budget_clock) passed since the last one (null: by "
         "steps only). None is taken within this long of the time budget's end: the outputs are saved then anyway.",
     )
-    drop_checkpoints: bool = Field(
+    drop_checkpoints: bool = resumable(
         False,
         description="At a successful end, delete the checkpoints (the optimizer state: most of a run dir) and the "
         "best-weights copy; the model, tokenizer and metrics stay. `shelley run` sets it unless --keep-checkpoints.",
@@ -175,19 +191,21 @@ class TrainConfig(_Section):
         "flash kernel is over twice as slow at these lengths (docs/results.md), else the model's own choice. The "
         "model gets its own kernel back when training ends; saved models keep it.",
     )
-    keep_best: bool = Field(
+    keep_best: bool = resumable(
         True,
         description="Save the weights (or adapter) of the best validation loss seen as the run's output, not the "
         "last ones; the kept step is in train_summary.json, the reports and the loss plot.",
     )
-    patience: int | None = Field(
+    patience: int | None = resumable(
         None,
         gt=0,
         description="Stop after this many evaluations in a row without a validation loss at least "
         "train.min_delta below the best (null: never stop early).",
     )
-    min_delta: float = Field(0.0, ge=0, description="Validation-loss improvement (nats/token) that counts as better.")
-    max_epochs: float | None = Field(
+    min_delta: float = resumable(
+        0.0, ge=0, description="Validation-loss improvement (nats/token) that counts as better."
+    )
+    max_epochs: float | None = resumable(
         None,
         gt=0,
         description="At most this many passes over the training tokens (null: no limit); the steps, the time "
@@ -206,12 +224,12 @@ class TrainConfig(_Section):
         description="torch.compile the model before training (faster steps on GPU after a slow first one). On "
         "CPU it does not pay: the first step's compile costs more than the steps save (docs/results.md).",
     )
-    merge: bool = Field(False, description="Also save the adapter merged into the base model.")
+    merge: bool = resumable(False, description="Also save the adapter merged into the base model.")
     run_dir: str = Field("runs/latest", description="Where the run writes checkpoints, metrics and outputs.")
-    time_budget_s: float | None = Field(
+    time_budget_s: float | None = resumable(
         None, gt=0, description="Stop training after this many seconds (None: run all steps); see budget_clock."
     )
-    budget_clock: Literal["wall", "train"] = Field(
+    budget_clock: Literal["wall", "train"] = resumable(
         "wall",
         description="What time_budget_s counts. wall: everything since training started, evaluations, samples "
         "and checkpoints included (what you wait for). train: optimizer-step time only, so the evaluations "

@@ -12,29 +12,11 @@ from typing import Any
 
 import yaml
 
-from shelley.config import ShelleyConfig
+from shelley.config import ShelleyConfig, resumable_keys
 from shelley.errors import ShelleyError
 from shelley.finetune.state import TrainState, unwrap
 from shelley.io import atomic_dir, atomic_write_text
 from shelley.run import TRAINER_STATE, Run, write_manifest
-
-# Keys that may change between a run and its --resume without changing what the run computes so far.
-RESUMABLE_CHANGES = {
-    "train.steps",
-    "train.time_budget_s",
-    "train.budget_clock",
-    "train.eval_every",
-    "train.sample_every",
-    "train.checkpoint_every",
-    "train.keep_checkpoints",
-    "train.checkpoint_every_s",
-    "train.drop_checkpoints",
-    "train.merge",
-    "train.keep_best",
-    "train.patience",
-    "train.min_delta",
-    "train.max_epochs",
-}
 
 
 def _flatten(d: dict[str, Any], prefix: str = "") -> dict[str, Any]:
@@ -60,7 +42,7 @@ def check_resume(files: Run, cfg: ShelleyConfig) -> Path:
         warnings.warn(f"checkpoint {newest} fails its manifest check; resuming from {ckpt}", stacklevel=2)
     saved = yaml.safe_load(files.config_file.read_text())
     old, new = _flatten(saved), _flatten(cfg.model_dump(mode="json"))
-    changed = sorted(k for k in old.keys() | new.keys() if old.get(k) != new.get(k) and k not in RESUMABLE_CHANGES)
+    changed = sorted(k for k in old.keys() | new.keys() if old.get(k) != new.get(k) and k not in resumable_keys())
     if changed:
         raise ShelleyError(
             f"--resume: the config differs from the checkpoint's in {', '.join(changed)}; "
