@@ -41,7 +41,7 @@ def test_two_readers_share_one_batch_and_each_gets_what_it_gets_alone(tiny):
                         seed=9, min_new=20),
     ]  # fmt: skip
     together.start()
-    texts = [tok.decode(together._drain(r), skip_special_tokens=True) for r in rows]
+    texts = [tok.decode(together.wait(r), skip_special_tokens=True) for r in rows]
     assert together.batches[0] == 2  # both rows in the first chunk
     assert texts == [first, second]
 
@@ -59,7 +59,7 @@ def test_a_greedy_row_in_a_padded_batch_writes_what_plain_generate_writes(tiny):
     row = writer.submit(_ids(tok, "The storm"), 20, greedy, seed=1, min_new=20)
     writer.submit(_ids(tok, "It was on a dreary night of November, and I"), 20, _gen(seed=3), seed=3)
     writer.start()
-    assert tok.decode(writer._drain(row), skip_special_tokens=True) == expected
+    assert tok.decode(writer.wait(row), skip_special_tokens=True) == expected
 
 
 def test_a_long_request_yields_to_a_short_one_between_chunks(tiny):
@@ -75,7 +75,7 @@ def test_a_long_request_yields_to_a_short_one_between_chunks(tiny):
     short = writer.submit(_ids(tok, "I was"), 4, _gen(seed=2), seed=2, min_new=4)
 
     def wait(row, name):
-        writer._drain(row)
+        writer.wait(row)
         done.append(name)
 
     threads = [threading.Thread(target=wait, args=(r, n)) for r, n in ((long_row, "long"), (short, "short"))]
@@ -126,7 +126,7 @@ def test_a_batch_goes_on_from_its_kv_cache_until_a_row_joins(tiny):
     try:
         writer = BatchWriter(model, tok, chunk=4)
         row = writer.submit(_ids(tok, "The storm broke over the lake"), 12, _gen(seed=1), seed=1, min_new=12)
-        writer._drain(row)
+        writer.wait(row)
         assert len(row.written) == 12 and [w > 1 for w in widths].count(True) == 1  # three chunks, one prefill
     finally:
         model.forward = real

@@ -52,12 +52,13 @@ class _Row:
 class BatchWriter:
     def __init__(
         self, model, tokenizer, *, max_batch: int = 64, chunk: int = 16, max_waiting: int = 64, start: bool = True,
+        context: int | None = None,
     ) -> None:  # fmt: skip
         from shelley.generate import context_window
 
         self.model, self.tokenizer = model, tokenizer
         self.max_batch, self.chunk, self.max_waiting = max_batch, chunk, max_waiting
-        self.context = context_window(model)
+        self.context = context if context is not None else context_window(model)  # tokens a row may hold
         self._local = threading.local()  # token_counts per calling thread: many readers call generate at once
         self.eos = tokenizer.eos_token_id
         self.pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else self.eos
@@ -67,6 +68,7 @@ class BatchWriter:
         self._rate = 0.0  # tokens a second over the recent chunks, for the busy message
         self.batches: list[int] = []  # rows per chunk, newest last (the tests read it; capped)
         self._kept = None  # (rows, sequences, attention mask, KV cache) of the last chunk, while rows go on
+        self._stopping = False
         self._worker = threading.Thread(target=self._loop, daemon=True, name="shelley-batch")
         if start:
             self.start()
@@ -106,7 +108,7 @@ class BatchWriter:
         ]
         texts = []
         for i, row in enumerate(rows):
-            tokens = self._drain(row, self._piece_writer(on_text) if i == 0 and on_text else None)
+            tokens = self.wait(row, self._piece_writer(on_text) if i == 0 and on_text else None)
             texts.append(cut_at_stop(self.tokenizer.decode(tokens, skip_special_tokens=True), gen.stop))
         self._local.counts = [len(r.written) for r in rows]
         return texts
@@ -131,8 +133,9 @@ class BatchWriter:
             self._lock.notify()
         return row
 
-    def _drain(self, row: _Row, on_tokens: Callable[[list[int]], None] | None = None) -> list[int]:
-        """Wait for ``row`` to finish; its tokens (end-of-text not included)."""
+    def wait(self, row: _Row, on_tokens: Callable[[list[int]], None] | None = None) -> list[int]:
+        """Wait for ``row`` (from ``submit``) to finish, passing its token chunks to ``on_tokens`` as they come; its
+        tokens (end-of-text not included)."""
         for tokens in iter(row.out.get, None):
             if on_tokens:
                 on_tokens(tokens)
@@ -157,11 +160,21 @@ class BatchWriter:
 
     # -- the worker --------------------------------------------------------------------------------------------
 
+    def stop(self) -> None:
+        """Let the worker finish the chunk it is on and end (the rows still queued are not written)."""
+        with self._lock:
+            self._stopping = True
+            self._lock.notify()
+        if self._worker.is_alive():
+            self._worker.join()
+
     def _loop(self) -> None:
         while True:
             with self._lock:
-                while not self._waiting and not self._active:
+                while not self._waiting and not self._active and not self._stopping:
                     self._lock.wait()
+                if self._stopping:
+                    return
                 room = self.max_batch - len(self._active)
                 self._active += self._waiting[:room]
                 del self._waiting[:room]
@@ -330,5 +343,5 @@ class BatchSceneEngine:
             for t in tokens:
                 on_token(t)
 
-        self.writer._drain(row, each if on_token else None)
+        self.writer.wait(row, each if on_token else None)
         return list(row.written)
