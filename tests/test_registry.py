@@ -172,3 +172,56 @@ def test_import_gguf_of_an_architecture_transformers_cannot_read(cli, tmp_path, 
     result = cli("models", "import-gguf", path, "odd")
     assert result.exit_code == 2 and "cannot import odd.gguf" in result.stderr and "Traceback" not in result.stderr
     assert not (tmp_path / "home" / "models" / "odd").exists()
+
+
+TOKENIZER_TEXTS = ["It was on a dreary night of November.", " a leading space\n\nand  two", "Elizabeth — été, 1797"]
+
+
+def _same_tokenizers(a, b) -> None:
+    from shelley.models.bos import bos_prefix
+
+    for text in TOKENIZER_TEXTS:
+        for special in (True, False):
+            ids = a(text, add_special_tokens=special)["input_ids"]
+            assert ids == b(text, add_special_tokens=special)["input_ids"]
+            assert a.decode(ids) == b.decode(ids)
+    assert (bos_prefix(a), a.eos_token_id, len(a)) == (bos_prefix(b), b.eos_token_id, len(b))
+
+
+def _loads_without_torch(directory) -> bool:
+    import subprocess
+    import sys
+
+    code = (
+        "import sys; from shelley.models.registry import load_tokenizer; "
+        f"load_tokenizer({str(directory)!r}, light=True); print('torch' in sys.modules)"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    return out.strip().splitlines()[-1] == "False"
+
+
+def test_the_light_tokenizer_is_smollm2s_own_without_torch(smol_tokenizer, shelley_home):
+    # The llama.cpp engine loads the tokenizer without AutoTokenizer (whose config lookup imports torch).
+    from shelley.models.registry import cache_dir, load_tokenizer
+
+    _same_tokenizers(smol_tokenizer, load_tokenizer(str(cache_dir("smollm2-135m")), light=True))
+    assert _loads_without_torch(cache_dir("smollm2-135m"))
+
+
+def test_the_light_tokenizer_keeps_a_bos_and_leaves_model_specific_classes_to_autotokenizer(tmp_path, monkeypatch):
+    import json
+
+    from transformers import AutoTokenizer
+
+    from conftest import save_bos_tokenizer
+    from shelley.models.registry import load_tokenizer
+
+    d = save_bos_tokenizer(tmp_path / "bos")
+    _same_tokenizers(load_tokenizer(str(d)), load_tokenizer(str(d), light=True))
+    config = json.loads((d / "tokenizer_config.json").read_text())
+    (d / "tokenizer_config.json").write_text(json.dumps(config | {"tokenizer_class": "LlamaTokenizer"}))
+    auto = []
+    real = AutoTokenizer.from_pretrained
+    monkeypatch.setattr(AutoTokenizer, "from_pretrained", lambda *a, **k: auto.append(a) or real(*a, **k))
+    load_tokenizer(str(d), light=True)
+    assert auto, "a model-specific tokenizer class must go through AutoTokenizer"

@@ -110,6 +110,6 @@ def load_writer(ref: str, engine: str, gguf: Path | None, *, base: str | None = 
         if not found:
             raise ShelleyError(f"--engine llamacpp: no exported GGUF for {ref}; make one with `shelley export {ref}`")
         gguf = found[0]
-    tokenizer = load_tokenizer(str(run.output if run is not None else ref))
+    tokenizer = load_tokenizer(str(run.output if run is not None else ref), light=True)  # no torch to import
     writer = LlamaCppWriter(gguf)
     return Loaded(None, tokenizer, str(gguf), run), writer

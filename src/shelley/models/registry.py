@@ -8,6 +8,7 @@ or save it), so shelley converts it once into a plain safetensors checkpoint und
 from __future__ import annotations
 
 import importlib.util
+import json
 import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -299,19 +300,45 @@ def load_causal_lm(target: str, *, what: str, hint: str, **kwargs: Any):
         raise ShelleyError(f"cannot load {what} ({str(exc).splitlines()[0][:160]}); {hint}") from None
 
 
-def load_tokenizer(name: str, *, trust_remote_code: bool = False):
-    """Load a tokenizer by preset, path or Hub id; errors say how to fix the name."""
-    from transformers import AutoTokenizer
+def load_tokenizer(name: str, *, trust_remote_code: bool = False, light: bool = False):
+    """Load a tokenizer by preset, path or Hub id; errors say how to fix the name.
 
+    ``light``: a local directory whose ``tokenizer.json`` needs no model-specific class loads through
+    ``PreTrainedTokenizerFast`` itself, not ``AutoTokenizer``, whose model-config lookup imports torch (about 2 s
+    of a start on 2 cores). For the llama.cpp engine, which needs the tokenizer and nothing of torch."""
     target = resolve(name, need_weights=False)
+    quick = light and not trust_remote_code and _plain_tokenizer(Path(target))
     try:
-        tok = AutoTokenizer.from_pretrained(target, trust_remote_code=trust_remote_code)
+        if quick:
+            from transformers import PreTrainedTokenizerFast
+
+            tok = PreTrainedTokenizerFast.from_pretrained(target)
+        else:
+            from transformers import AutoTokenizer  # imports torch
+
+            tok = AutoTokenizer.from_pretrained(target, trust_remote_code=trust_remote_code)
     except OSError as exc:
         raise ShelleyError(
             f"cannot load tokenizer {name!r} ({str(exc).splitlines()[0][:160]}); "
             "pass a local directory, a preset, or a Hub id while online"
         ) from None
     return tok
+
+
+# Tokenizer classes that load a tokenizer.json as it is (SmolLM2 and the runs shelley saves: the generic backend;
+# Gemma 3: checked against AutoTokenizer on its own files, same ids with and without BOS). Others, such as
+# Llama's, may rebuild the tokenizer from their settings, so they go through AutoTokenizer.
+PLAIN_TOKENIZERS = {"TokenizersBackend", "PreTrainedTokenizerFast", "GemmaTokenizer", "GemmaTokenizerFast"}
+
+
+def _plain_tokenizer(directory: Path) -> bool:
+    config = directory / "tokenizer_config.json"
+    if not (directory / "tokenizer.json").is_file() or not config.is_file():
+        return False
+    try:
+        return json.loads(config.read_text()).get("tokenizer_class") in PLAIN_TOKENIZERS
+    except (OSError, ValueError):
+        return False
 
 
 def offline_status(preset: ModelPreset) -> str:
