@@ -97,6 +97,14 @@ def test_eval_of_a_dir_that_is_not_a_run(cli, tmp_path):
     assert result.exit_code == 2 and "not a shelley run dir" in result.stderr
 
 
+def test_a_budget_too_short_to_train_leaves_no_run_dir(cli, tmp_path, corpus, tiny_model_dir):
+    run = tmp_path / "short"
+    sets = _sets("data.dedup_near=false")
+    result = cli("run", corpus, "--model", tiny_model_dir, "--run-dir", run, "--time-budget", 5, *sets)
+    assert result.exit_code == 2 and "leaves" in result.stderr and "raise --time-budget" in result.stderr
+    assert not run.exists()  # the next try needs no --overwrite
+
+
 def test_run_end_to_end(cli, tmp_path, corpus, tiny_model_dir):
     run = tmp_path / "e2e"
     result = cli(

@@ -6,6 +6,7 @@ generations, timed), the same time is reserved for scoring the fine-tuned model,
 
 from __future__ import annotations
 
+import shutil
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -47,8 +48,6 @@ def _prepare(cfg: ShelleyConfig, source: Path, run: Run, overwrite: bool):
 
     check_output_dir(run.root, overwrite=overwrite, flag="--run-dir")
     if run.root.exists():
-        import shutil
-
         shutil.rmtree(run.root)
     splits, report = prepare_splits(source, cfg.data)
     save_dataset(splits, report, run.data_dir, overwrite=True)
@@ -135,7 +134,11 @@ def run_pipeline(
     )  # fmt: skip
     base = flow.score("base", model)
     t_base = time.perf_counter() - t0
-    cfg.train.time_budget_s = _train_budget(base, time_budget_s, t_base)
+    try:
+        cfg.train.time_budget_s = _train_budget(base, time_budget_s, t_base)
+    except ShelleyError:
+        shutil.rmtree(run.root, ignore_errors=True)  # no half-made run dir for the next try to trip over
+        raise
     cfg.train.run_dir = str(run.train_dir)
     cfg.train.drop_checkpoints = not keep_checkpoints  # a finished run keeps its model, not its optimizer state
     result = train(
