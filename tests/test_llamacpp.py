@@ -118,11 +118,11 @@ def test_the_demo_streams_from_llamacpp_and_keeps_the_guard(exported):
     from shelley.serve.app import load_demo
 
     run, _path = exported
-    gen = run.config().generation.model_copy(update={"max_new_tokens": 10, "min_new_tokens": 10})
+    gen = run.config().generation.model_copy(update={"max_new_tokens": 40, "min_new_tokens": 40})
     demo = load_demo(str(run.root), gen, engine="llamacpp")
     assert demo.engine is not None and demo.model is None
-    steps = list(demo.generate("The storm", 0.8, 0.95, 10, 7, original=False))
-    assert len(steps) >= 3  # pieces as they arrive, then the final text with its notes
+    steps = list(demo.generate("The storm", 0.8, 0.95, 40, 7, original=False))
+    assert len(steps) >= 3  # pieces as they arrive (a chunk of 16 tokens at a time), then the text with its notes
     assert all(b[0].startswith(a[0]) for a, b in itertools.pairwise(steps))
     assert "longest copied span" in steps[-1][1]
     (text, notes), *_ = demo.generate("The storm", 0.8, 0.95, 10, 7, original=True)
@@ -316,3 +316,60 @@ def test_gemma3_exports_to_llamacpp_with_its_sentencepiece_vocabulary(tmp_path, 
         theirs = model(torch.tensor([ids])).logits[0].numpy()
     assert (ours.argmax(-1) == theirs.argmax(-1)).mean() >= 0.95
     assert np.abs(ours - theirs).max() < 2e-2
+
+
+def test_llamacpp_batcher_rows_share_a_batch_and_write_what_they_write_alone(exported):
+    """Readers on the llama.cpp engine share one llama_batch a step: a greedy row writes what transformers'
+    greedy generate writes for it alone (up to its end-of-text), and a sampled row what its seed writes alone,
+    whichever rows run beside it (each row its own sequence and KV slot)."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from shelley.config import GenerationConfig
+    from shelley.generate.llamacpp import LlamaCppBatchWriter, LlamaCppWriter
+
+    run, path = exported
+    tok = AutoTokenizer.from_pretrained(run.output)
+    model = AutoModelForCausalLM.from_pretrained(run.output).eval()
+    greedy = GenerationConfig(do_sample=False, repetition_penalty=1.0, max_new_tokens=12, num_samples=1)
+    sampled = GenerationConfig(seed=5, temperature=1.1, top_k=20, top_p=0.9, max_new_tokens=12, num_samples=1)
+    prompts = ["The storm", "It was on a dreary night of November that I"]
+    ids = [tok(p, add_special_tokens=False).input_ids for p in prompts]
+
+    def rows(writer, which):
+        out = [writer.submit(ids[i], 12, g, seed=g.seed, min_new=12 * g.do_sample) for i, g in which]
+        writer.start()
+        return [writer.wait(r) for r in out]
+
+    llm = LlamaCppWriter(path, n_ctx=128)
+    alone = rows(LlamaCppBatchWriter(llm, tok, max_batch=4, row_context=64, chunk=5, start=False), [(1, sampled)])
+    together = LlamaCppBatchWriter(llm, tok, max_batch=4, row_context=64, chunk=5, start=False)
+    first, second = rows(together, [(0, greedy), (1, sampled)])
+    assert together.batches[0] == 2  # both rows in one batch from the first chunk
+    expected = greedy_ids(model, ids[0], 12)
+    assert first == (expected[: expected.index(tok.eos_token_id)] if tok.eos_token_id in expected else expected)
+    assert second == alone[0] and len(second) == 12
+
+
+def test_llamacpp_batcher_reuses_the_slot_of_a_row_that_shares_its_start(exported):
+    """A scene's next chunk starts with everything the last one held: it takes that row's slot and decodes only
+    what is new, not its whole context again."""
+    from transformers import AutoTokenizer
+
+    from shelley.generate.llamacpp import LlamaCppBatchWriter, LlamaCppWriter
+
+    run, path = exported
+    tok = AutoTokenizer.from_pretrained(run.output)
+    gen = run.config().generation.model_copy(update={"max_new_tokens": 8, "num_samples": 1})
+    writer = LlamaCppBatchWriter(LlamaCppWriter(path, n_ctx=128), tok, max_batch=3, row_context=64)
+    fed: list[int] = []
+    real = writer._decode
+    writer._decode = lambda items, *, logits: fed.append(len(items)) or real(items, logits=logits)
+    prompt = tok("It was on a dreary night of November that I", add_special_tokens=False).input_ids
+    first = writer.submit(prompt, 8, gen, seed=1, min_new=8)
+    written = writer.wait(first)
+    fed.clear()
+    second = writer.submit(prompt + written, 8, gen, seed=2, min_new=8)
+    writer.wait(second)
+    # the slot holds all of the new row's context but its last token (the first row's last draw, decoded with the
+    # first step): no prefill, 8 steps of one token
+    assert fed == [1] * 8

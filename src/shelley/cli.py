@@ -518,7 +518,7 @@ def serve_cmd(
     host: o.opt(str, "--host", help="Interface to bind (default: this machine only).") = "127.0.0.1",
     port: o.opt(int, "--port", min=1, max=65535, help="Port to listen on.") = 7860,
     concurrency: o.opt(
-        int, "--concurrency", min=1, help="transformers: rows per batch (default 64); llamacpp: requests at once (1)."
+        int, "--concurrency", min=1, help="Rows per batch: readers written at once (default 64)."
     ) = None,
     export_space: o.opt(Path | None, "--export-space", help="Write a Hugging Face Space folder here instead.") = None,
     model_repo: o.opt(str | None, "--model-repo", help="With --export-space: the Hub repo the Space loads.") = None,

@@ -13,12 +13,14 @@ llama.cpp's own samplers differ in two ways that matter for long text (see there
 
 from __future__ import annotations
 
+import atexit
 import os
 from collections.abc import Callable
 from pathlib import Path
 
 from shelley.config import GenerationConfig
 from shelley.errors import ShelleyError
+from shelley.generate.batch import BatchWriter
 
 
 def require_llama_cpp():
@@ -214,3 +216,138 @@ class LlamaCppEngine:
             if tok == eos or len(out) >= max_new:
                 break
         return out
+
+
+class LlamaCppBatchWriter(BatchWriter):
+    """``BatchWriter``'s queue over llama.cpp: many readers at once on the exported GGUF.
+
+    Every row is a sequence of one llama.cpp context with ``max_batch`` sequences (``n_seq_max``), each its own
+    slot of ``row_context`` tokens in the KV cache (not unified: a row's attention reads its own slot only). A
+    step decodes the last token of every running row in one ``llama_batch`` (on a CPU a batch of 50 tokens costs
+    a few times one token, not 50 times), and the rows draw with ``batch._RowSampling``: each its own penalty,
+    temperature, top-k, top-p and generator, as the transformers batcher does, so a seed writes the same text
+    alone or beside other readers (up to float rounding in a batched matmul, which can flip a near-tie). A row
+    that ends leaves its tokens in its slot; the next row whose context starts the same way (a scene's next
+    chunk) takes that slot and prefills only what is new.
+
+    KV memory: ``max_batch * row_context`` tokens (SmolLM2-135M in f16: about 23 kB a token, 1.7 GB at 64 x
+    1,152)."""
+
+    def __init__(
+        self, writer: LlamaCppWriter, tokenizer, *, max_batch: int = 64, chunk: int = 16, max_waiting: int = 64,
+        row_context: int = 1152, threads: int | None = None, start: bool = True,
+    ) -> None:  # fmt: skip
+        llama_cpp = require_llama_cpp()
+        limit = min(row_context, writer.trained_context or row_context)
+        super().__init__(
+            None, tokenizer, max_batch=max_batch, chunk=chunk, max_waiting=max_waiting, start=False, context=limit
+        )
+        self.writer, self.lib = writer, llama_cpp
+        params = llama_cpp.llama_context_default_params()
+        params.n_ctx, params.n_seq_max, params.kv_unified = limit * max_batch, max_batch, True
+        params.n_batch = params.n_ubatch = max(512, max_batch)
+        params.n_threads = params.n_threads_batch = threads or os.cpu_count()
+        self.ctx = llama_cpp.llama_init_from_model(writer.llm._model.model, params)
+        if not self.ctx:
+            raise ShelleyError(f"llama.cpp could not make a context of {max_batch} x {limit} tokens; lower --batch")
+        self.n_batch = params.n_batch
+        self.batch = llama_cpp.llama_batch_init(self.n_batch, 0, 1)
+        self.n_vocab = writer.llm.n_vocab()
+        self.slots: list[list[int]] = [[] for _ in range(max_batch)]  # the tokens each slot's cache holds
+        self.owner: list[object | None] = [None] * max_batch  # the row in each slot (None: free)
+        atexit.register(self.close)  # a context left to the interpreter's teardown outlives its model
+        if start:
+            self.start()
+
+    def close(self) -> None:
+        """Stop the worker, then free the context (before the model it was made from: at exit too)."""
+        self.stop()
+        if self.ctx:
+            self.lib.llama_batch_free(self.batch)
+            self.lib.llama_free(self.ctx)
+            self.ctx = None
+
+    def _run_chunk(self, rows) -> int:
+        """Up to ``chunk`` tokens for every row, one ``llama_batch`` a token; returns the tokens written."""
+        import numpy as np
+        import torch
+
+        from shelley.generate.batch import _RowSampling
+
+        self._seat(rows)
+        new: dict[int, list[int]] = {id(r): [] for r in rows}
+        live = [r for r in rows if r.left > 0]
+        for _ in range(min(self.chunk, max(r.left for r in rows))):
+            live = [r for r in live if r.left > 0]
+            if not live:
+                break
+            slots = [self._slot_of(r) for r in live]
+            self._decode([(s, r.ids[-1], len(r.ids) - 1) for s, r in zip(slots, live, strict=True)], logits=True)
+            scores = torch.from_numpy(np.stack([self._logits(i) for i in range(len(live))]))
+            width = max(len(r.ids) for r in live)
+            input_ids = torch.tensor([[self.pad] * (width - len(r.ids)) + r.ids for r in live])
+            drawn = _RowSampling(live, width, self.eos)(input_ids, scores).argmax(-1).tolist()
+            for s, r, t in zip(slots, live, drawn, strict=True):
+                self.slots[s].append(r.ids[-1])  # the token just decoded is in the slot's cache now
+                r.ids.append(t)
+                r.written.append(t)
+                new[id(r)].append(t)
+                r.left = 0 if t == self.eos else r.left - 1
+        for r in rows:
+            if new[id(r)]:
+                r.out.put(new[id(r)])
+            if r.left <= 0:
+                r.out.put(None)
+                self.owner[self._slot_of(r)] = None  # its tokens stay in the slot for a row that shares them
+        return sum(len(v) for v in new.values())
+
+    def _seat(self, rows) -> None:
+        """Give every row a slot whose cache holds all its ids but the last (decoded with the next step): the free
+        slot that shares the longest start with it, less what differs; what is new of every joining row is
+        prefilled together, ``n_batch`` tokens a decode."""
+        for s, r in enumerate(self.owner):
+            if r is not None and not any(r is row for row in rows):
+                self.owner[s] = None  # a row a failed chunk ended
+        todo: list[tuple[int, int, int]] = []
+        for r in rows:
+            if self._slot_of(r) is not None:
+                continue
+            free = [s for s, o in enumerate(self.owner) if o is None]
+            shared = [_common(self.slots[s], r.ids[:-1]) for s in free]
+            best = max(range(len(free)), key=shared.__getitem__)
+            s, keep = free[best], shared[best]
+            self.lib.llama_memory_seq_rm(self.lib.llama_get_memory(self.ctx), s, keep, -1)
+            todo += [(s, t, keep + i) for i, t in enumerate(r.ids[keep:-1])]
+            self.slots[s] = r.ids[:-1]
+            self.owner[s] = r
+        for at in range(0, len(todo), self.n_batch):
+            self._decode(todo[at : at + self.n_batch], logits=False)
+
+    def _slot_of(self, row) -> int | None:
+        return next((s for s, o in enumerate(self.owner) if o is row), None)  # rows compare by identity, not fields
+
+    def _decode(self, items: list[tuple[int, int, int]], *, logits: bool) -> None:
+        """One ``llama_decode`` of (slot, token, position) items; ``logits``: keep every item's next-token scores."""
+        b = self.batch
+        b.n_tokens = len(items)
+        for i, (seq, token, pos) in enumerate(items):
+            b.token[i], b.pos[i], b.n_seq_id[i], b.logits[i] = token, pos, 1, logits
+            b.seq_id[i][0] = seq
+        code = self.lib.llama_decode(self.ctx, b)
+        if code != 0:
+            raise ShelleyError(f"llama.cpp could not decode a batch of {len(items)} tokens (code {code})")
+
+    def _logits(self, i: int):
+        import numpy as np
+
+        return np.ctypeslib.as_array(self.lib.llama_get_logits_ith(self.ctx, i), shape=(self.n_vocab,))
+
+
+def _common(a: list[int], b: list[int]) -> int:
+    """How many tokens ``a`` and ``b`` share from the start."""
+    n = 0
+    for x, y in zip(a, b, strict=False):
+        if x != y:
+            break
+        n += 1
+    return n

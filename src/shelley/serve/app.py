@@ -321,7 +321,7 @@ def load_demo(
     ref: str, gen: GenerationConfig, *, max_span: int = 12, base: str | None = None, engine: str = "transformers",
     gguf: Path | None = None, batch: int = 64,
 ) -> Demo:  # fmt: skip
-    """The demo of ``ref``; with transformers its requests are batched, up to ``batch`` rows at a time."""
+    """The demo of ``ref``; its requests are batched, up to ``batch`` rows at a time (transformers or llama.cpp)."""
     from shelley.eval.originality import run_index
     from shelley.generate.batch import BatchWriter
     from shelley.generate.load import load_writer
@@ -329,6 +329,10 @@ def load_demo(
     loaded, fast = load_writer(ref, engine, gguf, base=base)
     if fast is None:
         fast = BatchWriter(loaded.model, loaded.tokenizer, max_batch=batch)
+    else:  # llama.cpp: the same queue, each reader a sequence of one llama.cpp context
+        from shelley.generate.llamacpp import LlamaCppBatchWriter
+
+        fast = LlamaCppBatchWriter(fast, loaded.tokenizer, max_batch=batch)
     run = loaded.run
     index = run_index(run) if run is not None else None
     facts = run_facts(run_results(run))
