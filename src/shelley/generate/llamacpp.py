@@ -235,7 +235,7 @@ class LlamaCppBatchWriter(BatchWriter):
 
     def __init__(
         self, writer: LlamaCppWriter, tokenizer, *, max_batch: int = 64, chunk: int = 16, max_waiting: int = 64,
-        row_context: int = 1152, threads: int | None = None, start: bool = True,
+        row_context: int = 1152, threads: int | None = None, unified_kv: bool = False, start: bool = True,
     ) -> None:  # fmt: skip
         llama_cpp = require_llama_cpp()
         limit = min(row_context, writer.trained_context or row_context)
@@ -243,8 +243,9 @@ class LlamaCppBatchWriter(BatchWriter):
             None, tokenizer, max_batch=max_batch, chunk=chunk, max_waiting=max_waiting, start=False, context=limit
         )
         self.writer, self.lib = writer, llama_cpp
+        self.unified = unified_kv  # one KV buffer for every row; False: a slot of row_context tokens each
         params = llama_cpp.llama_context_default_params()
-        params.n_ctx, params.n_seq_max, params.kv_unified = limit * max_batch, max_batch, True
+        params.n_ctx, params.n_seq_max, params.kv_unified = limit * max_batch, max_batch, self.unified
         params.n_batch = params.n_ubatch = max(512, max_batch)
         params.n_threads = params.n_threads_batch = threads or os.cpu_count()
         self.ctx = llama_cpp.llama_init_from_model(writer.llm._model.model, params)
