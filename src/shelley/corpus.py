@@ -8,7 +8,6 @@ here, not written into the config.
 
 from __future__ import annotations
 
-import hashlib
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -47,15 +46,6 @@ class Corpus:
             if name in self.texts
             for i, t in enumerate(self.texts[name])
         ]
-
-    @property
-    def sha256(self) -> str:
-        """A hash of the texts in row order: what ties an originality index to the corpus it indexes."""
-        h = hashlib.sha256()
-        for r in self.rows():
-            h.update(r["text"].encode("utf-8"))
-            h.update(b"\x00")
-        return h.hexdigest()
 
     @classmethod
     def from_rows(cls, rows: list[dict[str, Any]], **facts: Any) -> Corpus:
