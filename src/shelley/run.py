@@ -295,10 +295,6 @@ class Run:
             books=report.get("books"),
         )
 
-    def corpus_source(self, cfg) -> str | None:
-        """The corpus file the run was built from: data.source, else what its build report recorded."""
-        return cfg.data.source or self.build_report().get("source")
-
     def prompts(self) -> list[str]:
         """The eval prompts the run was configured with ([] when it has none)."""
         return list(self.config().eval.prompts or []) if self.config_file.is_file() else []

@@ -245,7 +245,7 @@ class Evaluation:
         if self.voice is not None:
             results.attribution, texts = attribution_results(self.voice, self.written, corpus.validation, self.bags)
             if self.curve:
-                results.attribution.curve = _bag_size_curve(self.identity, corpus, self.written, self.voice, cfg, run)
+                results.attribution.curve = _bag_size_curve(self.identity, corpus, self.written, self.voice, cfg)
         elif self.voice_skipped:
             results.attribution_skipped = self.voice_skipped
         if self.passes.get("base") is not None:
@@ -297,11 +297,9 @@ def evaluate_run(
         from shelley.eval.voice import attribution_test_for
 
         # Before any generation: a missing reference set must fail in a second, not after minutes of sampling.
-        voice = attribution_test_for(
-            cfg, who, corpus.train, corpus.validation, reference_dir, corpus=run.corpus_source(cfg)
-        )
+        voice = attribution_test_for(cfg, who, corpus.train, corpus.validation, reference_dir, corpus=corpus.source)
     if scenes:  # scenes are attributed (one scene, one bag) where a reference set is there, --attribution or not
-        test = voice or _optional_test(cfg, who, corpus.train, corpus.validation, reference_dir, run)
+        test = voice or _optional_test(cfg, who, corpus, reference_dir)
     stream = cached_stream(run)
     base_model, tokenizer = _base_for_eval(cfg, out)
     books = [book_stream(b, tokenizer, cfg.data, corpus.train, run.cache_dir) for b in heldout_books or []]
@@ -334,10 +332,10 @@ def _book_curves(books: list, curves: list[dict], who: str, model, tokenizer) ->
     return curves
 
 
-def _optional_test(cfg: ShelleyConfig, who, train_texts, val_texts, reference_dir, run: Run):
+def _optional_test(cfg: ShelleyConfig, who, corpus: Corpus, reference_dir):
     from shelley.eval.voice import optional_attribution_test
 
-    return optional_attribution_test(cfg, who, train_texts, val_texts, reference_dir, corpus=run.corpus_source(cfg))[0]
+    return optional_attribution_test(cfg, who, corpus.train, corpus.validation, reference_dir, corpus=corpus.source)[0]
 
 
 def _per_bag(counts: list[int]) -> dict[str, Any]:
@@ -348,13 +346,13 @@ def _per_bag(counts: list[int]) -> dict[str, Any]:
     return {"generations_per_bag": [ordered[0], ordered[len(ordered) // 2], ordered[-1]]}
 
 
-def _bag_size_curve(who, corpus: Corpus, written: dict[str, dict], voice, cfg, run: Run):
+def _bag_size_curve(who, corpus: Corpus, written: dict[str, dict], voice, cfg):
     """The attribution's shares at 500 to 5,000 words per bag, for the generated texts (see ``bag_size_curve``)."""
     from shelley.eval.voice import bag_size_curve
 
     texts = {who_: w["text"] for who_, w in written.items()}
     return bag_size_curve(
-        who, corpus.train, corpus.validation, texts, voice.reference or None, corpus=run.corpus_source(cfg),
+        who, corpus.train, corpus.validation, texts, voice.reference or None, corpus=corpus.source,
         keep_names=cfg.eval.keep_names,
     )  # fmt: skip
 
