@@ -21,6 +21,7 @@ from pathlib import Path
 from shelley.config import GenerationConfig
 from shelley.errors import ShelleyError
 from shelley.generate.batch import BatchWriter
+from shelley.generate.scene import common_prefix
 
 
 def require_llama_cpp():
@@ -243,14 +244,16 @@ class LlamaCppBatchWriter(BatchWriter):
             None, tokenizer, max_batch=max_batch, chunk=chunk, max_waiting=max_waiting, start=False, context=limit
         )
         self.writer, self.lib = writer, llama_cpp
-        self.unified = unified_kv  # one KV buffer for every row; False: a slot of row_context tokens each
         params = llama_cpp.llama_context_default_params()
-        params.n_ctx, params.n_seq_max, params.kv_unified = limit * max_batch, max_batch, self.unified
+        # unified_kv: one KV buffer for every row; off (faster here): a slot of row_context tokens each
+        params.n_ctx, params.n_seq_max, params.kv_unified = limit * max_batch, max_batch, unified_kv
         params.n_batch = params.n_ubatch = max(512, max_batch)
         params.n_threads = params.n_threads_batch = threads or os.cpu_count()
         self.ctx = llama_cpp.llama_init_from_model(writer.llm._model.model, params)
         if not self.ctx:
-            raise ShelleyError(f"llama.cpp could not make a context of {max_batch} x {limit} tokens; lower --batch")
+            raise ShelleyError(
+                f"llama.cpp could not make a context of {max_batch} x {limit} tokens; lower --concurrency"
+            )
         self.n_batch = params.n_batch
         self.batch = llama_cpp.llama_batch_init(self.n_batch, 0, 1)
         self.n_vocab = writer.llm.n_vocab()
@@ -314,7 +317,7 @@ class LlamaCppBatchWriter(BatchWriter):
             if self._slot_of(r) is not None:
                 continue
             free = [s for s, o in enumerate(self.owner) if o is None]
-            shared = [_common(self.slots[s], r.ids[:-1]) for s in free]
+            shared = [common_prefix(self.slots[s], r.ids[:-1]) for s in free]
             best = max(range(len(free)), key=shared.__getitem__)
             s, keep = free[best], shared[best]
             self.lib.llama_memory_seq_rm(self.lib.llama_get_memory(self.ctx), s, keep, -1)
@@ -342,13 +345,3 @@ class LlamaCppBatchWriter(BatchWriter):
         import numpy as np
 
         return np.ctypeslib.as_array(self.lib.llama_get_logits_ith(self.ctx, i), shape=(self.n_vocab,))
-
-
-def _common(a: list[int], b: list[int]) -> int:
-    """How many tokens ``a`` and ``b`` share from the start."""
-    n = 0
-    for x, y in zip(a, b, strict=False):
-        if x != y:
-            break
-        n += 1
-    return n

@@ -71,7 +71,7 @@ class TransformersEngine:
     def continue_ids(self, ids, max_new, *, seed, ban_eos=False, on_token=None):
         import torch
 
-        shared = _common_prefix(self._cached, ids)
+        shared = common_prefix(self._cached, ids)
         cache = self._reuse_cache(min(shared, len(ids) - 1))  # generate needs one new token at least
         eos = self.tokenizer.eos_token_id
         pad = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else eos
@@ -139,7 +139,8 @@ def _token_streamer(callback: Callable[[int], None]):
     return TokenStreamer()
 
 
-def _common_prefix(a: list[int], b: list[int]) -> int:
+def common_prefix(a: list[int], b: list[int]) -> int:
+    """How many tokens ``a`` and ``b`` share from the start."""
     n = min(len(a), len(b))
     for i in range(n):
         if a[i] != b[i]:
