@@ -91,10 +91,13 @@ def check_vocab(model, tokenizer, where: str) -> None:
         )
 
 
-def load_writer(ref: str, engine: str, gguf: Path | None, *, base: str | None = None, trust_remote_code: bool = False):
+def load_writer(
+    ref: str, engine: str, gguf: Path | None, *, base: str | None = None, trust_remote_code: bool = False,
+    n_ctx: int | None = None,
+):  # fmt: skip
     """(Loaded, LlamaCppWriter or None): the model for ``shelley write``. With engine llamacpp the tokenizer and
     the run (for the originality index) load as usual and llama.cpp runs the exported GGUF: ``gguf``, else the
-    run's ``export/*-f16.gguf``."""
+    run's ``export/*-f16.gguf``. ``n_ctx``: the llama.cpp context in tokens (None: the model's own window)."""
     if engine not in ("transformers", "llamacpp"):
         raise ShelleyError(f"unknown engine {engine!r}; use transformers or llamacpp")
     if engine == "transformers":
@@ -111,5 +114,5 @@ def load_writer(ref: str, engine: str, gguf: Path | None, *, base: str | None = 
             raise ShelleyError(f"--engine llamacpp: no exported GGUF for {ref}; make one with `shelley export {ref}`")
         gguf = found[0]
     tokenizer = load_tokenizer(str(run.output if run is not None else ref), light=True)  # no torch to import
-    writer = LlamaCppWriter(gguf)
+    writer = LlamaCppWriter(gguf, n_ctx=n_ctx)
     return Loaded(None, tokenizer, str(gguf), run), writer

@@ -326,7 +326,9 @@ def load_demo(
     from shelley.generate.batch import BatchWriter
     from shelley.generate.load import load_writer
 
-    loaded, fast = load_writer(ref, engine, gguf, base=base)
+    # llama.cpp: the batcher makes a context of its own, so the writer's needs no more than a token's worth of the
+    # model's window (SmolLM2's full 8,192-token context held 177 MB of KV cache that nothing used)
+    loaded, fast = load_writer(ref, engine, gguf, base=base, n_ctx=256)
     if fast is None:
         fast = BatchWriter(loaded.model, loaded.tokenizer, max_batch=batch)
     else:  # llama.cpp: the same queue, each reader a sequence of one llama.cpp context
