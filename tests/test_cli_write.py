@@ -166,6 +166,18 @@ def test_write_a_scene_streams_paragraphs(cli, tiny_run):
     assert result.stdout.startswith("The storm") and "words in" in result.stdout and "tokens/s" in result.stdout
 
 
+def test_write_a_scene_with_int8_weights(cli, tiny_run):
+    """--int8: the transformers engine decodes with int8 weights; the scene is written as with full weights."""
+    doc = _json(cli("write", tiny_run, "The storm", "--words", 100, "--int8", "--json"))
+    assert doc["scene"]["words"] >= 80 and doc["scene"]["tokens_per_s"] > 0
+
+
+def test_int8_with_llamacpp_is_refused_before_loading(cli, tiny_run):
+    result = cli("write", tiny_run, "The storm", "--engine", "llamacpp", "--int8", "--gguf", "none.gguf")
+    assert result.exit_code == 2 and "--int8 is for the transformers engine" in result.stderr
+    assert len(result.stderr.strip().splitlines()) == 1
+
+
 @pytest.mark.parametrize(
     ("args", "message"),
     [

@@ -279,6 +279,7 @@ def write_cmd(
     index: o.opt(Path | None, "--index", help="A saved originality index (.npz).") = None,
     base: o.BaseOpt = None,
     engine: o.EngineOpt = "transformers",
+    int8: o.Int8Opt = False,
     gguf: o.GgufOpt = None,
     words: o.opt(int | None, "--words", help="Write a whole scene of about this many words (100-3,000).") = None,
     beats: o.opt(Path | None, "--beats", help="With --words: a file of beats, one sentence per line, in order.") = None,
@@ -295,7 +296,9 @@ def write_cmd(
     check_generation(cfg.generation)  # before loading any model
     scene = _scene_request(words, beats, out, prompts, cfg.generation.num_samples) if words is not None else None
     with o.err_console.status(f"loading {model}"):
-        loaded, fast = load_writer(model, engine, gguf, base=base, trust_remote_code=cfg.model.trust_remote_code)
+        loaded, fast = load_writer(
+            model, engine, gguf, base=base, trust_remote_code=cfg.model.trust_remote_code, int8=int8
+        )
     want_index = original or corpus is not None or index is not None or loaded.run is not None
     idx = index_for(loaded.run, corpus, index, cfg.data) if want_index else None
     if scene is not None:
@@ -349,6 +352,7 @@ def chat_cmd(
     mode: o.opt(str, "--mode", help="auto, chat (role turns) or continue (it carries on your text).") = "auto",
     base: o.BaseOpt = None,
     engine: o.EngineOpt = "transformers",
+    int8: o.Int8Opt = False,
     gguf: o.GgufOpt = None,
 ) -> None:
     """Talk to a model, or co-write with it: it streams each reply; /temp, /topp, /reset, /quit."""
@@ -356,7 +360,9 @@ def chat_cmd(
 
     check_generation(cfg.generation)
     with o.err_console.status(f"loading {model}"):
-        loaded, fast = load_writer(model, engine, gguf, base=base, trust_remote_code=cfg.model.trust_remote_code)
+        loaded, fast = load_writer(
+            model, engine, gguf, base=base, trust_remote_code=cfg.model.trust_remote_code, int8=int8
+        )
     mode = check_mode(mode, loaded.tokenizer)
     from shelley.generate.scene import paragraph_break_for
 
@@ -524,6 +530,7 @@ def serve_cmd(
     model_repo: o.opt(str | None, "--model-repo", help="With --export-space: the Hub repo the Space loads.") = None,
     base: o.BaseOpt = None,
     engine: o.EngineOpt = "transformers",
+    int8: o.Int8Opt = False,
     gguf: o.GgufOpt = None,
     overwrite: o.OverwriteOpt = False,
 ) -> None:
@@ -544,7 +551,7 @@ def serve_cmd(
     with o.err_console.status(f"loading {model}"):
         demo = load_demo(
             model, cfg.generation, max_span=cfg.eval.max_copied_span, base=base, engine=engine, gguf=gguf,
-            batch=concurrency or 64,
+            batch=concurrency or 64, int8=int8,
         )  # fmt: skip
     o.err_console.print(f"serving {model} on http://{host}:{port} (Ctrl+C to stop)")
     serve(demo, host=host, port=port, concurrency=concurrency or 1, title=f"shelley · {Path(model).name}")

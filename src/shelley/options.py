@@ -226,4 +226,7 @@ VersionOpt = opt(bool, "--version", is_eager=True, callback=_print_version, help
 VerboseOpt = opt(bool, "--verbose", help="Show the libraries' own logs and progress bars (transformers, accelerate).")
 
 EngineOpt = opt(str, "--engine", help="transformers, or llamacpp: the exported GGUF (`shelley export`), faster on CPU.")
+Int8Opt = opt(
+    bool, "--int8", help="With the transformers engine: int8 weights, faster on CPU (numbers change slightly)."
+)
 GgufOpt = opt(Path | None, "--gguf", help="With --engine llamacpp: the GGUF file (default: RUN/export/*-f16.gguf).")

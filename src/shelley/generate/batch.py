@@ -205,7 +205,7 @@ class BatchWriter:
         import torch
         from transformers import LogitsProcessorList
 
-        from shelley.generate.scene import _cache_arg
+        from shelley.models.decode import cache_arg
 
         steps = min(self.chunk, max(r.left for r in rows))
         input_ids, attention, cache = self._continued(rows)
@@ -226,7 +226,7 @@ class BatchWriter:
                 top_k=None,
                 top_p=None,
                 return_dict_in_generate=True,
-                **{_cache_arg(): cache},
+                **{cache_arg(): cache},
             )
         self.model.train(was_training)
         seqs = out.sequences
@@ -246,13 +246,15 @@ class BatchWriter:
                 row.out.put(None)
         grown = seqs.shape[1] - width
         mask = torch.cat([attention, torch.ones(len(rows), grown, dtype=attention.dtype)], dim=1)
-        self._kept = (list(rows), seqs, mask, getattr(out, _cache_arg(), None))
+        self._kept = (list(rows), seqs, mask, getattr(out, cache_arg(), None))
         return total
 
     def _continued(self, rows: list[_Row]):
         """(input ids, attention mask, cache) for this chunk: the last chunk's, less the rows that left, when every
-        row was in it and wrote a whole chunk; else a fresh left-padded batch and no cache."""
+        row was in it and wrote a whole chunk; else a fresh left-padded batch and an empty cache."""
         import torch
+
+        from shelley.models.decode import decode_cache
 
         kept = self._kept
         if kept is not None and kept[3] is not None:
@@ -272,7 +274,7 @@ class BatchWriter:
         width = max(len(r.ids) for r in rows)
         input_ids = torch.tensor([[self.pad] * (width - len(r.ids)) + r.ids for r in rows])
         attention = torch.tensor([[0] * (width - len(r.ids)) + [1] * len(r.ids) for r in rows])
-        return input_ids, attention, None
+        return input_ids, attention, decode_cache(self.model)
 
 
 class _RowSampling:

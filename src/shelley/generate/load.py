@@ -93,15 +93,26 @@ def check_vocab(model, tokenizer, where: str) -> None:
 
 def load_writer(
     ref: str, engine: str, gguf: Path | None, *, base: str | None = None, trust_remote_code: bool = False,
-    n_ctx: int | None = None,
+    n_ctx: int | None = None, int8: bool = False,
 ):  # fmt: skip
     """(Loaded, LlamaCppWriter or None): the model for ``shelley write``. With engine llamacpp the tokenizer and
     the run (for the originality index) load as usual and llama.cpp runs the exported GGUF: ``gguf``, else the
-    run's ``export/*-f16.gguf``. ``n_ctx``: the llama.cpp context in tokens (None: the model's own window)."""
+    run's ``export/*-f16.gguf``. ``n_ctx``: the llama.cpp context in tokens (None: the model's own window).
+    ``int8``: transformers decodes with int8 weights (``models.decode.int8_weights``)."""
     if engine not in ("transformers", "llamacpp"):
         raise ShelleyError(f"unknown engine {engine!r}; use transformers or llamacpp")
     if engine == "transformers":
-        return load_for_generation(ref, base=base, trust_remote_code=trust_remote_code), None
+        loaded = load_for_generation(ref, base=base, trust_remote_code=trust_remote_code)
+        if int8:
+            from shelley.models.decode import int8_weights
+
+            int8_weights(loaded.model)
+        return loaded, None
+    if int8:
+        raise ShelleyError(
+            "--int8 is for the transformers engine; llama.cpp runs the GGUF's own weights "
+            f"(make an 8-bit one with `shelley export {ref} --quant q8_0` and pass it with --gguf)"
+        )
     from shelley.generate.llamacpp import LlamaCppWriter, require_llama_cpp
     from shelley.models.registry import load_tokenizer
 

@@ -23,7 +23,6 @@ that point, so nothing shown is ever taken back.
 
 from __future__ import annotations
 
-import functools
 import re
 import time
 from collections.abc import Callable
@@ -71,8 +70,11 @@ class TransformersEngine:
     def continue_ids(self, ids, max_new, *, seed, ban_eos=False, on_token=None):
         import torch
 
+        from shelley.models.decode import cache_arg, decode_cache
+
         shared = common_prefix(self._cached, ids)
         cache = self._reuse_cache(min(shared, len(ids) - 1))  # generate needs one new token at least
+        cache = cache if cache is not None else decode_cache(self.model)
         eos = self.tokenizer.eos_token_id
         pad = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else eos
         torch.manual_seed(seed)
@@ -86,14 +88,14 @@ class TransformersEngine:
                 min_new_tokens=1 if ban_eos else None,
                 eos_token_id=eos,
                 pad_token_id=pad,
-                **{_cache_arg(): cache},
+                **{cache_arg(): cache},
                 return_dict_in_generate=True,
                 streamer=_token_streamer(on_token) if on_token else None,
                 **self.kwargs,
             )
         self.model.train(was_training)
         seq = out.sequences[0].tolist()
-        self._cache = getattr(out, _cache_arg(), None)
+        self._cache = getattr(out, cache_arg(), None)
         self._cached = seq[: self._cache.get_seq_length()] if self._cache is not None else []
         return seq[len(ids) :]
 
@@ -109,14 +111,6 @@ class TransformersEngine:
             except (AttributeError, ValueError, NotImplementedError, RuntimeError):
                 return None
         return self._cache
-
-
-@functools.cache
-def _cache_arg() -> str:
-    """transformers 5 renamed generate's ``past_key_values`` to ``cache`` (output field and argument alike)."""
-    from transformers.generation.utils import GenerateDecoderOnlyOutput
-
-    return "cache" if "cache" in GenerateDecoderOnlyOutput.__dataclass_fields__ else "past_key_values"
 
 
 def _token_streamer(callback: Callable[[int], None]):

@@ -319,16 +319,17 @@ def check_port_free(host: str, port: int) -> None:
 
 def load_demo(
     ref: str, gen: GenerationConfig, *, max_span: int = 12, base: str | None = None, engine: str = "transformers",
-    gguf: Path | None = None, batch: int = 64,
+    gguf: Path | None = None, batch: int = 64, int8: bool = False,
 ) -> Demo:  # fmt: skip
-    """The demo of ``ref``; its requests are batched, up to ``batch`` rows at a time (transformers or llama.cpp)."""
+    """The demo of ``ref``; its requests are batched, up to ``batch`` rows at a time (transformers or llama.cpp;
+    ``int8``: transformers with int8 weights)."""
     from shelley.eval.originality import run_index
     from shelley.generate.batch import BatchWriter
     from shelley.generate.load import load_writer
 
     # llama.cpp: the batcher makes a context of its own, so the writer's needs no more than a token's worth of the
     # model's window (SmolLM2's full 8,192-token context held 177 MB of KV cache that nothing used)
-    loaded, fast = load_writer(ref, engine, gguf, base=base, n_ctx=256)
+    loaded, fast = load_writer(ref, engine, gguf, base=base, n_ctx=256, int8=int8)
     if fast is None:
         fast = BatchWriter(loaded.model, loaded.tokenizer, max_batch=batch)
     else:  # llama.cpp: the same queue, each reader a sequence of one llama.cpp context

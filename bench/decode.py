@@ -1,0 +1,82 @@
+"""How fast transformers decodes one stream on CPU, and what int8 weights cost in quality:
+
+    python -m bench.decode RUN [--contexts 128,512,1000] [--tokens 64] [--quality]
+
+For each setup (fp32 with transformers' own ``DynamicCache``; fp32 with shelley's ``growing_cache``; int8
+weights with it) and each context length: a prompt of that many validation tokens is prefilled, then
+``--tokens`` tokens are decoded greedily one at a time, and the milliseconds per decoded token are printed
+(prefill not counted). ``--quality``: the validation split's bits per byte with fp32 and with int8 weights,
+scored as ``shelley eval`` scores it. Run it alone on the machine: it times.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+
+
+def decode_ms(model, prompt, tokens: int, cache) -> float:
+    """Milliseconds per token of ``tokens`` greedy steps after prefilling ``prompt`` (1, T) into ``cache``."""
+    import torch
+
+    with torch.inference_mode():
+        out = model(input_ids=prompt, past_key_values=cache, use_cache=True, logits_to_keep=1)
+        nxt = out.logits[:, -1:].argmax(-1)
+        t0 = time.perf_counter()
+        for _ in range(tokens):
+            out = model(input_ids=nxt, past_key_values=cache, use_cache=True, logits_to_keep=1)
+            nxt = out.logits[:, -1:].argmax(-1)
+    return (time.perf_counter() - t0) / tokens * 1000
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("run")
+    parser.add_argument("--contexts", default="128,512,1000")
+    parser.add_argument("--tokens", type=int, default=64)
+    parser.add_argument("--quality", action="store_true")
+    args = parser.parse_args(argv)
+
+    import torch
+    from transformers import DynamicCache
+
+    from shelley.eval.evaluate import cached_stream, validation_perplexity
+    from shelley.generate.load import load_for_generation
+    from shelley.models.decode import growing_cache, int8_weights
+    from shelley.run import Run
+    from shelley.runtime import cpu_info
+
+    run = Run.find(args.run)
+    cfg = run.config()
+    loaded = load_for_generation(args.run)
+    model, tok = loaded.model.eval(), loaded.tokenizer
+    stream = cached_stream(run)
+    contexts = [int(c) for c in args.contexts.split(",")]
+    report: dict = {"run": args.run, "cpu": cpu_info().get("model name"), "threads": torch.get_num_threads()}
+    if args.quality:
+        report["fp32"] = validation_perplexity(model, tok, stream, cfg)
+    setups = [
+        ("fp32, transformers' DynamicCache", lambda: DynamicCache(config=model.config)),
+        ("fp32, growing cache", lambda: growing_cache(model)),
+    ]
+    rows = []
+    for label, make in setups:
+        for n in contexts:
+            prompt = torch.as_tensor(stream[:n], dtype=torch.long)[None]
+            rows.append({"setup": label, "context": n, "ms_per_token": decode_ms(model, prompt, args.tokens, make())})
+            print(json.dumps(rows[-1]), flush=True)
+    int8_weights(model)
+    for n in contexts:
+        prompt = torch.as_tensor(stream[:n], dtype=torch.long)[None]
+        ms = decode_ms(model, prompt, args.tokens, growing_cache(model))
+        rows.append({"setup": "int8 weights, bf16 activations, growing cache", "context": n, "ms_per_token": ms})
+        print(json.dumps(rows[-1]), flush=True)
+    report["decode"] = rows
+    if args.quality:
+        report["int8"] = validation_perplexity(model, tok, stream, cfg)
+    print(json.dumps(report, indent=1))
+
+
+if __name__ == "__main__":
+    main()
