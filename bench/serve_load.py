@@ -5,7 +5,9 @@
     python -m bench.serve_load RUN_DIR --clients 20 --soak 600                                # memory soak
 
 Starts ``shelley serve`` on a free 127.0.0.1 port, fires the clients at once through ``gradio_client`` (the
-official client), and reports answered / failed counts, latency percentiles (short requests and scenes apart)
+official client; every reader connects first, as a browser loads the page, and then all ask at once), and
+reports answered / failed counts, latency percentiles from request to whole answer (short requests and scenes
+apart; the page loads apart again)
 and tokens a second in all; writes ``bench/results/serve_load.json``. Every short request writes exactly
 ``--max-tokens`` tokens (the server runs with min_new_tokens = max tokens), so tokens/s is exact. ``--soak``
 keeps the clients asking for that many seconds and compares the server's RSS after the first minute with the
@@ -60,19 +62,33 @@ def start_server(
     raise SystemExit("shelley serve did not start within 180 s")
 
 
-def one_client(url: str, i: int, max_tokens: int, scene_words: int = 0) -> dict:
-    """One request: a continuation of ``max_tokens`` tokens, or (``scene_words``) a scene of that many words."""
+def connect(url: str) -> dict:
+    """A reader opening the page: a ``gradio_client.Client`` (it fetches the app's config and API). Timed apart
+    from the requests, as a browser loads the page before anyone presses Generate."""
     from gradio_client import Client
 
     t0 = time.perf_counter()
-    kind = "scene" if scene_words else "short"
     try:
-        client = Client(url, verbose=False)
+        return {"client": Client(url, verbose=False), "seconds": time.perf_counter() - t0, "error": None}
+    except Exception as exc:  # counted as a failed request by ask()
+        return {"client": None, "seconds": time.perf_counter() - t0, "error": f"{type(exc).__name__}: {exc}"}
+
+
+def ask(reader: dict, i: int, max_tokens: int, scene_words: int = 0) -> dict:
+    """One request from a connected reader: a continuation of ``max_tokens`` tokens, or (``scene_words``) a scene
+    of that many words; its latency runs from the request to the whole answer."""
+    kind = "scene" if scene_words else "short"
+    t0 = time.perf_counter()
+    if reader["client"] is None:
+        return {"kind": kind, "ok": False, "seconds": 0.0, "chars": 0, "error": reader["error"]}
+    try:
         opening = f"Client {i} opens the door, and"
         if scene_words:
-            text, _notes = client.predict(opening, scene_words, "", 0.8, 0.95, i, False, api_name="/scene")
+            text, _notes = reader["client"].predict(
+                opening, scene_words, "", 0.8, 0.95, i, False, api_name="/scene"
+            )  # fmt: skip
         else:
-            text, _notes = client.predict(opening, 0.8, 0.95, max_tokens, i, False, api_name="/generate")
+            text, _notes = reader["client"].predict(opening, 0.8, 0.95, max_tokens, i, False, api_name="/generate")
         ok = isinstance(text, str) and len(text) > 0
         return {"kind": kind, "ok": ok, "seconds": time.perf_counter() - t0, "chars": len(text or ""), "error": None}
     except Exception as exc:  # every failure is counted, none stops the run
@@ -115,15 +131,17 @@ def run(
     url = f"http://127.0.0.1:{port}/"
     memory: dict[str, float] = {}
     try:
-        t0 = time.perf_counter()
         jobs = [(i, 0) for i in range(clients)] + [(clients + i, scene_words) for i in range(scene_clients)]
         with ThreadPoolExecutor(max_workers=len(jobs)) as pool:
+            # every reader opens the page first; then all ask at once (the page loads are not request latency)
+            readers = list(pool.map(lambda _job: connect(url), jobs))
+            t0 = time.perf_counter()
             if not soak:
-                futures = [pool.submit(one_client, url, i, max_tokens, w) for i, w in jobs]
+                futures = [pool.submit(ask, r, i, max_tokens, w) for r, (i, w) in zip(readers, jobs, strict=True)]
                 rows = [f.result(timeout=timeout) for f in futures]
             else:
-                rows = _soak(pool, url, clients, max_tokens, soak, proc.pid, memory)
-        wall = time.perf_counter() - t0
+                rows = _soak(pool, readers, max_tokens, soak, proc.pid, memory)
+            wall = time.perf_counter() - t0
     finally:
         proc.terminate()
         proc.wait(timeout=30)
@@ -142,6 +160,7 @@ def run(
         "errors": sorted({r["error"] for r in rows if r["error"]}),
         "wall_seconds": round(wall, 2),
         "latency_seconds": latencies(short),
+        "connect_seconds": latencies([{"ok": r["client"] is not None, "seconds": r["seconds"]} for r in readers]),
         "short_tokens_per_s": round(sum(r["ok"] for r in short) * max_tokens / wall, 1),
     }
     if scene_clients:
@@ -152,19 +171,19 @@ def run(
     return result
 
 
-def _soak(pool, url: str, clients: int, max_tokens: int, seconds: float, pid: int, memory: dict) -> list[dict]:
-    """``clients`` readers asking again as soon as they are answered, for ``seconds``; RSS after the first
+def _soak(pool, readers: list[dict], max_tokens: int, seconds: float, pid: int, memory: dict) -> list[dict]:
+    """The connected ``readers`` asking again as soon as they are answered, for ``seconds``; RSS after the first
     minute and at the end."""
     end = time.perf_counter() + seconds
     rows: list[dict] = []
 
-    def reader(i: int) -> None:
+    def keep_asking(i: int, reader: dict) -> None:
         n = 0
         while time.perf_counter() < end:
-            rows.append(one_client(url, i * 1000 + n, max_tokens))
+            rows.append(ask(reader, i * 1000 + n, max_tokens))
             n += 1
 
-    futures = [pool.submit(reader, i) for i in range(clients)]
+    futures = [pool.submit(keep_asking, i, r) for i, r in enumerate(readers)]
     time.sleep(min(60, seconds))
     memory["after_first_minute"] = rss_mb(pid)
     for f in futures:

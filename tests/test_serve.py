@@ -212,6 +212,7 @@ def test_load_check_harness_answers_every_client(tiny_run):
     assert result["answered"] == 4 and result["failed"] == 0, result["errors"]
     assert 0 < result["latency_seconds"]["p50"] <= result["latency_seconds"]["max"]
     assert result["short_tokens_per_s"] > 0 and result["scene_latency_seconds"]["max"] > 0
+    assert result["connect_seconds"]["max"] > 0  # the page loads, timed apart from the requests
 
 
 def test_demo_takes_no_paths_and_binds_loopback_by_default(tiny_run):
