@@ -194,20 +194,27 @@ def test_llamacpp_repetition_penalty_covers_the_whole_context_as_in_transformers
     assert fast.continue_ids(ids + first, 8, seed=2) == slow.continue_ids(ids + first, 8, seed=2)
 
 
-def test_eval_scenes_on_llamacpp_exports_both_models_once(cli, exported):
+@pytest.mark.parametrize("quant", ["f16", "q8_0"])
+def test_eval_scenes_on_llamacpp_exports_both_models_once(cli, exported, quant):
     import json
 
     run, _path = exported
-    res = cli("eval", run.root, "--scenes", "1", "--words", "100", "--engine", "llamacpp")
+    res = cli("eval", run.root, "--scenes", "1", "--words", "100", "--engine", "llamacpp", "--quant", quant)
     assert res.exit_code == 0, res.stderr
     sc = json.loads((run.root / "eval.json").read_text())["scenes"]
     assert [len(sc["rows"][w]) for w in ("base", "finetuned")] == [1, 1]
-    assert (run.root / "export" / "base-f16.gguf").exists()
+    assert (run.root / "export" / f"base-{quant}.gguf").exists() and run.gguf(quant).exists()
     assert sc["rows"]["finetuned"][0]["words"] >= 80 and sc["timing"]["base"]["tokens"] > 0
     from shelley.generate.load import load_writer
 
     # write/serve/chat --engine llamacpp run the fine-tuned export, not the base model's beside it
     assert load_writer(str(run.root), "llamacpp", None)[1].path == run.gguf("f16")
+
+
+def test_eval_scenes_refuses_a_quant_it_does_not_write_from(cli, tiny_run):
+    res = cli("eval", tiny_run, "--scenes", "1", "--words", "100", "--engine", "llamacpp", "--quant", "q4_k_m")
+    assert res.exit_code == 2 and "--quant f16 or q8_0" in res.stderr
+    assert len(res.stderr.strip().splitlines()) == 1
 
 
 @pytest.mark.parametrize("temperature,top_k,top_p", [(0.8, 50, 0.95), (1.3, 7, 0.6), (0.5, 0, 1.0)])

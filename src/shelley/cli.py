@@ -197,6 +197,9 @@ def eval_cmd(
     engine: o.opt(
         str, "--engine", help="With --scenes: transformers, or llamacpp (exports both models to GGUF once)."
     ) = "transformers",
+    quant: o.opt(
+        str, "--quant", help="With --engine llamacpp: the export the scenes are written from, f16 or q8_0."
+    ) = "f16",
     heldout_book: o.opt(
         list[Path] | None, "--heldout-book", help="A book by the author the run never saw: loss by context position."
     ) = None,
@@ -221,7 +224,7 @@ def eval_cmd(
         if engine == "llamacpp":
             from shelley.export import scene_engines
 
-            scene_engine = scene_engines(run, on_note=o.note)
+            scene_engine = scene_engines(run, quant=quant, on_note=o.note)
     prompt_set = load_prompts(prompts) if prompts is not None else None
     n_bags = (bags or run.config().eval.attribution_bags) if attribution else None
     progress, on_progress = o.attribution_progress()

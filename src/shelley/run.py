@@ -235,9 +235,9 @@ class Run:
         """The fine-tuned model's GGUF as ``shelley export`` names it (the base model's is ``base_gguf``)."""
         return self.export_dir / f"{self.root.resolve().name}-{quant}.gguf"
 
-    @property
-    def base_gguf(self) -> Path:
-        return self.export_dir / "base-f16.gguf"
+    def base_gguf(self, quant: str = "f16") -> Path:
+        """The base model's GGUF, exported for the scene test (``export.scene_engines``)."""
+        return self.export_dir / f"base-{quant}.gguf"
 
     @property
     def model_card(self) -> Path:

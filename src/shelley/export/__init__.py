@@ -149,28 +149,31 @@ def _config_json(run: Run) -> Path:
     return Path(resolve(base)) / "config.json"
 
 
-def scene_engines(run: Run, *, on_note=None):
+def scene_engines(run: Run, *, quant: str = "f16", on_note=None):
     """A factory ``(who, model, tokenizer, gen) -> token engine`` that writes the scene test's scenes with
-    llama.cpp: the fine-tuned model from the run's f16 export (made now if missing), the base model from
-    RUN/export/base-f16.gguf, exported from the loaded base once. ``shelley eval --scenes --engine llamacpp``."""
+    llama.cpp: the fine-tuned model from the run's ``quant`` export (made now if missing), the base model from
+    RUN/export/base-QUANT.gguf, exported from the loaded base once. ``shelley eval --scenes --engine llamacpp``.
+    ``quant``: f16, or q8_0 (half the bytes a token reads: Gemma's 262k-row output head is most of them)."""
     from shelley.generate.llamacpp import LlamaCppWriter, require_llama_cpp
 
+    if quant not in ("f16", "q8_0"):
+        raise ShelleyError(f"scenes are written from an f16 or q8_0 export, not {quant!r}; pass --quant f16 or q8_0")
     require_llama_cpp()
     note = on_note or (lambda _m: None)
 
     def engine(who: str, model, tokenizer, gen):
         if who == "finetuned":
-            if not run.gguf("f16").exists():
-                note("exporting the fine-tuned model for llama.cpp (f16)")
-                export_run(run, "gguf", quant="f16")
-            return LlamaCppWriter(run.gguf("f16")).scene_engine(gen)
-        path = run.base_gguf
+            if not run.gguf(quant).exists():
+                note(f"exporting the fine-tuned model for llama.cpp ({quant})")
+                export_run(run, "gguf", quant=quant)
+            return LlamaCppWriter(run.gguf(quant)).scene_engine(gen)
+        path = run.base_gguf(quant)
         if not path.exists():
-            note("exporting the base model for llama.cpp (f16)")
+            note(f"exporting the base model for llama.cpp ({quant})")
             path.parent.mkdir(parents=True, exist_ok=True)
-            tmp = path.with_name(".base-f16.gguf.tmp")
+            tmp = path.with_name(f".{path.name}.tmp")
             write_gguf(
-                model, tokenizer, tmp, quant="f16", metadata={"role": "base"}, vocab_file=base_vocab(run.config())
+                model, tokenizer, tmp, quant=quant, metadata={"role": "base"}, vocab_file=base_vocab(run.config())
             )
             tmp.replace(path)
         return LlamaCppWriter(path).scene_engine(gen)
