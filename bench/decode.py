@@ -2,11 +2,10 @@
 
     python -m bench.decode RUN [--contexts 128,512,1000] [--tokens 64] [--quality]
 
-For each setup (fp32 with transformers' own ``DynamicCache``; fp32 with shelley's ``growing_cache``; int8
-weights with it) and each context length: a prompt of that many validation tokens is prefilled, then
-``--tokens`` tokens are decoded greedily one at a time, and the milliseconds per decoded token are printed
-(prefill not counted). ``--quality``: the validation split's bits per byte with fp32 and with int8 weights,
-scored as ``shelley eval`` scores it. Run it alone on the machine: it times.
+For fp32 weights and int8 weights (``--int8``), at each context length: a prompt of that many validation
+tokens is prefilled, then ``--tokens`` tokens are decoded greedily one at a time, and the milliseconds per
+decoded token are printed (prefill not counted). ``--quality``: the validation split's bits per byte with
+fp32 and with int8 weights, scored as ``shelley eval`` scores it. Run it alone on the machine: it times.
 """
 
 from __future__ import annotations
@@ -43,7 +42,7 @@ def main(argv: list[str] | None = None) -> None:
 
     from shelley.eval.evaluate import cached_stream, validation_perplexity
     from shelley.generate.load import load_for_generation
-    from shelley.models.decode import growing_cache, int8_weights
+    from shelley.models.decode import int8_weights
     from shelley.run import Run
     from shelley.runtime import cpu_info
 
@@ -56,22 +55,15 @@ def main(argv: list[str] | None = None) -> None:
     report: dict = {"run": args.run, "cpu": cpu_info().get("model name"), "threads": torch.get_num_threads()}
     if args.quality:
         report["fp32"] = validation_perplexity(model, tok, stream, cfg)
-    setups = [
-        ("fp32, transformers' DynamicCache", lambda: DynamicCache(config=model.config)),
-        ("fp32, growing cache", lambda: growing_cache(model)),
-    ]
     rows = []
-    for label, make in setups:
+    for label in ("fp32 weights", "int8 weights, bf16 activations"):
+        if label.startswith("int8"):
+            int8_weights(model)
         for n in contexts:
             prompt = torch.as_tensor(stream[:n], dtype=torch.long)[None]
-            rows.append({"setup": label, "context": n, "ms_per_token": decode_ms(model, prompt, args.tokens, make())})
+            ms = decode_ms(model, prompt, args.tokens, DynamicCache(config=model.config))
+            rows.append({"setup": label, "context": n, "ms_per_token": ms})
             print(json.dumps(rows[-1]), flush=True)
-    int8_weights(model)
-    for n in contexts:
-        prompt = torch.as_tensor(stream[:n], dtype=torch.long)[None]
-        ms = decode_ms(model, prompt, args.tokens, growing_cache(model))
-        rows.append({"setup": "int8 weights, bf16 activations, growing cache", "context": n, "ms_per_token": ms})
-        print(json.dumps(rows[-1]), flush=True)
     report["decode"] = rows
     if args.quality:
         report["int8"] = validation_perplexity(model, tok, stream, cfg)

@@ -86,8 +86,6 @@ def generate_texts(
     since each token depends only on the ones before it."""
     import torch
 
-    from shelley.models.decode import cache_arg, decode_cache
-
     check_generation(gen)
     window = context_window(model)
     max_new = min(gen.max_new_tokens, window - 1)
@@ -113,8 +111,6 @@ def generate_texts(
     }
     if streamer is not None:
         kwargs["streamer"] = streamer
-    if (cache := decode_cache(model)) is not None:
-        kwargs[cache_arg()] = cache
     was_training = model.training
     model.eval()
     with torch.inference_mode():

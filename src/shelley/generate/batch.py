@@ -251,10 +251,8 @@ class BatchWriter:
 
     def _continued(self, rows: list[_Row]):
         """(input ids, attention mask, cache) for this chunk: the last chunk's, less the rows that left, when every
-        row was in it and wrote a whole chunk; else a fresh left-padded batch and an empty cache."""
+        row was in it and wrote a whole chunk; else a fresh left-padded batch and no cache."""
         import torch
-
-        from shelley.models.decode import decode_cache
 
         kept = self._kept
         if kept is not None and kept[3] is not None:
@@ -274,7 +272,7 @@ class BatchWriter:
         width = max(len(r.ids) for r in rows)
         input_ids = torch.tensor([[self.pad] * (width - len(r.ids)) + r.ids for r in rows])
         attention = torch.tensor([[0] * (width - len(r.ids)) + [1] * len(r.ids) for r in rows])
-        return input_ids, attention, decode_cache(self.model)
+        return input_ids, attention, None
 
 
 class _RowSampling:

@@ -70,11 +70,10 @@ class TransformersEngine:
     def continue_ids(self, ids, max_new, *, seed, ban_eos=False, on_token=None):
         import torch
 
-        from shelley.models.decode import cache_arg, decode_cache
+        from shelley.models.decode import cache_arg
 
         shared = common_prefix(self._cached, ids)
         cache = self._reuse_cache(min(shared, len(ids) - 1))  # generate needs one new token at least
-        cache = cache if cache is not None else decode_cache(self.model)
         eos = self.tokenizer.eos_token_id
         pad = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else eos
         torch.manual_seed(seed)
