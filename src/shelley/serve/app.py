@@ -4,7 +4,8 @@ original" toggle backed by the originality guard, streamed output, and the run's
 It binds 127.0.0.1 unless told otherwise. With transformers, every request goes to one ``generate.batch.
 BatchWriter``: readers who press Generate while the model is busy join its next batch (a chunk of 16 tokens
 later), so fifty readers share the two cores as one batch instead of queueing one by one, and a full queue
-answers "busy, try again in N s". llama.cpp's binding is not thread-safe: it serves one request at a time.
+answers "busy, try again in N s". With llama.cpp the same queue runs on ``generate.llamacpp.LlamaCppBatchWriter``:
+one llama.cpp context, every reader a sequence of it, one batch a step.
 """
 
 from __future__ import annotations
