@@ -19,12 +19,15 @@ def decode_ms(model, prompt, tokens: int, cache) -> float:
     """Milliseconds per token of ``tokens`` greedy steps after prefilling ``prompt`` (1, T) into ``cache``."""
     import torch
 
+    from shelley.models.decode import cache_arg
+
+    kw = {cache_arg(): cache, "use_cache": True, "logits_to_keep": 1}  # the name this transformers gives the cache
     with torch.inference_mode():
-        out = model(input_ids=prompt, past_key_values=cache, use_cache=True, logits_to_keep=1)
+        out = model(input_ids=prompt, **kw)
         nxt = out.logits[:, -1:].argmax(-1)
         t0 = time.perf_counter()
         for _ in range(tokens):
-            out = model(input_ids=nxt, past_key_values=cache, use_cache=True, logits_to_keep=1)
+            out = model(input_ids=nxt, **kw)
             nxt = out.logits[:, -1:].argmax(-1)
     return (time.perf_counter() - t0) / tokens * 1000
 
