@@ -182,6 +182,46 @@ def test_a_full_queue_reaches_the_page_as_busy_try_again(tiny_run):
         list(_told(demo.generate)("The storm", 0.8, 0.95, 8, 1, False))
 
 
+def test_more_readers_than_gradios_default_threads_share_one_batch(tiny_run):
+    """45 readers at once (Gradio runs 40 streaming handlers by default): all 45 reach the batcher while its first
+    chunk is written, so they share the next batch instead of the 41st waiting for a reader to finish."""
+    import threading
+    from concurrent.futures import ThreadPoolExecutor
+
+    from gradio_client import Client
+
+    from shelley.serve.app import serve
+
+    demo = _demo(tiny_run)
+    app = serve(demo, port=free_port(), block=False)  # warms up through the request path first
+    writer, release = demo.engine, threading.Event()
+    run_chunk = writer._run_chunk
+
+    def held(rows):  # the first chunk waits until every reader has asked
+        release.wait(timeout=120)
+        return run_chunk(rows)
+
+    writer._run_chunk = held
+    try:
+        url = f"http://127.0.0.1:{app.server_port}/"
+        with ThreadPoolExecutor(max_workers=45) as pool:
+            clients = list(pool.map(lambda _: Client(url, verbose=False, ssl_verify=False), range(45)))
+            asks = [pool.submit(c.predict, "The storm", 0.8, 0.95, 4, i, False, api_name="/generate")
+                    for i, c in enumerate(clients)]  # fmt: skip
+            deadline = time.time() + 90
+            while len(writer._waiting) < 44 and time.time() < deadline:
+                time.sleep(0.2)
+            queued = len(writer._waiting) + len(writer._active)
+            release.set()
+            texts = [a.result(timeout=120)[0] for a in asks]
+    finally:
+        release.set()
+        app.close()
+    assert queued == 45
+    assert all(isinstance(t, str) and t for t in texts)
+    assert max(writer.batches) >= 44  # the 44 who waited went in as one batch
+
+
 def test_export_space(cli, tiny_run, tmp_path):
     from huggingface_hub import SpaceCard
 

@@ -100,6 +100,12 @@ class Demo:
             notes.append(f"longest copied span {self.index.check(final)['longest_span']} words")
         yield final, " · ".join(notes)
 
+    def warm(self) -> None:
+        """One token through the request path before the first reader comes: the imports it makes and the
+        engine's first allocations are paid at start (4-5 s of the first readers' wait under load, measured)."""
+        for _ in self.generate("", 1.0, 1.0, 1, 0, False):
+            pass
+
     def scene(
         self, prompt: str, words: float, beats: str, temperature: float, top_p: float, seed: int, original: bool
     ) -> Iterator[tuple[str, str]]:
@@ -350,9 +356,21 @@ def load_demo(
     return demo
 
 
-def serve(demo: Demo, *, host: str = "127.0.0.1", port: int = 7860, concurrency: int = 1, title: str = "shelley"):
-    """Start the server (blocking) after checking the port; no telemetry, no share link."""
+def serve(
+    demo: Demo, *, host: str = "127.0.0.1", port: int = 7860, concurrency: int = 1, title: str = "shelley",
+    block: bool = True,
+):  # fmt: skip
+    """Start the server after checking the port; no telemetry, no share link. ``block=False`` returns the running
+    app (close it with ``app.close()``)."""
     os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
     check_port_free(host, port)
     app = build_app(demo, title=title, concurrency=concurrency)
-    app.launch(server_name=host, server_port=port, share=False, quiet=True, footer_links=[])
+    demo.warm()
+    # Gradio runs each streaming handler in a worker thread that blocks while its reader's tokens are written;
+    # its default of 40 threads would hold the 41st reader out of the batch until another finished
+    threads = max(40, handlers(demo, concurrency) + 8)
+    app.launch(
+        server_name=host, server_port=port, share=False, quiet=True, footer_links=[], max_threads=threads,
+        prevent_thread_lock=not block,
+    )  # fmt: skip
+    return app
