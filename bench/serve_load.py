@@ -55,11 +55,19 @@ def start_server(
             raise SystemExit(f"shelley serve exited with {proc.returncode}")
         try:
             with urllib.request.urlopen(f"http://127.0.0.1:{port}/", timeout=2):
-                return proc
+                break
         except OSError:
             time.sleep(0.5)
-    proc.kill()
-    raise SystemExit("shelley serve did not start within 180 s")
+    else:
+        proc.kill()
+        raise SystemExit("shelley serve did not start within 180 s")
+    # Ready means answering a request, not just serving the page: the server warms its request path after the
+    # page is up, and readers fired meanwhile would be timed against that warm-up instead of the batcher.
+    ready = ask(connect(f"http://127.0.0.1:{port}/"), -1, max_tokens)
+    if not ready["ok"]:
+        proc.kill()
+        raise SystemExit(f"shelley serve did not answer its first request: {ready['error']}")
+    return proc
 
 
 def connect(url: str) -> dict:

@@ -136,3 +136,33 @@ def test_a_batch_goes_on_from_its_kv_cache_until_a_row_joins(tiny):
     while writer._kept is not None and time.time() < deadline:
         time.sleep(0.05)
     assert writer._kept is None
+
+
+def test_each_rows_penalty_touches_only_its_own_tokens():
+    """The batched draw penalises exactly what transformers' repetition penalty does, row by row: a token seen
+    twice once, padding never (top_k=1 makes a sampled row's draw the best penalised score)."""
+    import torch
+    from transformers import RepetitionPenaltyLogitsProcessor
+
+    from shelley.generate.batch import _Row, _RowSampling
+
+    vocab, pad = 40, 0
+    texts = [[5, 7, 7, 9], [0, 3, 3], [2]]  # the second row's 0 is its own token; the third row is padded with 0
+    penalties = [2.5, 3.0, 2.0]
+    gens = [_gen(do_sample=False, repetition_penalty=penalties[0]), _gen(top_k=1, repetition_penalty=penalties[1]),
+            _gen(do_sample=False, repetition_penalty=penalties[2])]  # fmt: skip
+    rows = [
+        _Row(list(t), 4, g, torch.Generator().manual_seed(b)) for b, (t, g) in enumerate(zip(texts, gens, strict=True))
+    ]
+    width = max(len(t) for t in texts)
+    input_ids = torch.tensor([[pad] * (width - len(t)) + t for t in texts])
+    scores = torch.zeros(3, vocab)
+    for b, t in enumerate(texts):  # every row's own tokens score highest, so the penalty decides the draw
+        scores[b, t] = torch.linspace(4.0, 3.0, len(t))
+    scores[:, 1] = 2.0
+    scores[2, pad] = 3.0  # the padded row's best unpenalised token is the padding id: padding must not penalise it
+    drawn = _RowSampling(rows, width, eos=39).draw(input_ids, scores)
+    for b, t in enumerate(texts):
+        expected = RepetitionPenaltyLogitsProcessor(penalties[b])(torch.tensor([t]), scores[b : b + 1].clone())
+        assert drawn[b].item() == expected.argmax().item()
+    assert drawn.tolist() == [1, 1, 0]

@@ -273,7 +273,6 @@ class LlamaCppBatchWriter(BatchWriter):
 
     def _run_chunk(self, rows) -> int:
         """Up to ``chunk`` tokens for every row, one ``llama_batch`` a token; returns the tokens written."""
-        import numpy as np
         import torch
 
         from shelley.generate.batch import _RowSampling
@@ -287,10 +286,10 @@ class LlamaCppBatchWriter(BatchWriter):
                 break
             slots = [self._slot_of(r) for r in live]
             self._decode([(s, r.ids[-1], len(r.ids) - 1) for s, r in zip(slots, live, strict=True)], logits=True)
-            scores = torch.from_numpy(np.stack([self._logits(i) for i in range(len(live))]))
+            scores = torch.from_numpy(self._all_logits(len(live)))  # read before the next decode overwrites them
             width = max(len(r.ids) for r in live)
             input_ids = torch.tensor([[self.pad] * (width - len(r.ids)) + r.ids for r in live])
-            drawn = _RowSampling(live, width, self.eos)(input_ids, scores).argmax(-1).tolist()
+            drawn = _RowSampling(live, width, self.eos).draw(input_ids, scores).tolist()
             for s, r, t in zip(slots, live, drawn, strict=True):
                 self.slots[s].append(r.ids[-1])  # the token just decoded is in the slot's cache now
                 r.ids.append(t)
@@ -341,7 +340,9 @@ class LlamaCppBatchWriter(BatchWriter):
         if code != 0:
             raise ShelleyError(f"llama.cpp could not decode a batch of {len(items)} tokens (code {code})")
 
-    def _logits(self, i: int):
+    def _all_logits(self, n: int):
+        """The last decode's next-token scores, (n, vocabulary): llama.cpp keeps the rows asked for contiguous, in
+        the batch's order (a view of its buffer, not a copy)."""
         import numpy as np
 
-        return np.ctypeslib.as_array(self.lib.llama_get_logits_ith(self.ctx, i), shape=(self.n_vocab,))
+        return np.ctypeslib.as_array(self.lib.llama_get_logits(self.ctx), shape=(n, self.n_vocab))

@@ -13,6 +13,7 @@ from __future__ import annotations
 import functools
 import os
 import socket
+import sys
 import threading
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -99,12 +100,6 @@ class Demo:
         if self.index is not None and final:
             notes.append(f"longest copied span {self.index.check(final)['longest_span']} words")
         yield final, " · ".join(notes)
-
-    def warm(self) -> None:
-        """One token through the request path before the first reader comes: the imports it makes and the
-        engine's first allocations are paid at start (4-5 s of the first readers' wait under load, measured)."""
-        for _ in self.generate("", 1.0, 1.0, 1, 0, False):
-            pass
 
     def scene(
         self, prompt: str, words: float, beats: str, temperature: float, top_p: float, seed: int, original: bool
@@ -365,12 +360,30 @@ def serve(
     os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
     check_port_free(host, port)
     app = build_app(demo, title=title, concurrency=concurrency)
-    demo.warm()
     # Gradio runs each streaming handler in a worker thread that blocks while its reader's tokens are written;
     # its default of 40 threads would hold the 41st reader out of the batch until another finished
     threads = max(40, handlers(demo, concurrency) + 8)
     app.launch(
         server_name=host, server_port=port, share=False, quiet=True, footer_links=[], max_threads=threads,
-        prevent_thread_lock=not block,
+        prevent_thread_lock=True,
     )  # fmt: skip
+    warm(app)
+    if block:
+        app.block_thread()
     return app
+
+
+def warm(app) -> None:
+    """One request of one token through the server's own HTTP route, queue and handler before the first reader
+    comes: the imports and first allocations along that path are paid at start, not by the first readers (under
+    50 readers at once they had cost 2-3 s of everyone's wait, measured)."""
+    from gradio_client import Client
+
+    try:
+        client = Client(app.local_url, verbose=False, ssl_verify=False)  # plain http on this host: no TLS
+        try:
+            client.predict("", 1.0, 1.0, 1, 0, False, api_name="/generate")
+        finally:
+            client.close()
+    except Exception as exc:  # the server still serves; the first reader pays the warm-up instead
+        print(f"note: the warm-up request failed ({type(exc).__name__}: {exc})", file=sys.stderr)
