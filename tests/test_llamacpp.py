@@ -357,6 +357,56 @@ def test_llamacpp_batcher_rows_share_a_batch_and_write_what_they_write_alone(exp
     assert second == alone[0] and len(second) == 12
 
 
+def test_llamacpp_batcher_closes_the_gap_a_finished_row_leaves_and_rows_write_what_they_write_alone(exported):
+    """When a row ends, the row in the highest slot moves into its slot (its KV copied, nothing recomputed), so the
+    running rows stay in consecutive slots: llama.cpp decodes consecutive sequences in one pass over the weights.
+    The moved row writes exactly what it writes alone."""
+    from types import SimpleNamespace
+
+    from transformers import AutoTokenizer
+
+    from shelley.config import GenerationConfig
+    from shelley.generate.llamacpp import LlamaCppBatchWriter, LlamaCppWriter
+
+    run, path = exported
+    tok = AutoTokenizer.from_pretrained(run.output)
+    gen = GenerationConfig(seed=3, temperature=1.0, top_k=30, top_p=0.95, max_new_tokens=15, num_samples=1)
+    prompts = ["The storm", "It was on a dreary night of November that I", "My dear sister"]
+    ids = [tok(p, add_special_tokens=False).input_ids for p in prompts]
+    wants = [15, 5, 15]  # the middle row leaves slot 1 after one chunk; the others go on
+    llm = LlamaCppWriter(path, n_ctx=128)
+
+    def write(which: list[int]):
+        writer = LlamaCppBatchWriter(llm, tok, max_batch=4, row_context=64, chunk=5, start=False)
+        moves: list[tuple[int, int]] = []
+        lib = writer.lib
+        writer.lib = SimpleNamespace(**{n: getattr(lib, n) for n in dir(lib) if n.startswith("llama_")})
+        writer.lib.llama_memory_seq_cp = lambda mem, src, dst, p0, p1: (
+            moves.append((src, dst)) or lib.llama_memory_seq_cp(mem, src, dst, p0, p1)
+        )
+        rows = [writer.submit(ids[i], wants[i], gen, seed=10 + i, min_new=wants[i]) for i in which]
+        seats: list[list[int]] = []
+        run_chunk = writer._run_chunk
+
+        def chunk(active):
+            out = run_chunk(active)
+            seats.append(sorted(s for s, o in enumerate(writer.owner) if o is not None))
+            return out
+
+        writer._run_chunk = chunk
+        writer.start()
+        texts = [writer.wait(r) for r in rows]
+        writer.close()
+        return texts, moves, seats
+
+    together, moves, seats = write([0, 1, 2])
+    assert moves == [(2, 1)]  # the third row moved into the second row's slot
+    assert seats[1] == [0, 1]  # and from the second chunk on the running rows sit side by side
+    for i in (0, 2):
+        alone, _, _ = write([i])
+        assert together[i] == alone[0] and len(alone[0]) == 15
+
+
 def test_llamacpp_batcher_reuses_the_slot_of_a_row_that_shares_its_start(exported):
     """A scene's next chunk starts with everything the last one held: it takes that row's slot and decodes only
     what is new, not its whole context again."""

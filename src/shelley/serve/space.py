@@ -27,7 +27,7 @@ from shelley.config import GenerationConfig
 from shelley.eval.originality import CorpusIndex
 from shelley.generate.batch import BatchWriter
 from shelley.generate.load import load_for_generation
-from shelley.serve.app import Demo, build_app
+from shelley.serve.app import Demo, serve
 
 HERE = Path(__file__).parent
 MODEL = os.environ.get("SHELLEY_MODEL", {model_repo!r})
@@ -43,7 +43,14 @@ demo = Demo(
     facts=settings["facts"],
     engine=BatchWriter(loaded.model, loaded.tokenizer),  # readers who arrive together share a batch
 )
-build_app(demo, title=settings["title"]).launch()
+# serve(): a Gradio worker per reader the batcher can queue, and a warmed request path; the host and port are
+# the Space's own (Spaces set GRADIO_SERVER_NAME), else this machine's loopback
+serve(
+    demo,
+    host=os.environ.get("GRADIO_SERVER_NAME", "127.0.0.1"),
+    port=int(os.environ.get("GRADIO_SERVER_PORT", "7860")),
+    title=settings["title"],
+)
 '''
 
 
