@@ -38,9 +38,11 @@ def free_port() -> int:
 
 
 def start_server(
-    model: str, port: int, concurrency: int | None, max_tokens: int, engine: str = "transformers"
-) -> subprocess.Popen:
+    model: str, port: int, concurrency: int | None, max_tokens: int, engine: str = "transformers",
+    gguf: str | None = None,
+) -> subprocess.Popen:  # fmt: skip
     cmd = [sys.executable, "-m", "shelley", "serve", model, "--port", str(port), "--engine", engine]
+    cmd += ["--gguf", gguf] if gguf else []
     cmd += ["--concurrency", str(concurrency)] if concurrency else []
     cmd += ["--set", f"generation.max_new_tokens={max_tokens}", "--set", f"generation.min_new_tokens={max_tokens}"]
     proc = subprocess.Popen(
@@ -146,10 +148,10 @@ def rss_mb(pid: int) -> float:
 
 def run(
     model: str, clients: int, max_tokens: int, concurrency: int | None, timeout: float, *, engine: str = "transformers",
-    scene_clients: int = 0, scene_words: int = 1000, soak: float = 0,
+    scene_clients: int = 0, scene_words: int = 1000, soak: float = 0, gguf: str | None = None,
 ) -> dict:  # fmt: skip
     port = free_port()
-    proc = start_server(model, port, concurrency, max_tokens, engine)
+    proc = start_server(model, port, concurrency, max_tokens, engine, gguf)
     url = f"http://127.0.0.1:{port}/"
     memory: dict[str, float] = {}
     try:
@@ -171,6 +173,7 @@ def run(
     result = {
         "model": model,
         "engine": engine,
+        "gguf": gguf,
         "clients": clients,
         "scene_clients": scene_clients,
         "scene_words": scene_words if scene_clients else None,
@@ -224,6 +227,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--max-tokens", type=int, default=48)
     ap.add_argument("--concurrency", type=int, default=None, help="the server's --concurrency (default: its own)")
     ap.add_argument("--engine", default="transformers", choices=["transformers", "llamacpp"])
+    ap.add_argument("--gguf", default=None, help="with --engine llamacpp: the GGUF to serve (default: the run's own)")
     ap.add_argument("--scene-clients", type=int, default=0, help="also this many readers asking for a scene")
     ap.add_argument("--scene-words", type=int, default=1000)
     ap.add_argument("--soak", type=float, default=0, help="keep the clients asking for this many seconds")
@@ -232,7 +236,7 @@ def main(argv: list[str] | None = None) -> int:
     args = ap.parse_args(argv)
     result = run(
         args.model, args.clients, args.max_tokens, args.concurrency, args.timeout, engine=args.engine,
-        scene_clients=args.scene_clients, scene_words=args.scene_words, soak=args.soak,
+        scene_clients=args.scene_clients, scene_words=args.scene_words, soak=args.soak, gguf=args.gguf,
     )  # fmt: skip
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(result, indent=2) + "\n")
