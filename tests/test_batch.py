@@ -109,8 +109,8 @@ def test_a_scene_is_written_through_the_batcher(tiny):
 
 
 def test_a_batch_goes_on_from_its_kv_cache_until_a_row_joins(tiny):
-    """Chunk after chunk with the same rows, only the new tokens are computed (one prefill); a row that joins
-    costs one prefill of the batch, and an idle batcher keeps no cache."""
+    """Chunk after chunk with the same rows, only the new tokens are computed (one prefill), and an idle batcher
+    keeps no cache."""
     from shelley.generate.batch import BatchWriter
 
     model, tok = tiny
@@ -136,6 +136,45 @@ def test_a_batch_goes_on_from_its_kv_cache_until_a_row_joins(tiny):
     while writer._kept is not None and time.time() < deadline:
         time.sleep(0.05)
     assert writer._kept is None
+
+
+def test_a_row_that_joins_is_prefilled_alone_and_both_rows_write_what_they_write_alone(tiny):
+    """A row that joins a running batch costs a prefill of its own tokens, not of the whole batch: the rows that
+    go on keep their KV cache and the joiner's is stacked below it (both padded on the left). Every row still
+    writes what its seed writes alone."""
+    from shelley.generate.batch import BatchWriter
+
+    model, tok = tiny
+    first, second = _ids(tok, "The storm broke over the lake"), _ids(tok, "It was on a dreary night of November")
+
+    def alone(ids, n, seed):
+        writer = BatchWriter(model, tok, chunk=4, start=False)
+        row = writer.submit(ids, n, _gen(seed=seed), seed=seed, min_new=n)
+        while row.left > 0:
+            writer._run_chunk([row])
+        return row.written
+
+    shapes: list[tuple[int, int]] = []
+    real = model.forward
+
+    def forward(*args, **kwargs):
+        shapes.append(tuple(kwargs["input_ids"].shape))
+        return real(*args, **kwargs)
+
+    writer = BatchWriter(model, tok, chunk=4, start=False)
+    a = writer.submit(first, 12, _gen(seed=1), seed=1, min_new=12)
+    writer._run_chunk([a])
+    b = writer.submit(second, 8, _gen(seed=2), seed=2, min_new=8)
+    model.forward = forward
+    try:
+        writer._run_chunk([a, b])  # b joins
+    finally:
+        model.forward = real
+    assert shapes[0] == (1, len(second) - 1)  # the joiner's own prefill
+    assert all(n == 2 and w == 1 for n, w in shapes[1:])  # then one token per row a step: no batch re-prefill
+    while a.left > 0 or b.left > 0:
+        writer._run_chunk([r for r in (a, b) if r.left > 0])
+    assert a.written == alone(first, 12, 1) and b.written == alone(second, 8, 2)
 
 
 def test_each_rows_penalty_touches_only_its_own_tokens():

@@ -199,9 +199,8 @@ class BatchWriter:
     def _run_chunk(self, rows: list[_Row]) -> int:
         """Up to ``chunk`` tokens for every row, as one left-padded batch; returns the tokens written.
 
-        When no row joined since the last chunk, the batch goes on from that chunk's KV cache (rows that left
-        are dropped from it), so only the new tokens are computed; a row that joins costs one prefill of the
-        whole batch, padded to its longest row."""
+        The batch goes on from the last chunk's KV cache (rows that left are dropped from it), so only the new
+        tokens are computed; a row that joins costs a prefill of its own tokens (``_continued``)."""
         import torch
         from transformers import LogitsProcessorList
 
@@ -250,29 +249,95 @@ class BatchWriter:
         return total
 
     def _continued(self, rows: list[_Row]):
-        """(input ids, attention mask, cache) for this chunk: the last chunk's, less the rows that left, when every
-        row was in it and wrote a whole chunk; else a fresh left-padded batch and no cache."""
+        """(input ids, attention mask, cache) for this chunk. The rows that were in the last chunk and wrote all of
+        it go on from its KV cache (the rows that left dropped from it); rows that joined since are prefilled on
+        their own and stacked below them, both padded on the left to one width. A fresh left-padded batch with no
+        cache when nothing can go on (or the cache is not one whose layers can be stacked: sliding windows)."""
         import torch
 
-        kept = self._kept
+        kept, self._kept = self._kept, None
         if kept is not None and kept[3] is not None:
             before, seqs, mask, cache = kept
             place = {id(r): i for i, r in enumerate(before)}
             idx = [place.get(id(r)) for r in rows]
-            whole = all(i is not None for i in idx) and idx == sorted(idx)
-            # each row's ids must be the tail of its line: it wrote every token of the last chunk
-            tails = whole and all(
-                seqs[i, seqs.shape[1] - len(r.ids) :].tolist() == r.ids for i, r in zip(idx, rows, strict=True)
-            )
-            if tails:
-                if len(idx) < len(before):
-                    cache.batch_select_indices(torch.tensor(idx))
-                return seqs[idx], mask[idx], cache
-        self._kept = None
+            # a row goes on when its ids are the tail of its line: it wrote every token of the last chunk
+            going = 0
+            while going < len(rows) and idx[going] is not None:
+                i, r = idx[going], rows[going]
+                if seqs[i, seqs.shape[1] - len(r.ids) :].tolist() != r.ids:
+                    break
+                going += 1
+            old = idx[:going]
+            joiners = rows[going:]
+            if old and old == sorted(old) and (not joiners or _stackable(cache)):
+                if len(old) < len(before):
+                    cache.batch_select_indices(torch.tensor(old))
+                if not joiners:
+                    return seqs[old], mask[old], cache
+                if min(len(r.ids) for r in joiners) >= 2:
+                    fresh = self._prefill(joiners)
+                    if _stackable(fresh[2]):
+                        return _stack((seqs[old], mask[old], cache), fresh, self.pad)
         width = max(len(r.ids) for r in rows)
         input_ids = torch.tensor([[self.pad] * (width - len(r.ids)) + r.ids for r in rows])
         attention = torch.tensor([[0] * (width - len(r.ids)) + [1] * len(r.ids) for r in rows])
         return input_ids, attention, None
+
+    def _prefill(self, rows: list[_Row]):
+        """(ids, attention mask, KV cache of all but each row's last token) for rows joining a running batch,
+        left-padded: generate decodes the last token with the batch's next step."""
+        import torch
+
+        from shelley.models.decode import cache_arg
+
+        width = max(len(r.ids) for r in rows)
+        ids = torch.tensor([[self.pad] * (width - len(r.ids)) + r.ids for r in rows])
+        mask = torch.tensor([[0] * (width - len(r.ids)) + [1] * len(r.ids) for r in rows])
+        positions = (mask.cumsum(-1) - 1).clamp(min=0)  # as generate numbers left-padded rows
+        was_training = self.model.training
+        self.model.eval()
+        with torch.inference_mode():
+            out = self.model(
+                input_ids=ids[:, :-1], attention_mask=mask[:, :-1], position_ids=positions[:, :-1], use_cache=True,
+                logits_to_keep=1,
+            )  # fmt: skip
+        self.model.train(was_training)
+        return ids, mask, getattr(out, cache_arg())
+
+
+def _stackable(cache) -> bool:
+    """Whether every layer of ``cache`` is a plain growing one (keys and values of shape batch, heads, tokens,
+    dim), which ``_stack`` can pad and stack."""
+    from transformers.cache_utils import DynamicLayer
+
+    layers = getattr(cache, "layers", None)
+    return bool(layers) and all(type(layer) is DynamicLayer and layer.keys is not None for layer in layers)
+
+
+def _stack(a, b, pad: int):
+    """One batch from two (ids, attention mask, cache) triples: each padded on the left to the wider one's width
+    (masked padding, zero keys and values), ``b``'s rows below ``a``'s. The stacked cache is ``a``'s."""
+    import torch
+
+    width = max(a[0].shape[1], b[0].shape[1])
+    out = []
+    for ids, mask, cache in (a, b):
+        d = width - ids.shape[1]
+        if d:
+            n = ids.shape[0]
+            ids = torch.cat([torch.full((n, d), pad, dtype=ids.dtype), ids], dim=1)
+            mask = torch.cat([torch.zeros(n, d, dtype=mask.dtype), mask], dim=1)
+            for layer in cache.layers:
+                for name in ("keys", "values"):
+                    t = getattr(layer, name)
+                    zeros = t.new_zeros(t.shape[0], t.shape[1], d, t.shape[3])
+                    setattr(layer, name, torch.cat([zeros, t], dim=2))
+        out.append((ids, mask, cache))
+    (ia, ma, ca), (ib, mb, cb) = out
+    for la, lb in zip(ca.layers, cb.layers, strict=True):
+        la.keys = torch.cat([la.keys, lb.keys], dim=0)
+        la.values = torch.cat([la.values, lb.values], dim=0)
+    return torch.cat([ia, ib]), torch.cat([ma, mb]), ca
 
 
 class _RowSampling:
