@@ -227,6 +227,9 @@ VerboseOpt = opt(bool, "--verbose", help="Show the libraries' own logs and progr
 
 EngineOpt = opt(str, "--engine", help="transformers, or llamacpp: the exported GGUF (`shelley export`), faster on CPU.")
 Int8Opt = opt(
-    bool, "--int8", help="With the transformers engine: int8 weights, faster on CPU (numbers change slightly)."
+    bool,
+    "--int8",
+    help="With the transformers engine: int8 weights, faster for one stream on CPU (numbers change slightly; "
+    "slower for many readers at once).",
 )
 GgufOpt = opt(Path | None, "--gguf", help="With --engine llamacpp: the GGUF file (default: RUN/export/*-f16.gguf).")
