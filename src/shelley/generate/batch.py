@@ -278,10 +278,16 @@ class BatchWriter:
                     fresh = self._prefill(joiners)
                     if _stackable(fresh[2]):
                         return _stack((seqs[old], mask[old], cache), fresh, self.pad)
+        return *self._left_padded(rows), None
+
+    def _left_padded(self, rows: list[_Row]):
+        """(ids, attention mask) of ``rows`` padded on the left to the longest."""
+        import torch
+
         width = max(len(r.ids) for r in rows)
-        input_ids = torch.tensor([[self.pad] * (width - len(r.ids)) + r.ids for r in rows])
-        attention = torch.tensor([[0] * (width - len(r.ids)) + [1] * len(r.ids) for r in rows])
-        return input_ids, attention, None
+        ids = torch.tensor([[self.pad] * (width - len(r.ids)) + r.ids for r in rows])
+        mask = torch.tensor([[0] * (width - len(r.ids)) + [1] * len(r.ids) for r in rows])
+        return ids, mask
 
     def _prefill(self, rows: list[_Row]):
         """(ids, attention mask, KV cache of all but each row's last token) for rows joining a running batch,
@@ -290,9 +296,7 @@ class BatchWriter:
 
         from shelley.models.decode import cache_arg
 
-        width = max(len(r.ids) for r in rows)
-        ids = torch.tensor([[self.pad] * (width - len(r.ids)) + r.ids for r in rows])
-        mask = torch.tensor([[0] * (width - len(r.ids)) + [1] * len(r.ids) for r in rows])
+        ids, mask = self._left_padded(rows)
         positions = (mask.cumsum(-1) - 1).clamp(min=0)  # as generate numbers left-padded rows
         was_training = self.model.training
         self.model.eval()
@@ -382,13 +386,13 @@ class _RowSampling:
         s = s[:, :vocab]
         banned = torch.tensor([len(r.written) + step < r.min_new for r in self.rows])
         s[banned, self.eos] = -float("inf")
-        drawn = s.argmax(-1) if all(self.greedy) else torch.empty(batch, dtype=torch.long)
+        greedy = [b for b in range(batch) if self.greedy[b]]
         sampled = [b for b in range(batch) if not self.greedy[b]]
+        drawn = torch.empty(batch, dtype=torch.long)
+        if greedy:
+            drawn[greedy] = s[greedy].argmax(-1)
         if not sampled:
             return drawn
-        for b in range(batch):
-            if self.greedy[b]:
-                drawn[b] = s[b].argmax()
         gens = [self.rows[b].gen for b in sampled]
         ks = [min(g.top_k or vocab, vocab) for g in gens]
         values, indices = (s if len(sampled) == batch else s[sampled]).topk(max(ks), dim=-1)  # (n, k) descending

@@ -295,9 +295,8 @@ class LlamaCppBatchWriter(BatchWriter):
             slots = [self._slot_of(r) for r in live]
             self._decode([(s, r.ids[-1], len(r.ids) - 1) for s, r in zip(slots, live, strict=True)], logits=True)
             scores = torch.from_numpy(self._all_logits(len(live)))  # read before the next decode overwrites them
-            width = max(len(r.ids) for r in live)
-            input_ids = torch.tensor([[self.pad] * (width - len(r.ids)) + r.ids for r in live])
-            drawn = _RowSampling(live, width, self.eos).draw(input_ids, scores).tolist()
+            input_ids, _ = self._left_padded(live)
+            drawn = _RowSampling(live, input_ids.shape[1], self.eos).draw(input_ids, scores).tolist()
             for s, r, t in zip(slots, live, drawn, strict=True):
                 self.slots[s].append(r.ids[-1])  # the token just decoded is in the slot's cache now
                 r.ids.append(t)
