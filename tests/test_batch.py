@@ -183,7 +183,8 @@ def test_each_rows_penalty_touches_only_its_own_tokens():
     import torch
     from transformers import RepetitionPenaltyLogitsProcessor
 
-    from shelley.generate.batch import _Row, _RowSampling
+    from shelley.generate.batch import _Row
+    from shelley.generate.sampling import RowSampling
 
     vocab, pad = 40, 0
     texts = [[5, 7, 7, 9], [0, 3, 3], [2]]  # the second row's 0 is its own token; the third row is padded with 0
@@ -200,7 +201,7 @@ def test_each_rows_penalty_touches_only_its_own_tokens():
         scores[b, t] = torch.linspace(4.0, 3.0, len(t))
     scores[:, 1] = 2.0
     scores[2, pad] = 3.0  # the padded row's best unpenalised token is the padding id: padding must not penalise it
-    drawn = _RowSampling(rows, width, eos=39).draw(input_ids, scores)
+    drawn = RowSampling(rows, width, eos=39).draw(input_ids, scores)
     for b, t in enumerate(texts):
         expected = RepetitionPenaltyLogitsProcessor(penalties[b])(torch.tensor([t]), scores[b : b + 1].clone())
         assert drawn[b].item() == expected.argmax().item()

@@ -198,11 +198,11 @@ def scene_pass(
     import time
 
     from shelley.generate import context_window
-    from shelley.generate.scene import TransformersEngine, write_scene
+    from shelley.generate.scene import transformers_engine, write_scene
     from shelley.models.bos import bos_prefix
     from shelley.models.perplexity import position_losses
 
-    engine = engine or TransformersEngine(model, tokenizer, cfg.generation)
+    engine = engine or transformers_engine(model, tokenizer, cfg.generation)
     prompts = cfg.eval.prompts
     scenes, t0 = [], time.perf_counter()
     for i in range(n):

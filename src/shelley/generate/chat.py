@@ -127,13 +127,13 @@ class ChatSession:
     def scene(self, words: int, *, on_paragraph=None, on_note=None) -> str:
         """Carry the story on for a scene of about ``words`` words (``generate.scene``): the story so far is the
         prompt, cut to its most recent tokens when it is longer than the scene's context leaves room for."""
-        from shelley.generate.scene import TransformersEngine, prompt_room, write_scene
+        from shelley.generate.scene import prompt_room, transformers_engine, write_scene
         from shelley.models.bos import bos_prefix
 
         if self.mode != "continue":
             raise ShelleyError("/scene co-writes a story; it needs continue mode (shelley chat --mode continue)")
         engine = self.engine.scene_engine(self.gen) if self.engine is not None else None
-        engine = engine or TransformersEngine(self.model, self.tokenizer, self.gen)
+        engine = engine or transformers_engine(self.model, self.tokenizer, self.gen)
         story = self._render(self.turns, "")
         room = prompt_room(engine.position_limit, len(bos_prefix(self.tokenizer))) - 8  # re-encoding may add a few
         ids = self.tokenizer(story, add_special_tokens=False)["input_ids"]

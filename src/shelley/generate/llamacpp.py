@@ -230,7 +230,7 @@ class LlamaCppBatchWriter(BatchWriter):
     Every row is a sequence of one llama.cpp context with ``max_batch`` sequences (``n_seq_max``), each its own
     slot of ``row_context`` tokens in the KV cache (not unified: a row's attention reads its own slot only). A
     step decodes the last token of every running row in one ``llama_batch`` (on a CPU a batch of 50 tokens costs
-    a few times one token, not 50 times), and the rows draw with ``batch._RowSampling``: each its own penalty,
+    a few times one token, not 50 times), and the rows draw with ``sampling.RowSampling``: each its own penalty,
     temperature, top-k, top-p and generator, as the transformers batcher does, so a seed writes the same text
     alone or beside other readers (up to float rounding in a batched matmul, which can flip a near-tie). A row
     that ends leaves its tokens in its slot; the next row whose context starts the same way (a scene's next
@@ -282,7 +282,7 @@ class LlamaCppBatchWriter(BatchWriter):
         """Up to ``chunk`` tokens for every row, one ``llama_batch`` a token; returns the tokens written."""
         import torch
 
-        from shelley.generate.batch import _RowSampling
+        from shelley.generate.sampling import RowSampling
 
         self._seat(rows)
         self._compact()
@@ -296,7 +296,7 @@ class LlamaCppBatchWriter(BatchWriter):
             self._decode([(s, r.ids[-1], len(r.ids) - 1) for s, r in zip(slots, live, strict=True)], logits=True)
             scores = torch.from_numpy(self._all_logits(len(live)))  # read before the next decode overwrites them
             input_ids, _ = self._left_padded(live)
-            drawn = _RowSampling(live, input_ids.shape[1], self.eos).draw(input_ids, scores).tolist()
+            drawn = RowSampling(live, input_ids.shape[1], self.eos).draw(input_ids, scores).tolist()
             for s, r, t in zip(slots, live, drawn, strict=True):
                 self.slots[s].append(r.ids[-1])  # the token just decoded is in the slot's cache now
                 r.ids.append(t)

@@ -112,6 +112,56 @@ class TransformersEngine:
         return self._cache
 
 
+class DecoderEngine:
+    """``continue_ids`` over ``models.llama_decode.LlamaDecoder``: a Llama-architecture transformers model's own
+    weights, one token at a time without ``generate``'s machinery (on 2 cores about twice the tokens a second with
+    ``--int8``; see ``docs/results``). The decoder's cache is kept between calls and rolled back to the prefix the
+    next call shares, as ``TransformersEngine`` does with transformers' cache.
+
+    Each call draws with ``sampling.RowSampling`` from a generator seeded with its ``seed``: the distribution
+    ``TransformersEngine`` draws from (the same repetition penalty, temperature, top-k and top-p), not the same
+    draw for a seed. Greedy decoding writes the same tokens."""
+
+    def __init__(self, decoder, tokenizer, gen: GenerationConfig) -> None:
+        self.decoder, self.gen = decoder, gen
+        self.position_limit = decoder.position_limit
+        self.eos = tokenizer.eos_token_id
+        self._cached: list[int] = []  # the ids whose keys and values the decoder holds, from position 0
+
+    def continue_ids(self, ids, max_new, *, seed, ban_eos=False, on_token=None):
+        import torch
+
+        from shelley.generate.sampling import RowSampling, SampledRow
+
+        keep = min(common_prefix(self._cached, ids), len(ids) - 1)  # the last id is fed to get the next logits
+        logits = self.decoder.forward(ids[keep:], keep)
+        self._cached = list(ids)
+        row = SampledRow(list(ids), self.gen, torch.Generator().manual_seed(int(seed)), min_new=1 if ban_eos else 0)
+        sampler = RowSampling([row], len(ids), self.eos)
+        context = torch.tensor([list(ids) + [0] * max_new])  # the penalty's view: grows into the zeros
+        new: list[int] = []
+        while True:
+            token = int(sampler.draw(context[:, : len(ids) + len(new)], logits[None])[0])
+            context[0, len(ids) + len(new)] = token
+            new.append(token)
+            if on_token:
+                on_token(token)
+            if token == self.eos or len(new) >= max_new:
+                return new
+            logits = self.decoder.forward([token], len(self._cached))
+            self._cached.append(token)
+
+
+def transformers_engine(model, tokenizer, gen: GenerationConfig) -> TokenEngine:
+    """The token engine for a transformers model: ``DecoderEngine`` where ``models.llama_decode`` runs the model
+    (Llama-architecture, on the CPU, settings ``RowSampling`` draws), else ``TransformersEngine``."""
+    from shelley.models.llama_decode import LlamaDecoder, unsupported
+
+    if not gen.no_repeat_ngram_size and unsupported(model) is None:
+        return DecoderEngine(LlamaDecoder(model), tokenizer, gen)
+    return TransformersEngine(model, tokenizer, gen)
+
+
 def _token_streamer(callback: Callable[[int], None]):
     """A transformers streamer that hands each new token id to ``callback`` (its first ``put`` is the prompt)."""
     from transformers.generation.streamers import BaseStreamer
@@ -562,7 +612,7 @@ def _model_parts(scene: Scene) -> list[str]:
 
 def scene_engine(loaded, fast, gen: GenerationConfig) -> TokenEngine:
     """The token engine for a model ``load_writer`` loaded: llama.cpp's when ``fast`` is set, else transformers'."""
-    return fast.scene_engine(gen) if fast is not None else TransformersEngine(loaded.model, loaded.tokenizer, gen)
+    return fast.scene_engine(gen) if fast is not None else transformers_engine(loaded.model, loaded.tokenizer, gen)
 
 
 def paragraph_break_for(run) -> ParagraphBreak:

@@ -108,7 +108,7 @@ class Demo:
         scene with its figures. ``beats``: one sentence per line, in order."""
         import queue
 
-        from shelley.generate.scene import MIN_WORDS, TransformersEngine, write_scene
+        from shelley.generate.scene import MIN_WORDS, transformers_engine, write_scene
 
         notes: list[str] = []
         n = int(words or 0)
@@ -117,7 +117,7 @@ class Demo:
             n = min(max(n, MIN_WORDS), MAX_SCENE_WORDS)
         gen = self.settings(temperature, top_p, self.gen.max_new_tokens, seed)
         engine = self.engine.scene_engine(gen) if self.engine is not None else None
-        engine = engine or TransformersEngine(self.model, self.tokenizer, gen)
+        engine = engine or transformers_engine(self.model, self.tokenizer, gen)
         beat_list = [" ".join(b.split()) for b in (beats or "").splitlines() if b.strip()]
         updates: queue.Queue = queue.Queue()
         result: dict[str, Any] = {}

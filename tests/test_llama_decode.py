@@ -1,0 +1,145 @@
+"""The one-stream decoder (models.llama_decode) and its scene engine: transformers' numbers, its cache rolled back
+like transformers' cache, and the engine chosen only where it can run the model."""
+
+from __future__ import annotations
+
+import copy
+
+import pytest
+import torch
+
+from conftest import tiny_causal_lm
+from shelley.config import GenerationConfig
+from shelley.generate.scene import DecoderEngine, TransformersEngine, transformers_engine, write_scene
+from shelley.models.decode import int8_weights
+from shelley.models.llama_decode import LlamaDecoder, unsupported
+
+
+@pytest.fixture(scope="module")
+def tokenizer(tiny_tokenizer_dir):
+    from transformers import AutoTokenizer
+
+    tok = AutoTokenizer.from_pretrained(tiny_tokenizer_dir)
+    tok.pad_token = tok.eos_token
+    return tok
+
+
+def _hf_logits(model, ids: list[int]) -> torch.Tensor:
+    with torch.inference_mode():
+        return model(input_ids=torch.tensor([ids])).logits[0].float()
+
+
+@pytest.mark.parametrize("kind", ["llama", "mistral"])
+def test_decoder_gives_transformers_logits_through_prefill_steps_chunks_and_rollback(kind):
+    model = tiny_causal_lm(kind, 300, hidden=64, max_positions=512, seed=1).eval()
+    ids = torch.randint(2, 300, (80,), generator=torch.Generator().manual_seed(0)).tolist()
+    want = _hf_logits(model, ids)
+    dec = LlamaDecoder(model)
+    got = [dec.forward(ids[:30], 0)]  # a prefill
+    got += [dec.forward([t], p) for p, t in enumerate(ids[30:40], start=30)]  # one token at a time
+    got.append(dec.forward(ids[40:60], 40))  # a chunk after the cached prefix: a causal mask offset by 40
+    for g, at in zip(got, [29, *range(30, 40), 59], strict=True):
+        torch.testing.assert_close(g, want[at], atol=1e-4, rtol=1e-4)
+    # Rolled back to position 25 and continued with other tokens: the cache past 25 is overwritten, not read.
+    other = ids[:25] + ids[60:80]
+    torch.testing.assert_close(dec.forward(ids[60:80], 25), _hf_logits(model, other)[-1], atol=1e-4, rtol=1e-4)
+
+
+def test_the_cache_grows_past_its_first_size_keeping_what_it_holds():
+    model = tiny_causal_lm("llama", 300, hidden=32, max_positions=1024, seed=2).eval()
+    ids = torch.randint(2, 300, (300,), generator=torch.Generator().manual_seed(1)).tolist()
+    dec = LlamaDecoder(model)
+    dec.forward(ids[:250], 0)
+    first = dec.capacity
+    last = dec.forward(ids[250:], 250)  # past the first 256 positions: the cache doubles
+    assert dec.capacity > first >= 250
+    torch.testing.assert_close(last, _hf_logits(model, ids)[-1], atol=1e-4, rtol=1e-4)
+    with pytest.raises(ValueError, match="past the model's limit"):
+        dec.forward(ids[:10], 1020)
+
+
+def test_decoder_on_int8_weights_follows_transformers_on_the_same_weights():
+    model = tiny_causal_lm("llama", 300, hidden=64, max_positions=256, seed=3).eval()
+    with torch.inference_mode():
+        int8_weights(model)
+    ids = torch.randint(2, 300, (40,), generator=torch.Generator().manual_seed(2)).tolist()
+    want = _hf_logits(model, ids)
+    dec = LlamaDecoder(model)
+    assert dec.layers[0]["qkv"].weight.dtype == torch.int8  # q, k and v rows stacked, still int8
+    got = [dec.forward(ids[:32], 0), *(dec.forward([t], p) for p, t in enumerate(ids[32:], start=32))]
+    got = torch.stack(got)
+    want = want[31:]
+    cos = torch.nn.functional.cosine_similarity(got, want, dim=-1)
+    assert cos.min() > 0.999, cos  # bf16 activations: the same function up to rounding
+    assert (got.argmax(-1) == want.argmax(-1)).float().mean() > 0.85
+
+
+def test_unsupported_models_name_why_and_keep_transformers_engine(tokenizer):
+    gen = GenerationConfig(do_sample=False)
+    for kind, why in [("gpt2", "not a Llama-architecture model"), ("gemma3", "not a Llama-architecture model")]:
+        model = tiny_causal_lm(kind, len(tokenizer))
+        assert why in unsupported(model)
+        assert isinstance(transformers_engine(model, tokenizer, gen), TransformersEngine)
+    windowed = tiny_causal_lm("mistral", len(tokenizer))
+    windowed.config.sliding_window = 16
+    assert "sliding-window" in unsupported(windowed)
+    with pytest.raises(ValueError, match="sliding-window"):
+        LlamaDecoder(windowed)
+    llama = tiny_causal_lm("llama", len(tokenizer))
+    assert unsupported(llama) is None
+    assert isinstance(transformers_engine(llama, tokenizer, gen), DecoderEngine)
+    # no_repeat_ngram_size is a generate() processor the decoder's sampling does not have
+    assert isinstance(transformers_engine(llama, tokenizer, gen.model_copy(update={"no_repeat_ngram_size": 3})),
+                      TransformersEngine)  # fmt: skip
+
+
+def test_greedy_decoder_engine_writes_what_generate_writes_with_a_repetition_penalty(tokenizer):
+    """Greedy with a strong penalty over the whole context: token for token what transformers' generate writes,
+    across two calls of one scene (the second shares the first's prefix) and a whole scene with beats."""
+    model = tiny_causal_lm("llama", len(tokenizer), seed=4, max_positions=256).eval()
+    gen = GenerationConfig(do_sample=False, repetition_penalty=1.8)
+    fast, slow = DecoderEngine(LlamaDecoder(model), tokenizer, gen), TransformersEngine(model, tokenizer, gen)
+    ids = tokenizer("The storm broke and the storm broke and the storm", add_special_tokens=False).input_ids
+    first = fast.continue_ids(ids, 12, seed=1)
+    assert first == slow.continue_ids(ids, 12, seed=1)
+    assert fast.continue_ids(ids + first, 12, seed=2) == slow.continue_ids(ids + first, 12, seed=2)
+    kw = {"beats": ["Then the candle went out."], "context_tokens": 96, "chunk_tokens": 16}
+    a = write_scene(fast, tokenizer, "The storm", 120, **kw)
+    b = write_scene(slow, tokenizer, "The storm", 120, **kw)
+    assert a.paragraphs == b.paragraphs and a.drawn_tokens == b.drawn_tokens > 96  # the context rolled
+
+
+def test_decoder_engine_feeds_only_new_tokens_and_a_seed_draws_the_same_scene(tokenizer):
+    """Sampling: the same seed writes the same scene, another seed another. The kept cache means a chunk feeds
+    its new tokens, not its whole context again: an engine that forgets its cache between calls feeds more than
+    twice as many."""
+    model = tiny_causal_lm("llama", len(tokenizer), seed=5, max_positions=256).eval()
+    gen = GenerationConfig(do_sample=True, temperature=0.9, top_k=20, top_p=0.9, repetition_penalty=1.1)
+    fed: list[int] = []
+
+    def engine(*, forget: bool = False) -> DecoderEngine:
+        dec = LlamaDecoder(model)
+        forward = dec.forward
+        dec.forward = lambda ids, start: fed.append(len(ids)) or forward(ids, start)
+        eng = DecoderEngine(dec, tokenizer, gen)
+        if forget:
+            inner = eng.continue_ids
+            eng.continue_ids = lambda *a, **kw: eng._cached.clear() or inner(*a, **kw)
+        return eng
+
+    kw = {"context_tokens": 96, "chunk_tokens": 16}
+    a = write_scene(engine(), tokenizer, "The storm", 150, seed=7, **kw)
+    kept, fed[:] = sum(fed), []
+    b = write_scene(engine(forget=True), tokenizer, "The storm", 150, seed=7, **kw)
+    forgot = sum(fed)
+    c = write_scene(engine(), tokenizer, "The storm", 150, seed=8, **kw)
+    assert a.paragraphs == b.paragraphs and a.paragraphs != c.paragraphs
+    assert a.drawn_tokens > 96 and kept < forgot / 2, (kept, forgot)
+
+
+def test_the_engine_leaves_the_model_it_reads_unchanged(tokenizer):
+    model = tiny_causal_lm("llama", len(tokenizer), seed=6, max_positions=128).eval()
+    before = copy.deepcopy(model.state_dict())
+    write_scene(transformers_engine(model, tokenizer, GenerationConfig()), tokenizer, "The storm", 100)
+    after = model.state_dict()
+    assert all(torch.equal(before[k], after[k]) for k in before)
