@@ -1,11 +1,14 @@
-"""How fast transformers decodes one stream on CPU, and what int8 weights cost in quality:
+"""How fast one stream decodes on CPU, through transformers and through shelley's own decoder, and what int8
+weights cost in quality:
 
-    python -m bench.decode RUN [--contexts 128,512,1000] [--tokens 64] [--quality]
+    python -m bench.decode RUN [--contexts 128,512,1000] [--tokens 64] [--rounds 3] [--quality]
 
 For fp32 weights and int8 weights (``--int8``), at each context length: a prompt of that many validation
 tokens is prefilled, then ``--tokens`` tokens are decoded greedily one at a time, and the milliseconds per
-decoded token are printed (prefill not counted). ``--quality``: the validation split's bits per byte with
-fp32 and with int8 weights, scored as ``shelley eval`` scores it. Run it alone on the machine: it times.
+decoded token are printed (prefill not counted), for transformers' forward with its cache and for
+``models.llama_decode.LlamaDecoder`` (Llama-architecture models), alternated ``--rounds`` times so both see the
+same machine. ``--quality``: the validation split's bits per byte with fp32 and with int8 weights, scored as
+``shelley eval`` scores it. Run it alone on the machine: it times.
 """
 
 from __future__ import annotations
@@ -32,11 +35,21 @@ def decode_ms(model, prompt, tokens: int, cache) -> float:
     return (time.perf_counter() - t0) / tokens * 1000
 
 
+def decoder_ms(decoder, prompt: list[int], tokens: int) -> float:
+    """``decode_ms`` through ``LlamaDecoder``: prefill ``prompt``, then ``tokens`` greedy steps."""
+    nxt = int(decoder.forward(prompt, 0).argmax())
+    t0 = time.perf_counter()
+    for p in range(len(prompt), len(prompt) + tokens):
+        nxt = int(decoder.forward([nxt], p).argmax())
+    return (time.perf_counter() - t0) / tokens * 1000
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("run")
     parser.add_argument("--contexts", default="128,512,1000")
     parser.add_argument("--tokens", type=int, default=64)
+    parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--quality", action="store_true")
     args = parser.parse_args(argv)
 
@@ -46,6 +59,7 @@ def main(argv: list[str] | None = None) -> None:
     from shelley.eval.evaluate import cached_stream, validation_perplexity
     from shelley.generate.load import load_for_generation
     from shelley.models.decode import int8_weights
+    from shelley.models.llama_decode import LlamaDecoder, unsupported
     from shelley.run import Run
     from shelley.runtime import cpu_info
 
@@ -62,11 +76,21 @@ def main(argv: list[str] | None = None) -> None:
     for label in ("fp32 weights", "int8 weights, bf16 activations"):
         if label.startswith("int8"):
             int8_weights(model)
+        decoder = LlamaDecoder(model) if unsupported(model) is None else None
         for n in contexts:
-            prompt = torch.as_tensor(stream[:n], dtype=torch.long)[None]
-            ms = decode_ms(model, prompt, args.tokens, DynamicCache(config=model.config))
-            rows.append({"setup": label, "context": n, "ms_per_token": ms})
-            print(json.dumps(rows[-1]), flush=True)
+            prompt = stream[:n]
+            times: dict[str, list[float]] = {"transformers": [], "shelley decoder": []}
+            for _ in range(args.rounds):
+                ids = torch.as_tensor(prompt, dtype=torch.long)[None]
+                times["transformers"].append(decode_ms(model, ids, args.tokens, DynamicCache(config=model.config)))
+                if decoder is not None:
+                    times["shelley decoder"].append(decoder_ms(decoder, list(prompt), args.tokens))
+            for engine, ms in times.items():
+                if ms:
+                    median = sorted(ms)[len(ms) // 2]
+                    row = {"setup": label, "engine": engine, "context": n, "ms_per_token": median}
+                    rows.append(row | {"each": [round(x, 2) for x in ms]})
+                    print(json.dumps(rows[-1]), flush=True)
     report["decode"] = rows
     if args.quality:
         report["int8"] = validation_perplexity(model, tok, stream, cfg)

@@ -109,6 +109,17 @@ def test_greedy_decoder_engine_writes_what_generate_writes_with_a_repetition_pen
     assert a.paragraphs == b.paragraphs and a.drawn_tokens == b.drawn_tokens > 96  # the context rolled
 
 
+def test_a_seed_samples_the_same_scene_as_transformers_engine(tokenizer):
+    """Both engines draw k exponentials a step from a generator seeded with the call's seed: with float32
+    weights a sampled scene is the same scene on either."""
+    model = tiny_causal_lm("llama", len(tokenizer), seed=7, max_positions=256).eval()
+    gen = GenerationConfig(do_sample=True, temperature=0.9, top_k=20, top_p=0.9, repetition_penalty=1.1)
+    kw = {"context_tokens": 96, "chunk_tokens": 16, "seed": 11}
+    a = write_scene(DecoderEngine(LlamaDecoder(model), tokenizer, gen), tokenizer, "The storm", 120, **kw)
+    b = write_scene(TransformersEngine(model, tokenizer, gen), tokenizer, "The storm", 120, **kw)
+    assert a.paragraphs == b.paragraphs and a.drawn_tokens == b.drawn_tokens
+
+
 def test_decoder_engine_feeds_only_new_tokens_and_a_seed_draws_the_same_scene(tokenizer):
     """Sampling: the same seed writes the same scene, another seed another. The kept cache means a chunk feeds
     its new tokens, not its whole context again: an engine that forgets its cache between calls feeds more than

@@ -118,9 +118,11 @@ class DecoderEngine:
     ``--int8``; see ``docs/results``). The decoder's cache is kept between calls and rolled back to the prefix the
     next call shares, as ``TransformersEngine`` does with transformers' cache.
 
-    Each call draws with ``sampling.RowSampling`` from a generator seeded with its ``seed``: the distribution
-    ``TransformersEngine`` draws from (the same repetition penalty, temperature, top-k and top-p), not the same
-    draw for a seed. Greedy decoding writes the same tokens."""
+    Each call draws with ``sampling.RowSampling`` from a generator seeded with its ``seed``: the same repetition
+    penalty, temperature, top-k and top-p as ``TransformersEngine``, and the same draws, since both take k
+    exponentials a step from a generator seeded alike (a new ``torch.Generator`` here, torch's global one there).
+    So float32 weights write the same scene for a seed on either engine; under int8 weights the two round bf16
+    differently and a near tie can go the other way."""
 
     def __init__(self, decoder, tokenizer, gen: GenerationConfig) -> None:
         self.decoder, self.gen = decoder, gen

@@ -66,8 +66,11 @@ class _Product:
         self.sizes = [m.out_features for m in layers]
 
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        """The product in the weights' own precision: float32, or for int8 rows bf16 activations (what
+        ``_weight_int8pack_mm`` multiplies fast: with float32 ones it runs ~10x slower)."""
         if self.scale is None:
             return F.linear(x, self.weight)
+        x = x.to(self.scale.dtype)
         rows = x.reshape(-1, x.shape[-1])
         if rows.shape[0] > PREFILL_DEQUANT:  # a prefill: one wide bf16 product beats int8 row by row
             return F.linear(x, self.weight.to(x.dtype) * self.scale[:, None])
@@ -91,20 +94,22 @@ class LlamaDecoder:
         self.eps = cfg.rms_norm_eps
         self.position_limit = cfg.max_position_embeddings
         self.embed = base.embed_tokens.weight.detach()
-        self.dtype = self.embed.dtype  # float32, or bfloat16 under int8 weights
+        # Keys, values and attention in the products' precision: float32, or bf16 under int8 weights. The residual
+        # stream and the norms stay float32 either way (bf16 norms are slower on CPU, and rounder).
+        self.dtype = self.embed.dtype
         self.rotary = base.rotary_emb
         self.layers = [
             {
-                "norm1": layer.input_layernorm.weight.detach(),
+                "norm1": layer.input_layernorm.weight.detach().float(),
                 "qkv": _Product([layer.self_attn.q_proj, layer.self_attn.k_proj, layer.self_attn.v_proj]),
                 "out": _Product([layer.self_attn.o_proj]),
-                "norm2": layer.post_attention_layernorm.weight.detach(),
+                "norm2": layer.post_attention_layernorm.weight.detach().float(),
                 "gate_up": _Product([layer.mlp.gate_proj, layer.mlp.up_proj]),
                 "down": _Product([layer.mlp.down_proj]),
             }
             for layer in base.layers
         ]
-        self.norm = base.norm.weight.detach()
+        self.norm = base.norm.weight.detach().float()
         self.head = _Product([model.lm_head])
         self.capacity = 0
         self.keys = self.values = self.cos = self.sin = None
@@ -135,21 +140,23 @@ class LlamaDecoder:
     def forward(self, ids: list[int], start: int) -> torch.Tensor:
         n, end = len(ids), start + len(ids)
         self._reserve(end)
-        x = self.embed[torch.tensor(ids)][None]  # (1, n, hidden)
-        cos, sin = self.cos[start:end], self.sin[start:end]
+        x = self.embed[torch.tensor(ids)][None].float()  # (1, n, hidden)
+        cos, sin = self.cos[start:end, None], self.sin[start:end, None]  # (n, 1, head_dim): over every head
         if n == 1 or start == 0:
             mask, causal = None, n > 1
         else:  # new rows after a cached prefix: row i sees positions up to start + i
             mask, causal = torch.ones(n, end, dtype=torch.bool).tril(diagonal=start), False
+        qk = (self.heads + self.kv_heads) * self.head_dim
         for i, layer in enumerate(self.layers):
             h = F.rms_norm(x, x.shape[-1:], layer["norm1"], self.eps)
-            q, k, v = layer["qkv"].split(h)
-            q = self._rotate(q.view(1, n, self.heads, self.head_dim).transpose(1, 2), cos, sin)
-            k = self._rotate(k.view(1, n, self.kv_heads, self.head_dim).transpose(1, 2), cos, sin)
-            self.keys[i, :, start:end] = k[0]
-            self.values[i, :, start:end] = v.view(n, self.kv_heads, self.head_dim).transpose(0, 1)
+            qkv = layer["qkv"](h)
+            # q and k sit side by side in the product: one rotation turns both
+            turned = self._rotate(qkv[..., :qk].view(1, n, -1, self.head_dim), cos, sin)
+            q, k = turned.split([self.heads, self.kv_heads], dim=2)
+            self.keys[i, :, start:end] = k[0].transpose(0, 1)
+            self.values[i, :, start:end] = qkv[0, :, qk:].view(n, self.kv_heads, self.head_dim).transpose(0, 1)
             y = F.scaled_dot_product_attention(
-                q, self.keys[None, i, :, :end], self.values[None, i, :, :end],
+                q.transpose(1, 2), self.keys[None, i, :, :end], self.values[None, i, :, :end],
                 attn_mask=mask, is_causal=causal, enable_gqa=True,
             )  # fmt: skip
             x = x + layer["out"](y.transpose(1, 2).reshape(1, n, -1))
