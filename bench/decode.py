@@ -84,7 +84,7 @@ def main(argv: list[str] | None = None) -> None:
                 ids = torch.as_tensor(prompt, dtype=torch.long)[None]
                 times["transformers"].append(decode_ms(model, ids, args.tokens, DynamicCache(config=model.config)))
                 if decoder is not None:
-                    times["shelley decoder"].append(decoder_ms(decoder, list(prompt), args.tokens))
+                    times["shelley decoder"].append(decoder_ms(decoder, [int(t) for t in prompt], args.tokens))
             for engine, ms in times.items():
                 if ms:
                     median = sorted(ms)[len(ms) // 2]

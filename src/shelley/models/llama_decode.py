@@ -56,11 +56,14 @@ class _Product:
     """Several linear layers of one input as one product: their weights stacked, float or int8 with row scales."""
 
     def __init__(self, layers: list) -> None:
+        def stacked(tensors: list[torch.Tensor]) -> torch.Tensor:
+            return tensors[0] if len(tensors) == 1 else torch.cat(tensors)  # one layer: its own tensor, no copy
+
         if all(isinstance(m, Int8Linear) for m in layers):
-            self.weight = torch.cat([m.weight for m in layers])
-            self.scale = torch.cat([m.scale for m in layers])
+            self.weight = stacked([m.weight for m in layers])
+            self.scale = stacked([m.scale for m in layers])
         elif all(isinstance(m, torch.nn.Linear) and m.bias is None for m in layers):
-            self.weight, self.scale = torch.cat([m.weight.detach() for m in layers]), None
+            self.weight, self.scale = stacked([m.weight.detach() for m in layers]), None
         else:
             raise TypeError(f"cannot fuse {[type(m).__name__ for m in layers]}")
         self.sizes = [m.out_features for m in layers]
@@ -140,7 +143,7 @@ class LlamaDecoder:
     def forward(self, ids: list[int], start: int) -> torch.Tensor:
         n, end = len(ids), start + len(ids)
         self._reserve(end)
-        x = self.embed[torch.tensor(ids)][None].float()  # (1, n, hidden)
+        x = self.embed[torch.tensor(ids, dtype=torch.long)][None].float()  # (1, n, hidden)
         cos, sin = self.cos[start:end, None], self.sin[start:end, None]  # (n, 1, head_dim): over every head
         if n == 1 or start == 0:
             mask, causal = None, n > 1
