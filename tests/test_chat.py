@@ -106,3 +106,26 @@ def test_scene_joins_the_story(tiny_run):
     assert len(text.split()) >= 80 and s.turns[-1] == ("", "\n\n" + text)
     assert "\n\n".join(shown) == text
     assert s.turns[0][0] == "The storm broke at midnight." and len(s.turns) == 2  # the scene joined the story
+
+
+def test_cowriting_replies_run_on_the_decoder_as_generate_writes_them_and_keep_its_cache(tiny_run):
+    """A Llama model's replies go through the one-stream decoder: for each turn the text ``generate_texts`` writes
+    for that seed (sampled, with min_new_tokens and a stop string), and from the second turn on the decoder
+    reads only what is new in the story, not the whole prompt again."""
+    from shelley.generate import generate_texts
+    from shelley.generate.scene import DecoderEngine
+
+    s = _session(tiny_run, max_new_tokens=24, min_new_tokens=4, stop=["."], top_k=20, temperature=0.9)
+    fed: list[int] = []
+    for message in ["The storm broke at midnight.", " Then the door opened", " and"]:
+        prompt, _ = s.prompt(" " + message.strip() if s.turns else message)
+        want = generate_texts(s.model, s.tokenizer, [prompt], s.gen, seed=s.gen.seed + len(s.turns))[0]
+        if isinstance(s._stream, DecoderEngine):
+            forward = s._stream.decoder.forward
+            s._stream.decoder.forward = lambda ids, start, f=forward: fed.append(len(ids)) or f(ids, start)
+        got = s.reply(message, stream=False)
+        assert got == want and "." not in got[:-1]
+        fed.append(-1)  # a turn ends
+    assert isinstance(s._stream, DecoderEngine)
+    third_turn_first_feed = fed[fed.index(-1, fed.index(-1) + 1) + 1]
+    assert third_turn_first_feed < s._n_tokens(s.prompt("x")[0]) // 2  # the story so far came from the cache

@@ -154,3 +154,13 @@ def test_the_engine_leaves_the_model_it_reads_unchanged(tokenizer):
     write_scene(transformers_engine(model, tokenizer, GenerationConfig()), tokenizer, "The storm", 100)
     after = model.state_dict()
     assert all(torch.equal(before[k], after[k]) for k in before)
+
+
+def test_decoder_engine_stops_at_a_stop_id_or_when_asked(tokenizer):
+    model = tiny_causal_lm("llama", len(tokenizer), seed=8, max_positions=128).eval()
+    engine = DecoderEngine(LlamaDecoder(model), tokenizer, GenerationConfig(do_sample=False, repetition_penalty=1.0))
+    ids = tokenizer("The storm broke", add_special_tokens=False).input_ids
+    full = engine.continue_ids(ids, 10, seed=1)
+    stop = full[3]
+    assert engine.continue_ids(ids, 10, seed=1, stop_ids=[stop]) == full[: full.index(stop) + 1]
+    assert engine.continue_ids(ids, 10, seed=1, until=lambda new: len(new) >= 2) == full[:2]

@@ -46,6 +46,9 @@ class ChatSession:
     turns: list[tuple[str, str]] = field(default_factory=list)  # (what you wrote, what the model wrote)
     engine: object = None  # a generate.llamacpp.LlamaCppWriter running the exported GGUF (None: transformers)
     paragraph_break: str = "newline"  # how /scene breaks paragraphs: "eos" for a model shelley trained
+    # transformers replies through the one-stream decoder where it runs the model (``scene.DecoderEngine``): its
+    # cache stays between turns, so a turn reads only what is new in the story. None: not yet asked; False: no.
+    _stream: object = field(default=None, repr=False)
 
     # ------------------------------------------------------------------ prompt building
 
@@ -103,6 +106,8 @@ class ChatSession:
     def _model_reply(self, prompt: str, gen: GenerationConfig, stream: bool, on_note) -> str:
         from shelley.generate import generate_texts
 
+        if (engine := self._stream_engine(gen)) is not None:
+            return self._stream_reply(engine, prompt, gen, stream, on_note)
         streamer = None
         if stream:
             from transformers import TextStreamer
@@ -121,6 +126,51 @@ class ChatSession:
             streamer=streamer,
             extra_stop_ids=stop_ids,
         )[0]
+
+    def _stream_engine(self, gen: GenerationConfig):
+        """The session's ``DecoderEngine`` (made once, its settings the turn's), or None where the decoder does not
+        run the model: then ``generate_texts`` replies."""
+        from shelley.generate.scene import DecoderEngine, transformers_engine
+
+        if self._stream is None:
+            engine = transformers_engine(self.model, self.tokenizer, gen)
+            self._stream = engine if isinstance(engine, DecoderEngine) else False
+        if self._stream:
+            self._stream.gen = gen
+        return self._stream or None
+
+    def _stream_reply(self, engine, prompt: str, gen: GenerationConfig, stream: bool, on_note) -> str:
+        """One reply as ``generate_texts`` writes it (the same prompt fitting, stops and cut), through ``engine``."""
+        import torch
+
+        from shelley.generate import check_generation, context_window, cut_at_stop, fit_prompts
+
+        check_generation(gen)
+        window = context_window(self.model)
+        max_new = min(gen.max_new_tokens, window - 1)
+        (ids,), notes = fit_prompts(self.tokenizer, [prompt], window - max_new)
+        for n in notes:
+            if on_note:
+                on_note(n)
+        stop_ids = [self.tokenizer.convert_tokens_to_ids(USER)] if self.mode == "chat" else []
+        streamer = None
+        if stream:
+            from transformers import TextStreamer
+
+            streamer = TextStreamer(self.tokenizer, skip_special_tokens=True)
+
+        def until(new: list[int]) -> bool:
+            text = self.tokenizer.decode(new, skip_special_tokens=True)
+            return any(s and s in text for s in gen.stop)
+
+        new = engine.continue_ids(
+            ids, max_new, seed=self.gen.seed + len(self.turns), min_new=min(gen.min_new_tokens, max_new),
+            stop_ids=stop_ids, until=until if gen.stop else None,
+            on_token=(lambda t: streamer.put(torch.tensor([t]))) if streamer else None,
+        )  # fmt: skip
+        if streamer:
+            streamer.end()
+        return cut_at_stop(self.tokenizer.decode(new, skip_special_tokens=True), gen.stop)
 
     # ------------------------------------------------------------------ a whole scene
 
