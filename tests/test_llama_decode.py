@@ -164,3 +164,36 @@ def test_decoder_engine_stops_at_a_stop_id_or_when_asked(tokenizer):
     stop = full[3]
     assert engine.continue_ids(ids, 10, seed=1, stop_ids=[stop]) == full[: full.index(stop) + 1]
     assert engine.continue_ids(ids, 10, seed=1, until=lambda new: len(new) >= 2) == full[:2]
+
+
+def test_one_sample_through_generate_texts_is_what_generate_writes(tokenizer, monkeypatch):
+    """``generate_texts`` with one prompt and one sample runs on the decoder: the text transformers' generate writes
+    for that seed (sampled, min_new_tokens, a stop string), and its streamer sees the prompt, then each token."""
+    import shelley.models.llama_decode as llama_decode
+    from shelley.generate import generate_texts
+
+    model = tiny_causal_lm("llama", len(tokenizer), seed=9, max_positions=128).eval()
+    gen = GenerationConfig(max_new_tokens=30, min_new_tokens=5, temperature=0.9, top_k=20, stop=["the"])
+
+    class Recorder:
+        def __init__(self) -> None:
+            self.puts: list[list[int]] = []
+            self.ended = False
+
+        def put(self, value) -> None:
+            self.puts.append(value.reshape(-1).tolist())
+
+        def end(self) -> None:
+            self.ended = True
+
+    seen = Recorder()
+    prompts = [("The storm", 3), ("The storm", 4), ("A letter came", 3), ("A letter came", 4)]
+    fast = [generate_texts(model, tokenizer, [p], gen, seed=s, streamer=None if i else seen)[0]
+            for i, (p, s) in enumerate(prompts)]  # fmt: skip
+    prompt_ids = tokenizer("The storm", add_special_tokens=False).input_ids
+    assert seen.puts[0] == prompt_ids and all(len(p) == 1 for p in seen.puts[1:]) and seen.ended
+    streamed = tokenizer.decode([t for p in seen.puts[1:] for t in p], skip_special_tokens=True)
+    assert streamed.startswith(fast[0])
+    monkeypatch.setattr(llama_decode, "unsupported", lambda _model: "forced onto generate for the test")
+    slow = [generate_texts(model, tokenizer, [p], gen, seed=s)[0] for p, s in prompts]
+    assert fast == slow and len(set(fast)) > 1

@@ -95,6 +95,15 @@ def generate_texts(
     for n in notes:
         (on_note or (lambda m: warnings.warn(m, stacklevel=2)))(n)
     rows = [x for x in ids for _ in range(gen.num_samples)]
+    if len(rows) == 1 and heads is None:
+        from shelley.generate.scene import DecoderEngine, transformers_engine
+
+        # One stream on a model the one-stream decoder runs: the same draws without generate's machinery.
+        engine = transformers_engine(model, tokenizer, gen)
+        if isinstance(engine, DecoderEngine):
+            seed = gen.seed if seed is None else seed
+            return [stream_text(engine, tokenizer, rows[0], gen, max_new, seed=seed, streamer=streamer,
+                                stop_ids=extra_stop_ids or [])]  # fmt: skip
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
     width = max(len(r) for r in rows)
     input_ids = torch.tensor([[pad_id] * (width - len(r)) + r for r in rows])
@@ -123,6 +132,32 @@ def generate_texts(
         return texts
     firsts = tokenizer.batch_decode(out[:, width : width + heads], skip_special_tokens=True)
     return texts, [cut_at_stop(t, gen.stop) for t in firsts]
+
+
+def stream_text(
+    engine, tokenizer, ids: list[int], gen: GenerationConfig, max_new: int, *, seed: int, streamer=None,
+    stop_ids: list[int] | None = None,
+) -> str:  # fmt: skip
+    """One continuation of ``ids`` through a ``scene.DecoderEngine``, as ``generate_texts`` writes one row: at most
+    ``max_new`` tokens, end-of-text banned for ``gen.min_new_tokens``, ended by end-of-text, a ``stop_ids`` id or a
+    stop string, and cut at the stop string. ``streamer`` gets what generate gives it: the prompt, each token, end."""
+    import torch
+
+    def until(new: list[int]) -> bool:
+        text = tokenizer.decode(new, skip_special_tokens=True)
+        return any(s and s in text for s in gen.stop)
+
+    if streamer is not None:
+        streamer.put(torch.tensor([ids]))
+    engine.gen = gen
+    new = engine.continue_ids(
+        ids, max_new, seed=seed, min_new=min(gen.min_new_tokens, max_new), stop_ids=stop_ids or [],
+        until=until if gen.stop else None,
+        on_token=(lambda t: streamer.put(torch.tensor([t]))) if streamer is not None else None,
+    )  # fmt: skip
+    if streamer is not None:
+        streamer.end()
+    return cut_at_stop(tokenizer.decode(new, skip_special_tokens=True), gen.stop)
 
 
 def sampling_kwargs(gen: GenerationConfig, tokenizer) -> dict:

@@ -141,9 +141,7 @@ class ChatSession:
 
     def _stream_reply(self, engine, prompt: str, gen: GenerationConfig, stream: bool, on_note) -> str:
         """One reply as ``generate_texts`` writes it (the same prompt fitting, stops and cut), through ``engine``."""
-        import torch
-
-        from shelley.generate import check_generation, context_window, cut_at_stop, fit_prompts
+        from shelley.generate import check_generation, context_window, fit_prompts, stream_text
 
         check_generation(gen)
         window = context_window(self.model)
@@ -157,20 +155,9 @@ class ChatSession:
         if stream:
             from transformers import TextStreamer
 
-            streamer = TextStreamer(self.tokenizer, skip_special_tokens=True)
-
-        def until(new: list[int]) -> bool:
-            text = self.tokenizer.decode(new, skip_special_tokens=True)
-            return any(s and s in text for s in gen.stop)
-
-        new = engine.continue_ids(
-            ids, max_new, seed=self.gen.seed + len(self.turns), min_new=min(gen.min_new_tokens, max_new),
-            stop_ids=stop_ids, until=until if gen.stop else None,
-            on_token=(lambda t: streamer.put(torch.tensor([t]))) if streamer else None,
-        )  # fmt: skip
-        if streamer:
-            streamer.end()
-        return cut_at_stop(self.tokenizer.decode(new, skip_special_tokens=True), gen.stop)
+            streamer = TextStreamer(self.tokenizer, skip_prompt=True, skip_special_tokens=True)
+        seed = self.gen.seed + len(self.turns)
+        return stream_text(engine, self.tokenizer, ids, gen, max_new, seed=seed, streamer=streamer, stop_ids=stop_ids)
 
     # ------------------------------------------------------------------ a whole scene
 
