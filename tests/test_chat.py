@@ -113,7 +113,7 @@ def test_cowriting_replies_run_on_the_decoder_as_generate_writes_them_and_keep_i
     for that seed (sampled, with min_new_tokens and a stop string), and from the second turn on the decoder
     reads only what is new in the story, not the whole prompt again."""
     from shelley.generate import generate_texts
-    from shelley.generate.scene import DecoderEngine
+    from shelley.generate.stream import DecoderEngine
 
     s = _session(tiny_run, max_new_tokens=24, min_new_tokens=4, stop=["."], top_k=20, temperature=0.9)
     fed: list[int] = []

@@ -10,7 +10,8 @@ import torch
 
 from conftest import tiny_causal_lm
 from shelley.config import GenerationConfig
-from shelley.generate.scene import DecoderEngine, TransformersEngine, transformers_engine, write_scene
+from shelley.generate.scene import TransformersEngine, transformers_engine, write_scene
+from shelley.generate.stream import DecoderEngine
 from shelley.models.decode import int8_weights
 from shelley.models.llama_decode import LlamaDecoder, unsupported
 

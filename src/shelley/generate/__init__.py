@@ -96,11 +96,10 @@ def generate_texts(
         (on_note or (lambda m: warnings.warn(m, stacklevel=2)))(n)
     rows = [x for x in ids for _ in range(gen.num_samples)]
     if len(rows) == 1 and heads is None:
-        from shelley.generate.scene import DecoderEngine, transformers_engine
+        from shelley.generate.stream import one_stream
 
         # One stream on a model the one-stream decoder runs: the same draws without generate's machinery.
-        engine = transformers_engine(model, tokenizer, gen)
-        if isinstance(engine, DecoderEngine):
+        if (engine := one_stream(model, tokenizer, gen)) is not None:
             seed = gen.seed if seed is None else seed
             return [stream_text(engine, tokenizer, rows[0], gen, max_new, seed=seed, streamer=streamer,
                                 stop_ids=extra_stop_ids or [])]  # fmt: skip
@@ -138,7 +137,7 @@ def stream_text(
     engine, tokenizer, ids: list[int], gen: GenerationConfig, max_new: int, *, seed: int, streamer=None,
     stop_ids: list[int] | None = None,
 ) -> str:  # fmt: skip
-    """One continuation of ``ids`` through a ``scene.DecoderEngine``, as ``generate_texts`` writes one row: at most
+    """One continuation of ``ids`` through a ``stream.DecoderEngine``, as ``generate_texts`` writes one row: at most
     ``max_new`` tokens, end-of-text banned for ``gen.min_new_tokens``, ended by end-of-text, a ``stop_ids`` id or a
     stop string, and cut at the stop string. ``streamer`` gets what generate gives it: the prompt, each token, end."""
     import torch

@@ -46,7 +46,7 @@ class ChatSession:
     turns: list[tuple[str, str]] = field(default_factory=list)  # (what you wrote, what the model wrote)
     engine: object = None  # a generate.llamacpp.LlamaCppWriter running the exported GGUF (None: transformers)
     paragraph_break: str = "newline"  # how /scene breaks paragraphs: "eos" for a model shelley trained
-    # transformers replies through the one-stream decoder where it runs the model (``scene.DecoderEngine``): its
+    # transformers replies through the one-stream decoder where it runs the model (``stream.DecoderEngine``): its
     # cache stays between turns, so a turn reads only what is new in the story. None: not yet asked; False: no.
     _stream: object = field(default=None, repr=False)
 
@@ -130,11 +130,10 @@ class ChatSession:
     def _stream_engine(self, gen: GenerationConfig):
         """The session's ``DecoderEngine`` (made once, its settings the turn's), or None where the decoder does not
         run the model: then ``generate_texts`` replies."""
-        from shelley.generate.scene import DecoderEngine, transformers_engine
+        from shelley.generate.stream import one_stream
 
         if self._stream is None:
-            engine = transformers_engine(self.model, self.tokenizer, gen)
-            self._stream = engine if isinstance(engine, DecoderEngine) else False
+            self._stream = one_stream(self.model, self.tokenizer, gen) or False
         if self._stream:
             self._stream.gen = gen
         return self._stream or None

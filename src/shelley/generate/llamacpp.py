@@ -21,7 +21,7 @@ from pathlib import Path
 from shelley.config import GenerationConfig
 from shelley.errors import ShelleyError
 from shelley.generate.batch import BatchWriter
-from shelley.generate.scene import common_prefix
+from shelley.generate.stream import common_prefix
 
 
 def require_llama_cpp():
