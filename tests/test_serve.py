@@ -219,7 +219,9 @@ def test_more_readers_than_gradios_default_threads_share_one_batch(tiny_run):
         app.close()
     assert queued == 45
     assert all(isinstance(t, str) and t for t in texts)
-    assert max(writer.batches) >= 44  # the 44 who waited went in as one batch
+    # Those who waited went in as one batch of more than Gradio's 40 handlers (the held first chunk may have taken
+    # one reader or two, as they arrived): with 40 threads no batch could pass 40.
+    assert max(writer.batches) > 40, writer.batches
 
 
 def test_export_space(cli, tiny_run, tmp_path):
