@@ -76,10 +76,15 @@ def generate_texts(
     streamer=None,
     extra_stop_ids: list[int] | None = None,
     heads: int | None = None,
+    stream=None,
 ) -> list[str] | tuple[list[str], list[str]]:
     """Continue every prompt ``gen.num_samples`` times in one left-padded batch; returns the continuations
     only, in order prompt 1 sample 1..n, prompt 2 sample 1..n, ...  ``temperature 0`` or ``do_sample False``
     decodes greedily. ``extra_stop_ids`` are token ids that end a sample like EOS.
+
+    A single sample runs on the one-stream decoder where it runs the model (``stream.one_stream``): ``stream``,
+    a ``stream.DecoderEngine`` the caller keeps between calls (the REPL: its cache holds the story so far), else
+    one made for this call.
 
     ``heads``: also return each continuation's first ``heads`` tokens, decoded on their own: (texts, heads).
     With ``min_new_tokens`` at least ``heads`` these are samples of ``heads`` tokens with the same settings,
@@ -99,7 +104,7 @@ def generate_texts(
         from shelley.generate.stream import one_stream
 
         # One stream on a model the one-stream decoder runs: the same draws without generate's machinery.
-        if (engine := one_stream(model, tokenizer, gen)) is not None:
+        if (engine := stream or one_stream(model, tokenizer, gen)) is not None:
             seed = gen.seed if seed is None else seed
             return [stream_text(engine, tokenizer, rows[0], gen, max_new, seed=seed, streamer=streamer,
                                 stop_ids=extra_stop_ids or [])]  # fmt: skip

@@ -106,8 +106,6 @@ class ChatSession:
     def _model_reply(self, prompt: str, gen: GenerationConfig, stream: bool, on_note) -> str:
         from shelley.generate import generate_texts
 
-        if (engine := self._stream_engine(gen)) is not None:
-            return self._stream_reply(engine, prompt, gen, stream, on_note)
         streamer = None
         if stream:
             from transformers import TextStreamer
@@ -125,38 +123,16 @@ class ChatSession:
             on_note=on_note,
             streamer=streamer,
             extra_stop_ids=stop_ids,
+            stream=self._stream_engine(gen),
         )[0]
 
     def _stream_engine(self, gen: GenerationConfig):
-        """The session's ``DecoderEngine`` (made once, its settings the turn's), or None where the decoder does not
-        run the model: then ``generate_texts`` replies."""
+        """The session's ``DecoderEngine`` (made once), or None where the decoder does not run the model."""
         from shelley.generate.stream import one_stream
 
         if self._stream is None:
             self._stream = one_stream(self.model, self.tokenizer, gen) or False
-        if self._stream:
-            self._stream.gen = gen
         return self._stream or None
-
-    def _stream_reply(self, engine, prompt: str, gen: GenerationConfig, stream: bool, on_note) -> str:
-        """One reply as ``generate_texts`` writes it (the same prompt fitting, stops and cut), through ``engine``."""
-        from shelley.generate import check_generation, context_window, fit_prompts, stream_text
-
-        check_generation(gen)
-        window = context_window(self.model)
-        max_new = min(gen.max_new_tokens, window - 1)
-        (ids,), notes = fit_prompts(self.tokenizer, [prompt], window - max_new)
-        for n in notes:
-            if on_note:
-                on_note(n)
-        stop_ids = [self.tokenizer.convert_tokens_to_ids(USER)] if self.mode == "chat" else []
-        streamer = None
-        if stream:
-            from transformers import TextStreamer
-
-            streamer = TextStreamer(self.tokenizer, skip_prompt=True, skip_special_tokens=True)
-        seed = self.gen.seed + len(self.turns)
-        return stream_text(engine, self.tokenizer, ids, gen, max_new, seed=seed, streamer=streamer, stop_ids=stop_ids)
 
     # ------------------------------------------------------------------ a whole scene
 
