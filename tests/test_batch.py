@@ -1,5 +1,7 @@
-"""The micro-batcher behind the demo (generate.batch): readers who arrive together share a batch, each gets the
-text its seed gives alone, long requests yield between chunks, and a full queue says when to come back."""
+"""The micro-batchers behind the demo (generate.batch): readers who arrive together share a batch, each gets the
+text its seed gives alone, long requests yield between chunks, and a full queue says when to come back. The
+behaviour tests run on both transformers batchers: ``BatchWriter`` (generate) and ``DecoderBatchWriter``
+(shelley's decoder, a slot of its cache per reader)."""
 
 from __future__ import annotations
 
@@ -15,6 +17,17 @@ def tiny(tiny_model_dir):
     return AutoModelForCausalLM.from_pretrained(tiny_model_dir).eval(), AutoTokenizer.from_pretrained(tiny_model_dir)
 
 
+@pytest.fixture(params=["generate", "decoder"])
+def make(request):
+    """A batcher class by name; the decoder's products stay float32 (``wide=False``) so that a row's numbers do
+    not depend on how many rows share its product (bf16 from 8 rows: see test_llama_decode)."""
+    from shelley.generate.batch import BatchWriter, DecoderBatchWriter
+
+    if request.param == "generate":
+        return BatchWriter
+    return lambda model, tok, **kw: DecoderBatchWriter(model, tok, wide=False, **kw)
+
+
 def _gen(**kw):
     from shelley.config import GenerationConfig
 
@@ -25,16 +38,15 @@ def _ids(tok, text):
     return tok(text, add_special_tokens=False).input_ids
 
 
-def test_two_readers_share_one_batch_and_each_gets_what_it_gets_alone(tiny):
-    from shelley.generate.batch import BatchWriter
+def test_two_readers_share_one_batch_and_each_gets_what_it_gets_alone(tiny, make):
 
     model, tok = tiny
-    alone = BatchWriter(model, tok)
+    alone = make(model, tok)
     first = alone.generate(["The storm broke"], _gen(seed=7))[0]
     second = alone.generate(["I was alone, and the night"], _gen(seed=9, temperature=1.2, top_p=0.8, top_k=7))[0]
     assert first != second and alone.batches and max(alone.batches) == 1
 
-    together = BatchWriter(model, tok, start=False)
+    together = make(model, tok, start=False)
     rows = [
         together.submit(_ids(tok, "The storm broke"), 20, _gen(seed=7), seed=7, min_new=20),
         together.submit(_ids(tok, "I was alone, and the night"), 20, _gen(seed=9, temperature=1.2, top_p=0.8, top_k=7),
@@ -46,31 +58,29 @@ def test_two_readers_share_one_batch_and_each_gets_what_it_gets_alone(tiny):
     assert texts == [first, second]
 
 
-def test_a_greedy_row_in_a_padded_batch_writes_what_plain_generate_writes(tiny):
+def test_a_greedy_row_in_a_padded_batch_writes_what_plain_generate_writes(tiny, make):
     """Left padding, the rows' own attention and positions: a greedy row beside a longer sampled one writes the
     tokens transformers' own greedy generate writes for it alone."""
     from shelley.generate import generate_texts
-    from shelley.generate.batch import BatchWriter
 
     model, tok = tiny
     greedy = _gen(do_sample=False, repetition_penalty=1.3, seed=1)
     expected = generate_texts(model, tok, ["The storm"], greedy)[0]
-    writer = BatchWriter(model, tok, start=False, chunk=6)  # several chunks: the context is re-read between them
+    writer = make(model, tok, start=False, chunk=6)  # several chunks: the context is re-read between them
     row = writer.submit(_ids(tok, "The storm"), 20, greedy, seed=1, min_new=20)
     writer.submit(_ids(tok, "It was on a dreary night of November, and I"), 20, _gen(seed=3), seed=3)
     writer.start()
     assert tok.decode(writer.wait(row), skip_special_tokens=True) == expected
 
 
-def test_a_long_request_yields_to_a_short_one_between_chunks(tiny):
-    """A 200-token request is running when a 4-token one arrives: the short one joins the next chunk and ends
+def test_a_long_request_yields_to_a_short_one_between_chunks(tiny, make):
+    """A 100-token request is running when a 4-token one arrives: the short one joins the next chunk and ends
     long before the long one (chunked scheduling), instead of waiting for it."""
-    from shelley.generate.batch import BatchWriter
 
     model, tok = tiny
-    writer = BatchWriter(model, tok, chunk=4)
+    writer = make(model, tok, chunk=4)
     done: list[str] = []
-    long_row = writer.submit(_ids(tok, "The storm"), 200, _gen(seed=1), seed=1, min_new=200)
+    long_row = writer.submit(_ids(tok, "The storm"), 100, _gen(seed=1), seed=1, min_new=100)  # in 128 positions
     next(iter(long_row.out.get, None))  # the long request has written its first chunk
     short = writer.submit(_ids(tok, "I was"), 4, _gen(seed=2), seed=2, min_new=4)
 
@@ -83,27 +93,26 @@ def test_a_long_request_yields_to_a_short_one_between_chunks(tiny):
         t.start()
     for t in threads:
         t.join(timeout=120)
-    assert done == ["short", "long"] and len(short.written) == 4 and len(long_row.written) == 200
+    assert done == ["short", "long"] and len(short.written) == 4 and len(long_row.written) == 100
     assert 2 in writer.batches  # they shared chunks
 
 
-def test_a_full_queue_says_when_to_come_back(tiny):
-    from shelley.generate.batch import BatchWriter, Busy
+def test_a_full_queue_says_when_to_come_back(tiny, make):
+    from shelley.generate.batch import Busy
 
     model, tok = tiny
-    writer = BatchWriter(model, tok, max_waiting=2, start=False)
+    writer = make(model, tok, max_waiting=2, start=False)
     for seed in (1, 2):
         writer.submit(_ids(tok, "The storm"), 8, _gen(seed=seed), seed=seed)
     with pytest.raises(Busy, match=r"busy: 2 requests ahead; try again in \d+ s"):
         writer.submit(_ids(tok, "The storm"), 8, _gen(seed=3), seed=3)
 
 
-def test_a_scene_is_written_through_the_batcher(tiny):
-    from shelley.generate.batch import BatchWriter
+def test_a_scene_is_written_through_the_batcher(tiny, make):
     from shelley.generate.scene import write_scene
 
     model, tok = tiny
-    writer = BatchWriter(model, tok)
+    writer = make(model, tok)
     scene = write_scene(writer.scene_engine(_gen(seed=5)), tok, "The storm", 100, seed=5)
     assert scene.words >= 90 and scene.text.strip() and len(writer.batches) > 1  # chunk by chunk
 

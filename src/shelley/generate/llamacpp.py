@@ -20,8 +20,7 @@ from pathlib import Path
 
 from shelley.config import GenerationConfig
 from shelley.errors import ShelleyError
-from shelley.generate.batch import BatchWriter
-from shelley.generate.stream import common_prefix
+from shelley.generate.batch import SlotBatchWriter
 
 
 def require_llama_cpp():
@@ -219,23 +218,13 @@ class LlamaCppEngine:
         return out
 
 
-# a free slot that keeps at least this many tokens is kept for the row that will come back to it (a scene's next
-# chunk), not filled by _compact: writing that context again would cost more than a second pass for a chunk
-KEEP_TOKENS = 64
-
-
-class LlamaCppBatchWriter(BatchWriter):
-    """``BatchWriter``'s queue over llama.cpp: many readers at once on the exported GGUF.
+class LlamaCppBatchWriter(SlotBatchWriter):
+    """``SlotBatchWriter``'s queue over llama.cpp: many readers at once on the exported GGUF.
 
     Every row is a sequence of one llama.cpp context with ``max_batch`` sequences (``n_seq_max``), each its own
     slot of ``row_context`` tokens in the KV cache (not unified: a row's attention reads its own slot only). A
     step decodes the last token of every running row in one ``llama_batch`` (on a CPU a batch of 50 tokens costs
-    a few times one token, not 50 times), and the rows draw with ``sampling.RowSampling``: each its own penalty,
-    temperature, top-k, top-p and generator, as the transformers batcher does, so a seed writes the same text
-    alone or beside other readers (up to float rounding in a batched matmul, which can flip a near-tie). A row
-    that ends leaves its tokens in its slot; the next row whose context starts the same way (a scene's next
-    chunk) takes that slot and prefills only what is new. The running rows are kept in consecutive slots
-    (``_compact``), which llama.cpp needs to decode them in one pass.
+    a few times one token, not 50 times).
 
     KV memory: ``max_batch * row_context`` tokens (SmolLM2-135M in f16: about 23 kB a token, 1.7 GB at 64 x
     1,152)."""
@@ -263,9 +252,8 @@ class LlamaCppBatchWriter(BatchWriter):
         self.n_batch = params.n_batch
         self.batch = llama_cpp.llama_batch_init(self.n_batch, 0, 1)
         self.n_vocab = writer.llm.n_vocab()
-        self.unified = unified_kv
-        self.slots: list[list[int]] = [[] for _ in range(max_batch)]  # the tokens each slot's cache holds
-        self.owner: list[object | None] = [None] * max_batch  # the row in each slot (None: free)
+        self.compact = not unified_kv
+        self._slots(max_batch)
         atexit.register(self.close)  # a context left to the interpreter's teardown outlives its model
         if start:
             self.start()
@@ -278,87 +266,24 @@ class LlamaCppBatchWriter(BatchWriter):
             self.lib.llama_free(self.ctx)
             self.ctx = None
 
-    def _run_chunk(self, rows) -> int:
-        """Up to ``chunk`` tokens for every row, one ``llama_batch`` a token; returns the tokens written."""
+    def _forget(self, slot: int, keep: int) -> None:
+        self.lib.llama_memory_seq_rm(self.lib.llama_get_memory(self.ctx), slot, keep, -1)
+
+    def _fill(self, items: list[tuple[int, int, int]]) -> None:
+        for at in range(0, len(items), self.n_batch):
+            self._decode(items[at : at + self.n_batch], logits=False)
+
+    def _move(self, source: int, target: int) -> None:
+        mem = self.lib.llama_get_memory(self.ctx)
+        self.lib.llama_memory_seq_rm(mem, target, -1, -1)
+        self.lib.llama_memory_seq_cp(mem, source, target, -1, -1)
+        self.lib.llama_memory_seq_rm(mem, source, -1, -1)
+
+    def _step(self, items: list[tuple[int, int, int]]):
         import torch
 
-        from shelley.generate.sampling import RowSampling
-
-        self._seat(rows)
-        self._compact()
-        new: dict[int, list[int]] = {id(r): [] for r in rows}
-        live = sorted((r for r in rows if r.left > 0), key=self._slot_of)  # in slot order: see _compact
-        for _ in range(min(self.chunk, max(r.left for r in rows))):
-            live = [r for r in live if r.left > 0]
-            if not live:
-                break
-            slots = [self._slot_of(r) for r in live]
-            self._decode([(s, r.ids[-1], len(r.ids) - 1) for s, r in zip(slots, live, strict=True)], logits=True)
-            scores = torch.from_numpy(self._all_logits(len(live)))  # read before the next decode overwrites them
-            input_ids, _ = self._left_padded(live)
-            drawn = RowSampling(live, input_ids.shape[1], self.eos).draw(input_ids, scores).tolist()
-            for s, r, t in zip(slots, live, drawn, strict=True):
-                self.slots[s].append(r.ids[-1])  # the token just decoded is in the slot's cache now
-                r.ids.append(t)
-                r.written.append(t)
-                new[id(r)].append(t)
-                r.left = 0 if t == self.eos else r.left - 1
-        for r in rows:
-            if new[id(r)]:
-                r.out.put(new[id(r)])
-            if r.left <= 0:
-                r.out.put(None)
-                self.owner[self._slot_of(r)] = None  # its tokens stay in the slot for a row that shares them
-        return sum(len(v) for v in new.values())
-
-    def _seat(self, rows) -> None:
-        """Give every row a slot whose cache holds all its ids but the last (decoded with the next step): the free
-        slot that shares the longest start with it, less what differs; what is new of every joining row is
-        prefilled together, ``n_batch`` tokens a decode."""
-        for s, r in enumerate(self.owner):
-            if r is not None and not any(r is row for row in rows):
-                self.owner[s] = None  # a row a failed chunk ended
-        todo: list[tuple[int, int, int]] = []
-        for r in rows:
-            if self._slot_of(r) is not None:
-                continue
-            free = [s for s, o in enumerate(self.owner) if o is None]
-            shared = [common_prefix(self.slots[s], r.ids[:-1]) for s in free]
-            best = max(range(len(free)), key=shared.__getitem__)  # ties: the lowest (_compact closes gaps left)
-            s, keep = free[best], shared[best]
-            self.lib.llama_memory_seq_rm(self.lib.llama_get_memory(self.ctx), s, keep, -1)
-            todo += [(s, t, keep + i) for i, t in enumerate(r.ids[keep:-1])]
-            self.slots[s] = r.ids[:-1]
-            self.owner[s] = r
-        for at in range(0, len(todo), self.n_batch):
-            self._decode(todo[at : at + self.n_batch], logits=False)
-
-    def _compact(self) -> None:
-        """Keep the running rows in consecutive slots. With a KV slot per sequence, llama.cpp puts only
-        consecutive sequence ids, in batch order, into one pass over the weights (``split_equal`` with
-        ``sequential``): rows in slots 0, 1, 2 and 5 cost two passes a token, and under steady traffic, where
-        readers come and go, a 20-row step took 270 ms instead of 115. So the row in the highest slot moves
-        into the lowest hole (``llama_memory_seq_cp`` copies its KV; nothing is computed again). A hole that
-        keeps a long context for a row about to come back (a scene's next chunk) is left alone: that row takes
-        it again within a chunk or two."""
-        if self.unified:
-            return
-        mem = self.lib.llama_get_memory(self.ctx)
-        while True:
-            taken = [s for s, o in enumerate(self.owner) if o is not None]
-            holes = [h for h in range(taken[0], taken[-1]) if self.owner[h] is None] if taken else []
-            holes = [h for h in holes if len(self.slots[h]) < KEEP_TOKENS]
-            if not holes:
-                return
-            hole, top = holes[0], taken[-1]
-            self.lib.llama_memory_seq_rm(mem, hole, -1, -1)
-            self.lib.llama_memory_seq_cp(mem, top, hole, -1, -1)
-            self.lib.llama_memory_seq_rm(mem, top, -1, -1)
-            self.slots[hole], self.owner[hole] = self.slots[top], self.owner[top]
-            self.slots[top], self.owner[top] = [], None
-
-    def _slot_of(self, row) -> int | None:
-        return next((s for s, o in enumerate(self.owner) if o is row), None)  # rows compare by identity, not fields
+        self._decode(items, logits=True)
+        return torch.from_numpy(self._all_logits(len(items)))  # read before the next decode overwrites them
 
     def _decode(self, items: list[tuple[int, int, int]], *, logits: bool) -> None:
         """One ``llama_decode`` of (slot, token, position) items; ``logits``: keep every item's next-token scores."""

@@ -1,10 +1,11 @@
 """``shelley serve MODEL``: a Gradio page to write with a model: prompt, sampling sliders, seed, a "keep it
 original" toggle backed by the originality guard, streamed output, and the run's key numbers.
 
-It binds 127.0.0.1 unless told otherwise. With transformers, every request goes to one ``generate.batch.
-BatchWriter``: readers who press Generate while the model is busy join its next batch (a chunk of 16 tokens
-later), so fifty readers share the two cores as one batch instead of queueing one by one, and a full queue
-answers "busy, try again in N s". With llama.cpp the same queue runs on ``generate.llamacpp.LlamaCppBatchWriter``:
+It binds 127.0.0.1 unless told otherwise. With transformers, every request goes to one batcher
+(``generate.batch.batch_writer``: shelley's own decoder for Llama-architecture models, ``generate`` for the
+rest): readers who press Generate while the model is busy join its next batch (a chunk of 16 tokens later), so
+fifty readers share the two cores as one batch instead of queueing one by one, and a full queue answers "busy,
+try again in N s". With llama.cpp the same queue runs on ``generate.llamacpp.LlamaCppBatchWriter``:
 one llama.cpp context, every reader a sequence of it, one batch a step.
 """
 
@@ -326,14 +327,14 @@ def load_demo(
     """The demo of ``ref``; its requests are batched, up to ``batch`` rows at a time (transformers or llama.cpp;
     ``int8``: transformers with int8 weights)."""
     from shelley.eval.originality import run_index
-    from shelley.generate.batch import BatchWriter
+    from shelley.generate.batch import batch_writer
     from shelley.generate.load import load_writer
 
     # llama.cpp: the batcher makes a context of its own, so the writer's needs no more than a token's worth of the
     # model's window (SmolLM2's full 8,192-token context held 177 MB of KV cache that nothing used)
     loaded, fast = load_writer(ref, engine, gguf, base=base, n_ctx=256, int8=int8)
     if fast is None:
-        fast = BatchWriter(loaded.model, loaded.tokenizer, max_batch=batch)
+        fast = batch_writer(loaded.model, loaded.tokenizer, max_batch=batch)
     else:  # llama.cpp: the same queue, each reader a sequence of one llama.cpp context
         from shelley.generate.llamacpp import LlamaCppBatchWriter
 

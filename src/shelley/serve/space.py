@@ -25,7 +25,7 @@ from pathlib import Path
 
 from shelley.config import GenerationConfig
 from shelley.eval.originality import CorpusIndex
-from shelley.generate.batch import BatchWriter
+from shelley.generate.batch import batch_writer
 from shelley.generate.load import load_for_generation
 from shelley.serve.app import Demo, serve
 
@@ -41,7 +41,7 @@ demo = Demo(
     index=CorpusIndex.load(index_file) if index_file.exists() else None,
     max_span=settings["max_span"],
     facts=settings["facts"],
-    engine=BatchWriter(loaded.model, loaded.tokenizer),  # readers who arrive together share a batch
+    engine=batch_writer(loaded.model, loaded.tokenizer),  # readers who arrive together share a batch
 )
 # serve(): a Gradio worker per reader the batcher can queue, and a warmed request path; the host and port are
 # the Space's own (Spaces set GRADIO_SERVER_NAME), else this machine's loopback
