@@ -186,6 +186,102 @@ def test_a_row_that_joins_is_prefilled_alone_and_both_rows_write_what_they_write
     assert a.written == alone(first, 12, 1) and b.written == alone(second, 8, 2)
 
 
+def _spy_rows(writer) -> list[tuple[int, list[int], bool]]:
+    """Record every batch the decoder batcher runs: (first slot, ids per slot, whether it asked for logits)."""
+    calls: list[tuple[int, list[int], bool]] = []
+    real = writer.decoder.forward_rows
+
+    def spy(first, rows, starts, *, logits=True):
+        calls.append((first, [len(r) if r else 0 for r in rows], logits))
+        return real(first, rows, starts, logits=logits)
+
+    writer.decoder.forward_rows = spy
+    return calls
+
+
+def _alone(model, tok, ids, n, seed):
+    from shelley.generate.batch import DecoderBatchWriter
+
+    writer = DecoderBatchWriter(model, tok, chunk=4, wide=False, start=False)
+    row = writer.submit(ids, n, _gen(seed=seed), seed=seed, min_new=n)
+    while row.left > 0:
+        writer._run_chunk([row])
+    return row.written
+
+
+def test_the_decoder_batcher_steps_every_row_at_once_and_prefills_only_a_joiners_tokens(tiny):
+    from shelley.generate.batch import DecoderBatchWriter
+
+    model, tok = tiny
+    first, second = _ids(tok, "The storm broke over the lake"), _ids(tok, "It was on a dreary night of November")
+    writer = DecoderBatchWriter(model, tok, chunk=4, wide=False, start=False)
+    calls = _spy_rows(writer)
+    a = writer.submit(first, 12, _gen(seed=1), seed=1, min_new=12)
+    writer._run_chunk([a])
+    assert calls[0] == (0, [len(first) - 1], False) and len(calls) == 5  # its prefill, then 4 steps
+    calls.clear()
+    b = writer.submit(second, 8, _gen(seed=2), seed=2, min_new=8)
+    writer._run_chunk([a, b])  # b joins in the next slot: its own tokens only, then both rows in every step
+    assert calls == [(1, [len(second) - 1], False)] + [(0, [1, 1], True)] * 4
+    while a.left > 0 or b.left > 0:
+        writer._run_chunk([r for r in (a, b) if r.left > 0])
+    assert a.written == _alone(model, tok, first, 12, 1) and b.written == _alone(model, tok, second, 8, 2)
+
+
+def test_a_row_in_the_highest_slot_moves_into_a_hole_and_writes_what_it_writes_alone(tiny):
+    """When the middle row of three ends, the top row's cache moves into its slot (the running rows stay side
+    by side: one span a step, no idle slot inside it) and the moved row goes on as if nothing happened."""
+    from shelley.generate.batch import DecoderBatchWriter
+
+    model, tok = tiny
+    texts = ["The storm broke over the lake", "I was", "It was on a dreary night of November"]
+    lengths = [12, 4, 12]
+    writer = DecoderBatchWriter(model, tok, chunk=4, wide=False, start=False)
+    rows = [
+        writer.submit(_ids(tok, t), n, _gen(seed=i), seed=i, min_new=n)
+        for i, (t, n) in enumerate(zip(texts, lengths, strict=True))
+    ]
+    writer._run_chunk(rows)
+    assert rows[1].left == 0 and [writer._slot_of(r) for r in rows] == [0, None, 2]
+    calls = _spy_rows(writer)
+    writer._run_chunk([rows[0], rows[2]])
+    assert writer._slot_of(rows[2]) == 1 and all(c == (0, [1, 1], True) for c in calls)
+    while rows[0].left > 0 or rows[2].left > 0:
+        writer._run_chunk([r for r in (rows[0], rows[2]) if r.left > 0])
+    for i in (0, 2):
+        assert rows[i].written == _alone(model, tok, _ids(tok, texts[i]), lengths[i], i)
+
+
+def test_a_scenes_next_chunk_takes_its_slot_back_and_prefills_only_what_is_new(tiny):
+    from conftest import tiny_causal_lm
+    from shelley.generate.batch import DecoderBatchWriter
+    from shelley.generate.scene import write_scene
+
+    _, tok = tiny
+    model = tiny_causal_lm("llama", len(tok), max_positions=1024).eval()  # room for the scene: no rolling context
+    writer = DecoderBatchWriter(model, tok, chunk=4, wide=False)
+    calls = _spy_rows(writer)
+    asked: list[int] = []
+    submit = writer.submit
+    writer.submit = lambda ids, *a, **k: asked.append(len(ids)) or submit(ids, *a, **k)
+    scene = write_scene(writer.scene_engine(_gen(seed=5)), tok, "The storm", 100, seed=5)
+    prefilled = sum(sum(n) for _, n, logits in calls if not logits)
+    assert scene.words >= 90 and len(asked) > 2  # several chunks, each a request with the whole context
+    assert prefilled < sum(asked) / 2  # an engine that forgot its slots would prefill every request whole
+
+
+def test_the_batcher_is_the_decoders_where_it_runs_the_model():
+    from conftest import tiny_causal_lm
+    from shelley.generate.batch import BatchWriter, DecoderBatchWriter, batch_writer
+
+    class Tok:
+        eos_token_id = pad_token_id = 0
+
+    for kind, cls in (("llama", DecoderBatchWriter), ("gpt2", BatchWriter), ("gemma3", BatchWriter)):
+        writer = batch_writer(tiny_causal_lm(kind, 64).eval(), Tok(), start=False)
+        assert type(writer) is cls, kind
+
+
 def test_each_rows_penalty_touches_only_its_own_tokens():
     """The batched draw penalises exactly what transformers' repetition penalty does, row by row: a token seen
     twice once, padding never (top_k=1 makes a sampled row's draw the best penalised score)."""

@@ -46,6 +46,57 @@ def test_decoder_gives_transformers_logits_through_prefill_steps_chunks_and_roll
     torch.testing.assert_close(dec.forward(ids[60:80], 25), _hf_logits(model, other)[-1], atol=1e-4, rtol=1e-4)
 
 
+def test_rows_in_their_own_slots_give_transformers_logits():
+    """Several slots as one batch: prompts of different lengths prefilled together (a slot inside the span left
+    out), then a token of every row a step at its own position, then two rows' chunks after their cached
+    prefixes. Each row's logits are what transformers gives that row alone."""
+    model = tiny_causal_lm("llama", 300, hidden=64, max_positions=512, seed=1).eval()
+    g = torch.Generator().manual_seed(0)
+    seqs = [torch.randint(2, 300, (n,), generator=g).tolist() for n in (30, 17, 45, 22)]
+    cut = [20, 10, 30, 15]
+    dec = LlamaDecoder(model, slots=6)
+    # slots 1, 3 and 4 prefilled together, slot 2 (inside the span) untouched; then slot 2 alone
+    assert dec.forward_rows(1, [seqs[0][:20], None, seqs[2][:30], seqs[3][:15]], [0, 0, 0, 0], logits=False) is None
+    torch.testing.assert_close(dec.forward_rows(2, [seqs[1][:10]], [0])[0], _hf_logits(model, seqs[1][:10])[-1])
+    pos = list(cut)
+    while any(p < len(s) for p, s in zip(pos, seqs, strict=True)):
+        rows = [[s[p]] if p < len(s) else None for p, s in zip(pos, seqs, strict=True)]
+        got = iter(dec.forward_rows(1, rows, pos))
+        for j, r in enumerate(rows):
+            if r:
+                want = _hf_logits(model, seqs[j][: pos[j] + 1])[-1]
+                torch.testing.assert_close(next(got), want, atol=1e-4, rtol=1e-4)
+                pos[j] += 1
+    # two rows rolled back to 5 and 9 tokens, then given chunks of 7 and 2 ids
+    dec.forward_rows(1, [seqs[0][:5], seqs[1][:9]], [0, 0], logits=False)
+    got = dec.forward_rows(1, [seqs[0][5:12], seqs[1][9:11]], [5, 9])
+    torch.testing.assert_close(got[0], _hf_logits(model, seqs[0][:12])[-1], atol=1e-4, rtol=1e-4)
+    torch.testing.assert_close(got[1], _hf_logits(model, seqs[1][:11])[-1], atol=1e-4, rtol=1e-4)
+    # a slot's cache moved to another slot goes on there as it would have in its own
+    dec.move(1, 5)
+    torch.testing.assert_close(dec.forward_rows(5, [seqs[0][12:14]], [12])[0], _hf_logits(model, seqs[0][:14])[-1],
+                               atol=1e-4, rtol=1e-4)  # fmt: skip
+
+
+def test_wide_products_are_bf16_from_eight_rows_and_float32_below():
+    """``wide``: a batch of eight rows or more multiplies on the bf16 copy (logits within bf16 rounding of
+    transformers'), fewer rows on the float32 weights (transformers' logits to 1e-4)."""
+    from shelley.models import llama_decode
+
+    model = tiny_causal_lm("llama", 300, hidden=64, max_positions=512, seed=3).eval()
+    g = torch.Generator().manual_seed(2)
+    seqs = [torch.randint(2, 300, (12,), generator=g).tolist() for _ in range(llama_decode.WIDE_ROWS)]
+    dec = LlamaDecoder(model, slots=len(seqs), wide=True)
+    few = dec.forward_rows(0, [[s[0]] for s in seqs[:2]], [0, 0])
+    for row, s in zip(few, seqs, strict=False):
+        torch.testing.assert_close(row, _hf_logits(model, s[:1])[-1], atol=1e-4, rtol=1e-4)
+    many = dec.forward_rows(0, [s[:1] for s in seqs], [0] * len(seqs))
+    for row, s in zip(many, seqs, strict=True):
+        want = _hf_logits(model, s[:1])[-1]
+        assert not torch.allclose(row, want, atol=1e-5)  # bf16: not the float32 numbers...
+        assert torch.cosine_similarity(row, want, dim=0) > 0.999  # ...but within its rounding
+
+
 def test_the_cache_grows_past_its_first_size_keeping_what_it_holds():
     model = tiny_causal_lm("llama", 300, hidden=32, max_positions=1024, seed=2).eval()
     ids = torch.randint(2, 300, (300,), generator=torch.Generator().manual_seed(1)).tolist()

@@ -160,6 +160,7 @@ class LlamaDecoder:
         self.cos, self.sin = cos[0].to(self.dtype), sin[0].to(self.dtype)
         self.capacity = cap
 
+    @torch.inference_mode()  # the cache is made in inference mode and may only be written there
     def move(self, source: int, target: int) -> None:
         """Copy slot ``source``'s cache into slot ``target`` (a batcher keeping its running rows side by side)."""
         if self.keys is not None:
