@@ -78,6 +78,24 @@ def test_rows_in_their_own_slots_give_transformers_logits():
                                atol=1e-4, rtol=1e-4)  # fmt: skip
 
 
+def test_a_step_with_a_few_long_rows_gives_every_row_its_own_logits():
+    """Two rows of ~300 positions among six of ~20 (a scene beside short readers): the batch attends over the
+    short rows' reach and the long rows apart; every row's logits are still transformers' for that row."""
+    from shelley.models.llama_decode import _reach
+
+    model = tiny_causal_lm("llama", 300, hidden=64, max_positions=1024, seed=1).eval()
+    g = torch.Generator().manual_seed(0)
+    lens = [20, 25, 18, 30, 22, 300, 21, 280]
+    seqs = [torch.randint(2, 300, (n + 1,), generator=g).tolist() for n in lens]
+    dec = LlamaDecoder(model, slots=len(seqs))
+    for j, s in enumerate(seqs):
+        dec.forward_rows(j, [s[:-1]], [0], logits=False)
+    assert _reach([n + 1 for n in lens]) == (31, [(5, 301), (7, 281)])  # the two long rows go apart
+    got = dec.forward_rows(0, [[s[-1]] for s in seqs], lens)
+    for row, s in zip(got, seqs, strict=True):
+        torch.testing.assert_close(row, _hf_logits(model, s)[-1], atol=1e-4, rtol=1e-4)
+
+
 def test_wide_products_are_bf16_from_eight_rows_and_float32_below():
     """``wide``: a batch of eight rows or more multiplies on the bf16 copy (logits within bf16 rounding of
     transformers'), fewer rows on the float32 weights (transformers' logits to 1e-4)."""
