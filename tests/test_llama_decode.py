@@ -96,16 +96,16 @@ def test_a_step_with_a_few_long_rows_gives_every_row_its_own_logits():
         torch.testing.assert_close(row, _hf_logits(model, s)[-1], atol=1e-4, rtol=1e-4)
 
 
-def test_wide_products_are_bf16_from_eight_rows_and_float32_below():
-    """``wide``: a batch of eight rows or more multiplies on the bf16 copy (logits within bf16 rounding of
-    transformers'), fewer rows on the float32 weights (transformers' logits to 1e-4)."""
+def test_wide_products_are_bf16_from_wide_rows_and_float32_below():
+    """``wide``: a batch of ``WIDE_ROWS`` rows or more multiplies on the bf16 copy (logits within bf16 rounding
+    of transformers'), fewer rows on the float32 weights (transformers' logits to 1e-4)."""
     from shelley.models import llama_decode
 
     model = tiny_causal_lm("llama", 300, hidden=64, max_positions=512, seed=3).eval()
     g = torch.Generator().manual_seed(2)
     seqs = [torch.randint(2, 300, (12,), generator=g).tolist() for _ in range(llama_decode.WIDE_ROWS)]
     dec = LlamaDecoder(model, slots=len(seqs), wide=True)
-    few = dec.forward_rows(0, [[s[0]] for s in seqs[:2]], [0, 0])
+    few = dec.forward_rows(0, [[s[0]] for s in seqs[: llama_decode.WIDE_ROWS - 1]], [0] * (llama_decode.WIDE_ROWS - 1))
     for row, s in zip(few, seqs, strict=False):
         torch.testing.assert_close(row, _hf_logits(model, s[:1])[-1], atol=1e-4, rtol=1e-4)
     many = dec.forward_rows(0, [s[:1] for s in seqs], [0] * len(seqs))

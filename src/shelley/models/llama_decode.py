@@ -28,8 +28,9 @@ from shelley.models.decode import Int8Linear
 ARCHITECTURES = ("llama", "mistral")  # Mistral without a sliding window is Llama's function
 PREFILL_DEQUANT = 8  # int8 products for more rows than this run on weights widened to bf16: int8pack_mm goes row by row
 # With ``wide``, products of this many rows or more run on the bf16 copy. All 30 layers' products of SmolLM2-135M
-# on 2 Xeon cores with AVX512-BF16 (ms): 1 row 33 float32 / 48 bf16; 8 rows 82 / 42; 50 rows 152 / 61.
-WIDE_ROWS = 8
+# and its head on 2 Xeon cores with AVX512-BF16 (ms, float32 / bf16): 1 row 33.5 / 39.3, 2 rows 35.6 / 35.6,
+# 3 rows 38.9 / 36.0, 4 rows 62.0 / 36.8, 8 rows 82.4 / 38.4, 50 rows 152 / 61.
+WIDE_ROWS = 3
 
 
 def unsupported(model) -> str | None:
