@@ -168,10 +168,7 @@ def test_greedy_decoder_engine_writes_what_generate_writes_with_a_repetition_pen
     across two calls of one scene (the second shares the first's prefix) and a whole scene with beats."""
     model = tiny_causal_lm("llama", len(tokenizer), seed=4, max_positions=256).eval()
     gen = GenerationConfig(do_sample=False, repetition_penalty=1.8)
-    fast, slow = (
-        DecoderEngine(LlamaDecoder(model), tokenizer.eos_token_id, gen),
-        TransformersEngine(model, tokenizer, gen),
-    )
+    fast, slow = DecoderEngine(LlamaDecoder(model), tokenizer, gen), TransformersEngine(model, tokenizer, gen)
     ids = tokenizer("The storm broke and the storm broke and the storm", add_special_tokens=False).input_ids
     first = fast.continue_ids(ids, 12, seed=1)
     assert first == slow.continue_ids(ids, 12, seed=1)
@@ -188,7 +185,7 @@ def test_a_seed_samples_the_same_scene_as_transformers_engine(tokenizer):
     model = tiny_causal_lm("llama", len(tokenizer), seed=7, max_positions=256).eval()
     gen = GenerationConfig(do_sample=True, temperature=0.9, top_k=20, top_p=0.9, repetition_penalty=1.1)
     kw = {"context_tokens": 96, "chunk_tokens": 16, "seed": 11}
-    a = write_scene(DecoderEngine(LlamaDecoder(model), tokenizer.eos_token_id, gen), tokenizer, "The storm", 120, **kw)
+    a = write_scene(DecoderEngine(LlamaDecoder(model), tokenizer, gen), tokenizer, "The storm", 120, **kw)
     b = write_scene(TransformersEngine(model, tokenizer, gen), tokenizer, "The storm", 120, **kw)
     assert a.paragraphs == b.paragraphs and a.drawn_tokens == b.drawn_tokens
 
@@ -205,7 +202,7 @@ def test_decoder_engine_feeds_only_new_tokens_and_a_seed_draws_the_same_scene(to
         dec = LlamaDecoder(model)
         forward = dec.forward
         dec.forward = lambda ids, start: fed.append(len(ids)) or forward(ids, start)
-        eng = DecoderEngine(dec, tokenizer.eos_token_id, gen)
+        eng = DecoderEngine(dec, tokenizer, gen)
         if forget:
             inner = eng.continue_ids
             eng.continue_ids = lambda *a, **kw: eng._cached.clear() or inner(*a, **kw)
@@ -231,9 +228,7 @@ def test_the_engine_leaves_the_model_it_reads_unchanged(tokenizer):
 
 def test_decoder_engine_stops_at_a_stop_id_or_when_asked(tokenizer):
     model = tiny_causal_lm("llama", len(tokenizer), seed=8, max_positions=128).eval()
-    engine = DecoderEngine(
-        LlamaDecoder(model), tokenizer.eos_token_id, GenerationConfig(do_sample=False, repetition_penalty=1.0)
-    )
+    engine = DecoderEngine(LlamaDecoder(model), tokenizer, GenerationConfig(do_sample=False, repetition_penalty=1.0))
     ids = tokenizer("The storm broke", add_special_tokens=False).input_ids
     full = engine.continue_ids(ids, 10, seed=1)
     stop = full[3]

@@ -21,7 +21,6 @@ from pathlib import Path
 from shelley.config import GenerationConfig
 from shelley.errors import ShelleyError
 from shelley.generate.batch import SlotBatchWriter
-from shelley.generate.stream import DecoderEngine, common_prefix
 
 
 def require_llama_cpp():
@@ -178,10 +177,9 @@ class LlamaCppWriter:
         self.token_counts.append(count)
         return text
 
-    def scene_engine(self, gen: GenerationConfig) -> DecoderEngine:
-        """This model as the scene writer's token engine, sampling as ``gen`` says (``sampling.RowSampling``: the
-        repetition penalty over the whole context, then temperature, top-k and top-p, as transformers does)."""
-        return DecoderEngine(LlamaCppDecoder(self), self.llm.token_eos(), gen)
+    def scene_engine(self, gen: GenerationConfig) -> LlamaCppEngine:
+        """This model as the scene writer's token engine, sampling as ``gen`` says."""
+        return LlamaCppEngine(self, gen)
 
     def logits(self, ids: list[int]):
         """Next-token logits at every position of ``ids`` (needs ``logits=True``): shape (len(ids), vocab)."""
@@ -192,33 +190,32 @@ class LlamaCppWriter:
         return np.array(self.llm.scores[: len(ids)], dtype=np.float32)
 
 
-class LlamaCppDecoder:
-    """llama.cpp as ``stream.DecoderEngine``'s decoder: ``forward(ids, start)`` evaluates ``ids`` after the first
-    ``start`` tokens llama.cpp holds and returns the next-token logits (a view of llama.cpp's buffer, valid until
-    the next call). So a scene on llama.cpp runs the same loop as on shelley's decoder: one llama.cpp call a
-    token, and ``sampling.RowSampling`` on the logits. llama-cpp-python's own ``generate`` samples through its
-    sampler chain, whose Python logits processor copies all 49k scores in and out every token: about 4 ms a
-    token, a fifth of a scene's time on 2 cores (1,190 tokens: 23 s through it, against 18 s for llama.cpp's
-    own decoding alone; see ``docs/results``, scene writing speed)."""
+class LlamaCppEngine:
+    """``continue_ids`` (the scene writer's engine) over llama.cpp: token ids in, token ids out, so the scene's
+    rolling context and guard work as with transformers. llama.cpp keeps the KV cache of the longest prefix the
+    next call shares with the last one by itself."""
 
-    def __init__(self, writer: LlamaCppWriter) -> None:
-        self.llm, self.lib = writer.llm, require_llama_cpp()
+    def __init__(self, writer: LlamaCppWriter, gen: GenerationConfig) -> None:
+        self.llm = writer.llm
         self.position_limit = min(writer.context, writer.trained_context or writer.context)
-        self.n_vocab = self.llm.n_vocab()
+        self.gen = gen
 
-    def forward(self, ids: list[int], start: int):
-        import numpy as np
-        import torch
-
-        llm = self.llm
-        if start == 0:  # a new engine: llama.cpp may still hold a prefix of these ids from an earlier call
-            held = llm.input_ids[: llm.n_tokens].tolist()
-            start = min(common_prefix(held, ids), len(ids) - 1)
-            ids = ids[start:]
-        llm.n_tokens = start  # eval drops what llama.cpp holds past this and goes on from here
-        llm.eval(ids)
-        logits = self.lib.llama_get_logits_ith(llm._ctx.ctx, -1)
-        return torch.from_numpy(np.ctypeslib.as_array(logits, shape=(self.n_vocab,)))
+    def continue_ids(self, ids, max_new, *, seed, ban_eos=False, on_token=None):
+        llama_cpp = require_llama_cpp()
+        eos = self.llm.token_eos()
+        shape = [ban(eos, once=True), hf_sampling(self.gen)] if ban_eos else [hf_sampling(self.gen)]
+        self.llm.set_seed(seed)
+        out: list[int] = []
+        stream = self.llm.generate(
+            ids, reset=True, logits_processor=llama_cpp.LogitsProcessorList(shape), **_chain(self.gen)
+        )
+        for tok in stream:
+            out.append(int(tok))
+            if on_token:
+                on_token(int(tok))
+            if tok == eos or len(out) >= max_new:
+                break
+        return out
 
 
 class LlamaCppBatchWriter(SlotBatchWriter):

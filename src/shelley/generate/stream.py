@@ -14,7 +14,7 @@ def one_stream(model, tokenizer, gen: GenerationConfig) -> DecoderEngine | None:
 
     if gen.no_repeat_ngram_size or unsupported(model) is not None:
         return None
-    return DecoderEngine(LlamaDecoder(model), tokenizer.eos_token_id, gen)
+    return DecoderEngine(LlamaDecoder(model), tokenizer, gen)
 
 
 class DecoderEngine:
@@ -28,15 +28,12 @@ class DecoderEngine:
     penalty, temperature, top-k and top-p as ``TransformersEngine``, and the same draws, since both take k
     exponentials a step from a generator seeded alike (a new ``torch.Generator`` here, torch's global one there).
     So float32 weights write the same scene for a seed on either engine; under int8 weights the two round bf16
-    differently and a near tie can go the other way. ``gen`` may be replaced between calls (the REPL's /temp).
+    differently and a near tie can go the other way. ``gen`` may be replaced between calls (the REPL's /temp)."""
 
-    ``decoder``: anything with ``position_limit`` and ``forward(ids, start)`` (the logits after ``ids`` placed at
-    ``start``…, on what it holds before ``start``): ``LlamaDecoder``, or llama.cpp (``generate.llamacpp``)."""
-
-    def __init__(self, decoder, eos: int, gen: GenerationConfig) -> None:
+    def __init__(self, decoder, tokenizer, gen: GenerationConfig) -> None:
         self.decoder, self.gen = decoder, gen
         self.position_limit = decoder.position_limit
-        self.eos = eos
+        self.eos = tokenizer.eos_token_id
         self._cached: list[int] = []  # the ids whose keys and values the decoder holds, from position 0
 
     def continue_ids(
