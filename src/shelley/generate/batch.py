@@ -477,7 +477,8 @@ class DecoderBatchWriter(SlotBatchWriter):
         super().__init__(
             model, tokenizer, max_batch=max_batch, chunk=chunk, max_waiting=max_waiting, start=False, context=limit
         )
-        self.decoder = LlamaDecoder(model, slots=max_batch, wide=_has_bf16() if wide is None else wide)
+        wide = _has_bf16() if wide is None else wide
+        self.decoder = LlamaDecoder(model, slots=max_batch, wide=wide, positions=limit)
         self._slots(max_batch)
         if start:
             self.start()

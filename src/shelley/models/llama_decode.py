@@ -122,16 +122,19 @@ class LlamaDecoder:
     shorter shared prefix passes that prefix's length as ``start`` (what was cached after it is overwritten).
 
     ``slots``: how many rows the cache holds, each in a slot of its own (``forward`` uses slot 0); ``forward_rows``
-    runs several slots as one batch. ``wide``: products of many rows run on a bf16 copy of the weights."""
+    runs several slots as one batch. ``wide``: products of many rows run on a bf16 copy of the weights.
+    ``positions``: the most any slot may hold (default: the model's position limit)."""
 
-    def __init__(self, model, *, slots: int = 1, wide: bool = False) -> None:
+    def __init__(self, model, *, slots: int = 1, wide: bool = False, positions: int | None = None) -> None:
         if (why := unsupported(model)) is not None:
             raise ValueError(f"LlamaDecoder cannot run this model: {why}")
         cfg, base = model.config, model.model
         self.heads, self.kv_heads = cfg.num_attention_heads, cfg.num_key_value_heads
         self.head_dim = getattr(cfg, "head_dim", None) or cfg.hidden_size // cfg.num_attention_heads
         self.eps = cfg.rms_norm_eps
-        self.position_limit = cfg.max_position_embeddings
+        # ``positions``: fewer than the model's own, so that a cache of many slots cannot double past what its rows
+        # may hold (64 slots of SmolLM2 at 2,048 positions would be 6 GB in float32)
+        self.position_limit = min(cfg.max_position_embeddings, positions or cfg.max_position_embeddings)
         self.slots = slots
         self.embed = base.embed_tokens.weight.detach()
         # Keys, values and attention in the weights' precision: float32, or bf16 under int8 weights (``wide`` or
