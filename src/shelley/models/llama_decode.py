@@ -82,21 +82,20 @@ class _Product:
         """The weights in bf16 (int8 rows times their scales), for products of many rows."""
         if self.scale is None:
             return self.weight.to(torch.bfloat16)
-        return (self.weight.to(torch.bfloat16) * self.scale[:, None]).to(torch.bfloat16)
+        return self.weight.to(self.scale.dtype) * self.scale[:, None]  # int8 scales are bf16 (Int8Linear)
 
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
         """The product in the weights' own precision: float32, or for int8 rows bf16 activations (what
         ``_weight_int8pack_mm`` multiplies fast: with float32 ones it runs ~10x slower); many rows on the bf16
         copy where there is one (bf16 out)."""
-        rows = x.reshape(-1, x.shape[-1])
-        if self.wide is not None and rows.shape[0] >= WIDE_ROWS:
+        if self.wide is not None and x.numel() // x.shape[-1] >= WIDE_ROWS:
             return F.linear(x.to(torch.bfloat16), self.wide)
         if self.scale is None:
             return F.linear(x.to(self.weight.dtype), self.weight)
         x = x.to(self.scale.dtype)
-        rows = rows.to(self.scale.dtype)
+        rows = x.reshape(-1, x.shape[-1])
         if rows.shape[0] > PREFILL_DEQUANT:  # a prefill: one wide bf16 product beats int8 row by row
-            return F.linear(x, self.weight.to(x.dtype) * self.scale[:, None])
+            return F.linear(x, self._widened())
         return torch.ops.aten._weight_int8pack_mm(rows, self.weight, self.scale).view(*x.shape[:-1], -1)
 
     def split(self, x: torch.Tensor) -> tuple[torch.Tensor, ...]:
@@ -219,7 +218,8 @@ class LlamaDecoder:
         lens = [len(r) if r else 0 for r in rows]
         starts = [s if n else 0 for s, n in zip(starts, lens, strict=True)]
         span, width = len(rows), max(lens)
-        end = max(s + n for s, n in zip(starts, lens, strict=True))
+        ends = [s + n for s, n in zip(starts, lens, strict=True)]
+        end = max(ends)
         self._reserve(end)
         if span == 1:  # one stream: slices, and no mask for a single token
             start = starts[0]
@@ -229,7 +229,6 @@ class LlamaDecoder:
                 mask, causal = None, width > 1
             else:  # new ids after a cached prefix: id i sees positions up to start + i
                 mask, causal = torch.ones(width, end, dtype=torch.bool).tril(diagonal=start), False
-            write = (slice(start, end), None)
         else:  # rows padded on the right to one width; each query sees its own slot up to its own position
             tokens = torch.zeros(span, width, dtype=torch.long)
             for j, r in enumerate(rows):
@@ -242,7 +241,7 @@ class LlamaDecoder:
             real = [(j, t) for j in range(span) for t in range(lens[j])]  # only these positions are written
             b = torch.tensor([j for j, _ in real])
             write = (first + b, torch.tensor([starts[j] + t for j, t in real]), b, torch.tensor([t for _, t in real]))
-        reach = _reach([s + n for s, n in zip(starts, lens, strict=True)]) if width == 1 and span > 1 else None
+        reach = _reach(ends) if width == 1 and span > 1 else None
         qk = (self.heads + self.kv_heads) * self.head_dim
         for i, layer in enumerate(self.layers):
             h = F.rms_norm(x, x.shape[-1:], layer["norm1"], self.eps)
@@ -252,8 +251,8 @@ class LlamaDecoder:
             q, k = turned.split([self.heads, self.kv_heads], dim=2)
             v = qkv[..., qk:].view(span, width, self.kv_heads, self.head_dim)
             if span == 1:
-                self.keys[i, first, :, write[0]] = k[0].transpose(0, 1)
-                self.values[i, first, :, write[0]] = v[0].transpose(0, 1)
+                self.keys[i, first, :, start:end] = k[0].transpose(0, 1)
+                self.values[i, first, :, start:end] = v[0].transpose(0, 1)
             else:
                 slot, at, row, t = write
                 self.keys[i][slot, :, at] = k[row, t]
