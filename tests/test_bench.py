@@ -212,3 +212,37 @@ def test_layers_bench_splits_a_real_stack_into_matrix_products_and_the_rest(tiny
     assert main([*small, "--precision", "fp32", "--peak-seconds", "0.05"]) == 0
     out = capsys.readouterr().out
     assert "2 decoder layers" in out and "of this machine's" in out and "matrix products" in out
+
+
+def test_scene_speed_bench_alternates_engines_and_records_one_row_each(tmp_path, tiny_run, capsys):
+    """`python -m bench.scene_speed`: the real `shelley write --words` per engine in its own process, the engines
+    alternated within a round, figures taken from the scene's JSON, and one row per engine added to the results
+    history (never a row replaced)."""
+    import shutil
+
+    import pytest
+    from bench.scene_speed import main
+
+    results = tmp_path / "results"
+    results.mkdir()
+    shutil.copy(REPO / "docs" / "results" / "scene_speed.json", results)
+    before = json.loads((results / "scene_speed.json").read_text())["rows"]
+    out = tmp_path / "speed.json"
+    args = [str(tiny_run), "--engines", "transformers,int8", "--rounds", "1", "--words", "100"]
+    assert main([*args, "--out", str(out), "--record", "--results", str(results)]) == 0
+
+    doc = json.loads(out.read_text())
+    assert [r["engine"] for r in doc["runs"]] == ["transformers", "int8"]
+    for r in doc["runs"]:
+        assert r["words"] >= 80 and r["tokens"] > 0 and 0 < r["first_paragraph_s"] <= r["seconds"] < r["wall_seconds"]
+    assert [s["target_s"] for s in doc["summary"]] == [None, None]  # the targets are for 1,000 words only
+    printed = capsys.readouterr().out
+    assert "n/a (set for 1,000 words)" in printed and doc["cpu"] in printed
+
+    rows = json.loads((results / "scene_speed.json").read_text())["rows"]
+    assert rows[: len(before)] == before and len(rows) == len(before) + 2
+    assert "transformers --int8" in rows[-1]["what"] and rows[-1]["cpu"] == doc["cpu"]
+
+    with pytest.raises(SystemExit) as err:  # llama.cpp asked for, and the run has no q8_0 export
+        main([str(tiny_run), "--engines", "llamacpp"])
+    assert err.value.code == 2 and "--quant q8_0" in capsys.readouterr().err
