@@ -97,6 +97,24 @@ def test_a_long_request_yields_to_a_short_one_between_chunks(tiny, make):
     assert 2 in writer.batches  # they shared chunks
 
 
+def test_a_row_asking_past_its_room_is_cut_to_fit_and_a_prompt_with_no_room_is_refused(tiny, make):
+    """A direct submit asking for more tokens than a row holds stops at the row's limit, and the row beside it in
+    the batch writes what it asked for (past the limit in the worker, the error failed the whole batch); a
+    prompt that leaves no room is refused at submit, before it joins a batch."""
+    from shelley.errors import ShelleyError
+
+    model, tok = tiny
+    writer = make(model, tok, start=False)
+    long_prompt = (_ids(tok, "The storm broke over the mountains and the lake. ") * 40)[: writer.context - 10]
+    long = writer.submit(long_prompt, 500, _gen(seed=1), seed=1, min_new=500)
+    short = writer.submit(_ids(tok, "The storm"), 20, _gen(seed=2), seed=2, min_new=20)
+    writer.start()
+    assert len(writer.wait(long)) == 10 and len(writer.wait(short)) == 20
+    with pytest.raises(ShelleyError, match="leaves no room"):
+        writer.submit(long_prompt + long_prompt[:10], 5, _gen(seed=3), seed=3)
+    writer.stop()
+
+
 def test_a_full_queue_says_when_to_come_back(tiny, make):
     from shelley.generate.batch import Busy
 

@@ -121,10 +121,17 @@ class BatchWriter:
     # -- the queue ---------------------------------------------------------------------------------------------
 
     def submit(self, ids: list[int], max_new: int, gen: GenerationConfig, *, seed: int, min_new: int = 0) -> _Row:
-        """Queue one row; raises ``Busy`` (with a wait estimate) when ``max_waiting`` rows are ahead."""
+        """Queue one row; raises ``Busy`` (with a wait estimate) when ``max_waiting`` rows are ahead. A row asking
+        for more tokens than its ``context`` holds is cut to fit here, and a prompt that leaves no room is refused
+        here: past the limit in the worker, its error would fail every row of its batch."""
         import torch
 
-        row = _Row(list(ids), max(1, max_new), gen, torch.Generator().manual_seed(int(seed)), min_new=min_new)
+        if len(ids) >= self.context:
+            raise ShelleyError(
+                f"a prompt of {len(ids)} tokens leaves no room in this writer's {self.context}-token rows: shorten it"
+            )
+        max_new = min(max(1, max_new), self.context - len(ids))
+        row = _Row(list(ids), max_new, gen, torch.Generator().manual_seed(int(seed)), min_new=min_new)
         with self._lock:
             ahead = len(self._waiting) + len(self._active)
             if ahead >= self.max_waiting:
