@@ -46,6 +46,27 @@ def test_decoder_gives_transformers_logits_through_prefill_steps_chunks_and_roll
     torch.testing.assert_close(dec.forward(ids[60:80], 25), _hf_logits(model, other)[-1], atol=1e-4, rtol=1e-4)
 
 
+@pytest.mark.parametrize("weights", ["float32", "int8"])
+def test_one_token_of_one_row_takes_a_lean_path_with_the_general_paths_numbers(weights):
+    """A scene's every step is one token of one row; ``forward_rows`` runs it on ``_one``, which leaves out what
+    only a span of rows or tokens needs. Its logits and the keys and values it caches are the general path's
+    bit for bit, in slot 0 and in a slot of a many-slot cache, on float32 and on int8 weights."""
+    model = tiny_causal_lm("llama", 300, hidden=64, max_positions=512, seed=4).eval()
+    if weights == "int8":
+        with torch.inference_mode():
+            int8_weights(model)
+    ids = torch.randint(2, 300, (60,), generator=torch.Generator().manual_seed(5)).tolist()
+    for slot in (0, 2):
+        lean, general = LlamaDecoder(model, slots=3), LlamaDecoder(model, slots=3)
+        for dec in (lean, general):
+            dec._rows(slot, [ids[:20]], [0], logits=False)
+        for p, t in enumerate(ids[20:], start=20):
+            got = lean.forward_rows(slot, [[t]], [p])  # the lean path
+            want = general._rows(slot, [[t]], [p], logits=True)
+            assert torch.equal(got, want), (slot, p)
+        assert torch.equal(lean.keys, general.keys) and torch.equal(lean.values, general.values)
+
+
 def test_rows_in_their_own_slots_give_transformers_logits():
     """Several slots as one batch: prompts of different lengths prefilled together (a slot inside the span left
     out), then a token of every row a step at its own position, then two rows' chunks after their cached

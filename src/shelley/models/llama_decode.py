@@ -5,7 +5,8 @@ transformers' forward serves every model, cache and device. For one decoded toke
 spends about as long between its matrix products (module calls, a key/value cache grown by concatenation,
 casts) as in them: ~65 ms a token, ~32 of them in the products. This decoder reads the model's own weights once
 and then, per layer and token, runs one product for q/k/v together, one for the attention output, one for gate
-and up together and one for down, with keys and values written into a cache allocated ahead. The numbers are
+and up together and one for down, with keys and values written into a cache allocated ahead. One token of one
+row (a scene's every step) takes a leaner path still (``_one``), with the same numbers. The numbers are
 the model's (``tests/test_llama_decode.py`` holds them to transformers' logits).
 
 Weights stay what the model holds: float ``nn.Linear`` weights, or the int8 rows and scales of
@@ -101,6 +102,12 @@ class _Product:
     def split(self, x: torch.Tensor) -> tuple[torch.Tensor, ...]:
         return self(x).split(self.sizes, dim=-1)
 
+    def one(self, x: torch.Tensor) -> torch.Tensor:
+        """The product of one row (1, in): ``__call__``'s result for it, without its checks."""
+        if self.scale is None:
+            return F.linear(x, self.weight)
+        return torch.ops.aten._weight_int8pack_mm(x.to(self.scale.dtype), self.weight, self.scale)
+
 
 def _reach(ends: list[int]) -> tuple[int, list[tuple[int, int]]] | None:
     """For a step of one token a row, the rows ending at ``ends``: (cut, [(row, end)] of the rows past the cut)
@@ -174,6 +181,8 @@ class LlamaDecoder:
         # transformers' own rotary module, so every rope variant (scaling, attention factor) is the model's
         cos, sin = self.rotary(self.embed[:1].float(), torch.arange(cap)[None])
         self.cos, self.sin = cos[0].to(self.dtype), sin[0].to(self.dtype)
+        half = self.head_dim // 2  # rotate_half's sign folded into sin, for ``_one`` (a sign flip is exact)
+        self.sin_signed = torch.cat((-self.sin[:, :half], self.sin[:, half:]), dim=-1)
         self.capacity = cap
 
     @torch.inference_mode()  # the cache is made in inference mode and may only be written there
@@ -208,6 +217,32 @@ class LlamaDecoder:
         return self.forward_rows(0, [ids], [start])[0]
 
     @torch.inference_mode()
+    def _one(self, slot: int, token: int, pos: int) -> torch.Tensor:
+        """``forward_rows`` for one token of one row, a scene's every step: the same operations on the same
+        numbers (the tests hold the two paths to each other bit for bit), minus what only a span of rows or of
+        tokens needs (padding, masks, write indices, reshapes). Between its products a step is dozens of small
+        operations a layer, and on 2 cores their Python and dispatch cost is a large share of an int8 step."""
+        self._reserve(pos + 1)
+        heads, kv, d, eps = self.heads, self.kv_heads, self.head_dim, self.eps
+        qk_width, half = (heads + kv) * d, d // 2
+        cos, sin = self.cos[pos], self.sin_signed[pos]
+        keys, values = self.keys[:, slot, :, : pos + 1], self.values[:, slot, :, : pos + 1]  # (layers, kv, n, d)
+        x = self.embed[token][None].float()  # (1, hidden)
+        for i, layer in enumerate(self.layers):
+            h = F.rms_norm(x, x.shape[-1:], layer["norm1"], eps)
+            qkv = layer["qkv"].one(h)[0].to(self.dtype)
+            qk = qkv[:qk_width].view(heads + kv, d)
+            qk = qk * cos + qk.view(-1, 2, half).flip(1).view(-1, d) * sin  # rotate_half, one rotation for q and k
+            keys[i, :, pos] = qk[heads:]
+            values[i, :, pos] = qkv[qk_width:].view(kv, d)
+            y = F.scaled_dot_product_attention(qk[None, :heads, None], keys[i][None], values[i][None], enable_gqa=True)
+            x = x + layer["out"].one(y.view(1, -1))
+            h = F.rms_norm(x, x.shape[-1:], layer["norm2"], eps)
+            gate, up = layer["gate_up"].one(h).split(layer["gate_up"].sizes, dim=-1)
+            x = x + layer["down"].one(F.silu(gate) * up)
+        return self.head.one(F.rms_norm(x, x.shape[-1:], self.norm, eps)).float()
+
+    @torch.inference_mode()  # the cache is written in inference mode (see ``move``)
     def forward_rows(
         self, first: int, rows: list[list[int] | None], starts: list[int], *, logits: bool = True
     ) -> torch.Tensor | None:  # fmt: skip
@@ -215,6 +250,12 @@ class LlamaDecoder:
         placed at positions ``starts[j]``… and attending to what that slot cached below. A None row is a slot
         inside the span that takes no part: nothing of it is read or written. Returns the float32 logits after
         the last id of every row that is not None, in order (``logits`` False: None, the cache only)."""
+        if len(rows) == 1 and rows[0] is not None and len(rows[0]) == 1 and logits:
+            return self._one(first, rows[0][0], starts[0])
+        return self._rows(first, rows, starts, logits)
+
+    @torch.inference_mode()
+    def _rows(self, first: int, rows: list[list[int] | None], starts: list[int], logits: bool) -> torch.Tensor | None:
         lens = [len(r) if r else 0 for r in rows]
         starts = [s if n else 0 for s, n in zip(starts, lens, strict=True)]
         span, width = len(rows), max(lens)
