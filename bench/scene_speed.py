@@ -97,6 +97,7 @@ def sitting(run: Path, engines: list[str], rounds: int, words: int, gguf: Path |
     from rich.progress import Progress
 
     runs: list[dict[str, Any]] = []
+    began = time.strftime("%Y-%m-%d %H:%M")
     with Progress(transient=True) as bar:
         task = bar.add_task("scenes", total=rounds * len(engines))
         for r in range(rounds):
@@ -112,7 +113,7 @@ def sitting(run: Path, engines: list[str], rounds: int, words: int, gguf: Path |
         "gguf": str(gguf) if gguf else None,
         "cpu": cpu_name(),
         "commit": commit(),
-        "date": time.strftime("%Y-%m-%d %H:%M"),
+        "date": began,
         "runs": runs,
         "summary": [summary(runs, e, words) for e in engines],
     }
@@ -153,8 +154,8 @@ def record(doc: dict[str, Any], results: Path) -> Path:
         )  # fmt: skip
         history["rows"].append({
             "what": (
-                f"python -m bench.scene_speed {doc['run']} ({doc['date']}): one {doc['words']}-word scene, guard on, "
-                f"{labels[s['engine']]}{gguf}, {s['runs']} rounds alternated with {others} other engine(s)"
+                f"python -m bench.scene_speed {doc['run']} (from {doc['date']}): one {doc['words']:,}-word scene, "
+                f"guard on, {labels[s['engine']]}{gguf}, {s['runs']} rounds alternated with {others} other engine(s)"
             ),
             "measured": (
                 f"{s['seconds']['median']:.1f} s median (runs: {each} s; min {s['seconds']['min']:.1f}, max "
