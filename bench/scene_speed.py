@@ -38,9 +38,11 @@ TARGETS = {"transformers": 40.0, "int8": 40.0, "llamacpp": 15.0}  # issue 45, se
 
 
 def q8_export(run: Path) -> Path | None:
-    """The run's q8_0 export, if ``shelley export`` made one."""
-    found = sorted((run / "export").glob("*-q8_0.gguf"))
-    return found[0] if found else None
+    """The run's own q8_0 export (``Run.gguf``'s name, never the base model's), if ``shelley export`` made one."""
+    from shelley.run import Run
+
+    found = Run.find(run)
+    return found.gguf("q8_0") if found is not None and found.gguf("q8_0").is_file() else None
 
 
 def command(run: Path, engine: str, words: int, seed: int, gguf: Path | None) -> list[str]:

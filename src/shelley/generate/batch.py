@@ -33,6 +33,7 @@ from shelley.config import GenerationConfig
 from shelley.errors import ShelleyError
 from shelley.generate.sampling import RowSampling
 from shelley.generate.stream import common_prefix
+from shelley.runtime import cpu_has_fast_bf16
 
 
 class Busy(ShelleyError):
@@ -484,7 +485,7 @@ class DecoderBatchWriter(SlotBatchWriter):
         super().__init__(
             model, tokenizer, max_batch=max_batch, chunk=chunk, max_waiting=max_waiting, start=False, context=limit
         )
-        wide = _has_bf16() if wide is None else wide
+        wide = cpu_has_fast_bf16() if wide is None else wide
         self.decoder = LlamaDecoder(model, slots=max_batch, wide=wide, positions=limit)
         self._slots(max_batch)
         if start:
@@ -527,19 +528,6 @@ def _runs(items: list[tuple[int, int, int]], *, one: bool = False):
         starts = [by_slot[s][0][1] if s in by_slot else 0 for s in span]
         out.append((g[0], rows, starts))
     return out
-
-
-def _has_bf16() -> bool:
-    """Whether this CPU multiplies bf16 natively (AVX512-BF16 or AMX, on Zen 4 and 5 and recent Xeons), where bf16
-    products of many rows beat float32 ones; elsewhere (Zen 3, or where the flags cannot be read) bf16 is emulated
-    and slower, so the batcher stays in float32."""
-    from pathlib import Path
-
-    try:
-        flags = Path("/proc/cpuinfo").read_text()
-    except OSError:
-        return False
-    return "avx512_bf16" in flags or "amx_bf16" in flags
 
 
 class BatchSceneEngine:

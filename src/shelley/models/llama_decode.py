@@ -216,7 +216,7 @@ class LlamaDecoder:
     def forward(self, ids: list[int], start: int) -> torch.Tensor:
         return self.forward_rows(0, [ids], [start])[0]
 
-    @torch.inference_mode()
+    @torch.inference_mode()  # the cache is written in inference mode (see ``move``)
     def _one(self, slot: int, token: int, pos: int) -> torch.Tensor:
         """``forward_rows`` for one token of one row, a scene's every step: the same operations on the same
         numbers (the tests hold the two paths to each other bit for bit), minus what only a span of rows or of
@@ -242,7 +242,6 @@ class LlamaDecoder:
             x = x + layer["down"].one(F.silu(gate) * up)
         return self.head.one(F.rms_norm(x, x.shape[-1:], self.norm, eps)).float()
 
-    @torch.inference_mode()  # the cache is written in inference mode (see ``move``)
     def forward_rows(
         self, first: int, rows: list[list[int] | None], starts: list[int], *, logits: bool = True
     ) -> torch.Tensor | None:  # fmt: skip
